@@ -1,0 +1,192 @@
+"""Typed, validated configuration for every stage (pydantic), loaded from YAML.
+
+Every field has a documented default; unknown keys and out-of-range values are rejected
+with an error that names the file and the field and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user: where it is and how to fix it."""
+
+
+class StrictModel(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    """Where preference pairs come from and how they are tokenized."""
+
+    path: str = Field(description="JSONL file, or a directory saved with datasets.save_to_disk")
+    split: str | None = Field(None, description="split name when path is a DatasetDict")
+    max_prompt_tokens: int = Field(512, gt=0, description="prompt token limit")
+    max_completion_tokens: int = Field(512, gt=0, description="limit per response")
+    too_long: Literal["error", "truncate", "skip"] = Field(
+        "error",
+        description="rows over the limits: fail, truncate (prompt from the left, "
+        "responses from the right) or skip and count in the report",
+    )
+    bad_rows: Literal["error", "skip"] = Field(
+        "error", description="malformed rows (missing field, empty response, chosen == "
+        "rejected, bad bytes): fail naming file:line, or skip and count"
+    )
+    append_eos: bool = Field(True, description="end each response with the EOS token")
+
+
+class ModelConfig(StrictModel):
+    """The policy: a local Hugging Face causal LM directory."""
+
+    path: str = Field(description="local directory with config.json and weights")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: int = Field(8, gt=0, description="sequences per forward pass when scoring")
+
+
+class ClipConfig(StrictModel):
+    """How the unit-norm estimate is made sparse (entries below a threshold are zeroed).
+
+    raw: threshold = value (the paper's lambda_g, model-specific: 2.2e-4 for Mistral-7B).
+    sigma: threshold = value / sqrt(numel); 2.326 keeps ~2% of a Gaussian-like vector.
+    fraction: keep the `value` fraction of entries with the largest magnitude.
+    """
+
+    mode: Literal["raw", "sigma", "fraction"] = "sigma"
+    value: float = Field(2.326, gt=0)
+
+    @model_validator(mode="after")
+    def _fraction_in_range(self) -> ClipConfig:
+        if self.mode == "fraction" and not self.value <= 1:
+            raise ValueError(f"clip.value is a fraction in (0, 1] for mode 'fraction', "
+                             f"got {self.value}; e.g. 0.02 keeps 2% of entries")
+        return self
+
+
+class ComPOConfig(StrictModel):
+    """Algorithm 2's knobs (defaults: the paper's Mistral-7B settings)."""
+
+    num_perturbations: int = Field(1600, gt=0, description="m, directions per iteration")
+    radius: float = Field(5e-4, gt=0, description="r, perturbation radius")
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    accept_ratio: float = Field(
+        0.2, ge=0, lt=1, description="lambda: update only if n_minus / m > lambda"
+    )
+    step_scale: float = Field(0.035, gt=0, description="gamma: step = gamma * n_minus / m")
+    vote_rule: Literal["any", "all", "majority"] = Field(
+        "any", description="with several pairs per batch, how pair improvements make a vote"
+    )
+    direction_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype directions are rounded to; bfloat16 with a bf16 model makes "
+        "h*z products exact and halves the bytes (GPU)",
+    )
+    block_elements: int = Field(
+        1 << 22, gt=0,
+        description="direction values generated per block (memory/speed, never the math): "
+        "bigger blocks batch several directions of a small model into one matmul",
+    )
+
+
+class TrainConfig(StrictModel):
+    """A ComPO run: model, noisy pairs, algorithm, bookkeeping."""
+
+    model: ModelConfig
+    data: DataConfig
+    compo: ComPOConfig = Field(default_factory=ComPOConfig)
+    seed: int = Field(0, ge=0, description="run seed: data order and all directions")
+    batch_size: int = Field(1, gt=0, description="pairs per iteration (paper: 1)")
+    epochs: int = Field(1, gt=0)
+    shuffle: bool = True
+    max_iterations: int | None = Field(None, gt=0, description="stop early after this many")
+    output_dir: str = Field("runs", description="runs are written to <output_dir>/<run_id>")
+    run_id: str | None = Field(None, description="default: derived from the time")
+    checkpoint_every: int = Field(10, gt=0, description="iterations between checkpoints")
+    oracle_service_url: str | None = Field(
+        None, description="report per-iteration summaries to this oracle service"
+    )
+
+
+class SplitConfig(StrictModel):
+    """Noisy/clean split by the reference model's log-likelihood margin."""
+
+    model: ModelConfig
+    data: DataConfig
+    delta: float = Field(3.0, gt=0, description="noisy iff |margin| <= delta (paper: 3)")
+    rule: Literal["abs", "reference"] = Field(
+        "abs", description="abs: |margin| <= delta; reference: 0 < margin < delta "
+        "(the public reference code)"
+    )
+    output_dir: str = "split"
+    histogram_bins: int = Field(20, gt=1)
+
+    @model_validator(mode="after")
+    def _finite_delta(self) -> SplitConfig:
+        if not math.isfinite(self.delta):
+            raise ValueError("delta must be a finite number of nats, e.g. 3.0")
+        return self
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Render pydantic errors as 'source: field: problem (fix)' lines."""
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown key; remove it or check its spelling")
+        elif item["type"] == "missing":
+            lines.append(f"  {field}: required; add it to the file")
+        else:
+            got = item.get("input")
+            got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+            lines.append(f"  {field}: {item['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_config(cls: type[C], data: Any, source: str = "<config>") -> C:
+    """Validate a mapping into `cls`, raising ConfigError with a readable message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_config(cls: type[C], path: str | Path, overrides: dict | None = None) -> C:
+    """Read a YAML file into `cls`; `overrides` (nested dicts) are merged on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(cls, deep_merge(data, overrides or {}), str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """Return base updated by extra, recursing into nested mappings."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (what a run saves next to its results)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,84 @@
+"""Export: the tuned model (save_pretrained, safetensors) and a sparse output-layer delta.
+
+delta.safetensors holds `indices` (int64, flat positions in W) and `values` (float32,
+W_tuned - W_base), with the shape and a fingerprint of the base output layer in its
+metadata so it is only ever applied to the model it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from compo import fileio
+from compo.config import ModelConfig
+from compo.modeling import load_model, load_tokenizer, output_layer
+
+
+class DeltaError(ValueError):
+    """A delta that does not fit the base model it is applied to."""
+
+
+def fingerprint(weight: torch.Tensor) -> str:
+    """sha256 of the float32 bytes of a weight (identifies the base output layer)."""
+    data = weight.detach().float().contiguous().cpu().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_delta(path: str | Path, base: torch.Tensor, tuned: torch.Tensor) -> dict:
+    """Save the non-zero entries of tuned - base; returns a small summary."""
+    change = (tuned.float().cpu() - base.float().cpu()).reshape(-1)
+    indices = change.nonzero().squeeze(1)
+    metadata = {"shape": json.dumps(list(base.shape)), "base_sha256": fingerprint(base),
+                "format": "compo-sparse-delta-v1"}
+    fileio.write_tensors(path, {"indices": indices, "values": change[indices]}, metadata)
+    return {"entries": indices.numel(), "fraction": indices.numel() / change.numel(),
+            "bytes": Path(path).stat().st_size}
+
+
+def read_delta(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """indices, values and metadata of a delta file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != "compo-sparse-delta-v1":
+        raise DeltaError(f"{path}: not a ComPO delta file (missing format metadata)")
+    tensors = fileio.read_tensors(path)
+    return tensors["indices"], tensors["values"], metadata
+
+
+def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
+    """base weight + delta as float32, after checking shape and base fingerprint."""
+    indices, values, metadata = read_delta(path)
+    shape = json.loads(metadata["shape"])
+    if list(weight.shape) != shape:
+        raise DeltaError(f"{path}: delta is for an output layer of shape {shape}, the base "
+                         f"model has {list(weight.shape)}; use the base the run started from")
+    if fingerprint(weight) != metadata["base_sha256"]:
+        raise DeltaError(f"{path}: the base model's output layer differs from the one the "
+                         "delta was made from; use the run's model.path")
+    tuned = weight.detach().float().cpu().clone()
+    tuned.view(-1).index_add_(0, indices, values)
+    return tuned
+
+
+def save_model_with_head(model, tokenizer, head: torch.Tensor, out_dir: str | Path) -> Path:
+    """save_pretrained of the model with its output layer replaced by `head`."""
+    layer = output_layer(model)
+    layer.weight.data.copy_(head.to(layer.weight.device, layer.weight.dtype))
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def apply_delta(base_dir: str | Path, delta_path: str | Path, out_dir: str | Path,
+                dtype: str = "float32") -> Path:
+    """Rebuild the tuned model from its base directory and a delta file."""
+    model = load_model(ModelConfig(path=str(base_dir), dtype=dtype))
+    tuned = apply_delta_to(output_layer(model).weight, delta_path)
+    return save_model_with_head(model, load_tokenizer(base_dir), tuned, out_dir)

@@ -1,0 +1,162 @@
+"""The likelihood comparison oracle (Definition 3.1), exact and cheap per perturbation.
+
+Only the output layer W is perturbed, so the body runs once per iteration (HeadInputs)
+and perturbed logits are base logits + r * (h z^T). The vote hinges on the tiny change
+of each sequence's log-prob, so it is computed directly, never as a difference of two
+large sums:
+  change(token) = r*delta[target] - log sum_v p_v exp(r*delta_v)
+               = r*delta[target] - log1p(sum_v p_v * expm1(r*delta_v))
+with delta = h z^T in float32 and p = softmax(base logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from compo.config import ComPOConfig
+from compo.data import TokenizedPair
+from compo.modeling import DTYPES, logit_softcap, output_layer
+from compo.perturbation import direction_chunks, direction_key, plan_blocks
+from compo.scoring import HeadInputs, head_inputs, head_logits, pair_sequences, sequence_logprobs
+
+
+@dataclass
+class OracleState:
+    """Per-iteration cache: everything a perturbation needs except its direction."""
+
+    inputs: HeadInputs  # hidden [N, d] (model dtype), targets [N], segment [N]
+    direction_dtype: torch.dtype  # directions are rounded to this before use
+    probs: torch.Tensor  # [N, V] float32 softmax of the base logits
+    base_logits: torch.Tensor | None  # [N, V] float32, kept only for soft-capped models
+    base_logprobs: torch.Tensor  # [S] float64
+    cap: float | None
+    shape: tuple[int, int]  # (V, d) of the output layer
+
+    @property
+    def num_pairs(self) -> int:
+        return self.base_logprobs.numel() // 2
+
+
+def build_state(inputs: HeadInputs, weight: torch.Tensor, cap: float | None,
+                direction_dtype: torch.dtype) -> OracleState:
+    """Base logits under the float32 master weight [V, d], softmax, base log-probs."""
+    logits = head_logits(inputs.hidden, weight, cap)  # [N, V] float32
+    logprobs = logits.log_softmax(-1)
+    picked = logprobs.gather(1, inputs.targets[:, None]).squeeze(1).double()
+    base = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
+    base.index_add_(0, inputs.segment, picked)
+    return OracleState(
+        inputs=inputs, direction_dtype=direction_dtype, probs=logprobs.exp_(),
+        base_logits=logits if cap is not None else None, base_logprobs=base, cap=cap,
+        shape=tuple(weight.shape),
+    )
+
+
+def exact_products(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """h z^T for P directions: hidden [N, d], rows [P, r, d] -> [P, N, r] float32.
+
+    With bf16 inputs on CUDA the products are exact and accumulate in float32.
+    """
+    count, width = rows.shape[0], rows.shape[1]
+    flat = rows.reshape(count * width, -1)
+    if hidden.is_cuda and hidden.dtype == flat.dtype != torch.float32:
+        products = torch.mm(hidden, flat.T, out_dtype=torch.float32)
+    else:
+        products = hidden.float() @ flat.float().T
+    return products.view(-1, count, width).transpose(0, 1)
+
+
+def logit_change(products: torch.Tensor, radius: float, base: torch.Tensor | None,
+                 cap: float | None) -> torch.Tensor:
+    """Perturbed minus base logits; with soft-capping, via a cancellation-free identity."""
+    if cap is None:
+        return products * radius
+    # tanh(x + e) - tanh(x) = tanh(e) (1 - tanh(x)^2) / (1 + tanh(x) tanh(e))
+    t_base, t_step = torch.tanh(base / cap), torch.tanh(products * (radius / cap))
+    return cap * t_step * (1 - t_base * t_base) / (1 + t_base * t_step)
+
+
+def logprob_changes(state: OracleState, keys: Sequence[int], radius: float,
+                    chunk_rows: int) -> torch.Tensor:
+    """Change of each sequence's log-prob [P, S] float64 when W moves by radius * z(key)."""
+    hidden, targets = state.inputs.hidden, state.inputs.targets
+    spread = torch.zeros(len(keys), targets.numel(), device=hidden.device)  # [P, N]
+    at_target = torch.zeros_like(spread)
+    for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device,
+                                        state.direction_dtype):
+        base = None if state.base_logits is None else state.base_logits[:, rows]
+        change = logit_change(exact_products(hidden, chunk), radius, base, state.cap)
+        spread += (state.probs[:, rows] * torch.expm1(change)).sum(-1)
+        local = targets - rows.start  # target token's column inside this chunk
+        inside = (local >= 0) & (local < change.shape[2])
+        column = local.clamp(0, change.shape[2] - 1).expand(len(keys), -1)[..., None]
+        picked = change.gather(2, column).squeeze(2)
+        at_target += torch.where(inside, picked, torch.zeros_like(picked))
+    per_token = at_target.double() - torch.log1p(spread.double())  # [P, N]
+    totals = torch.zeros(len(keys), state.base_logprobs.numel(), dtype=torch.float64,
+                         device=hidden.device)
+    return totals.index_add_(1, state.inputs.segment, per_token)
+
+
+def pair_improved(changes: torch.Tensor) -> torch.Tensor:
+    """Per pair [K] bool: log pi(y+) rose and log pi(y-) fell (Definition 3.1)."""
+    return (changes[0::2] > 0) & (changes[1::2] < 0)
+
+
+def combine(improved: torch.Tensor, rule: str) -> int:
+    """Vote for a batch of pairs: -1 (perturbed is better) or +1."""
+    if rule == "any":
+        better = bool(improved.any())
+    elif rule == "all":
+        better = bool(improved.all())
+    elif rule == "majority":
+        better = int(improved.sum()) * 2 > improved.numel()
+    else:
+        raise ValueError(f"unknown vote rule {rule!r}; use any, all or majority")
+    return -1 if better else 1
+
+
+class LikelihoodOracle:
+    """Votes of perturbations (seed, iteration, index) on a batch of preference pairs."""
+
+    def __init__(self, model, config: ComPOConfig, pad_id: int, batch_size: int = 8):
+        self.model, self.config = model, config
+        self.pad_id, self.batch_size = pad_id, batch_size
+        self.cap = logit_softcap(model)
+        self.direction_dtype = DTYPES[config.direction_dtype]
+
+    def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> OracleState:
+        """Run the model body once for these pairs; `weight` is the float32 master W."""
+        inputs = head_inputs(self.model, pair_sequences(pairs), self.pad_id, self.batch_size)
+        return build_state(inputs, weight, self.cap, self.direction_dtype)
+
+    def changes(self, state: OracleState, seed: int, iteration: int,
+                indices: Sequence[int]) -> torch.Tensor:
+        """Log-prob change per sequence [P, S] for the given perturbation indices."""
+        keys = [direction_key(seed, iteration, index) for index in indices]
+        return logprob_changes(state, keys, self.config.radius, self.chunk_rows(state))
+
+    def votes(self, state: OracleState, seed: int, iteration: int,
+              indices: Sequence[int]) -> torch.Tensor:
+        """Votes (int8, -1 / +1) for the given perturbation indices."""
+        per_group, _ = plan_blocks(len(indices), state.shape, self.config.block_elements)
+        out = []
+        for start in range(0, len(indices), per_group):
+            changes = self.changes(state, seed, iteration, indices[start : start + per_group])
+            out += [combine(pair_improved(row), self.config.vote_rule) for row in changes]
+        return torch.tensor(out, dtype=torch.int8)
+
+    def chunk_rows(self, state: OracleState) -> int:
+        """Output-layer rows per generated block."""
+        return plan_blocks(1, state.shape, self.config.block_elements)[1]
+
+    def logprobs(self, state: OracleState, weight: torch.Tensor) -> torch.Tensor:
+        """Log-probs [S] of the prepared sequences under another output weight."""
+        return sequence_logprobs(state.inputs, weight, state.cap)
+
+    def master_weight(self) -> torch.Tensor:
+        """A float32 copy of the model's output layer (the update is applied to it)."""
+        return output_layer(self.model).weight.detach().float().clone()

@@ -1,0 +1,91 @@
+"""A run directory: resolved config, metrics log, atomic checkpoints, resume.
+
+Layout of runs/<run_id>/:
+  config.yaml          the resolved config (what the run was started with)
+  metrics.jsonl        one line per finished iteration
+  checkpoint.json      the commit point: last finished iteration and its weights file
+  head-<iter>.safetensors  float32 master copy of the output layer after that iteration
+  final/, delta.safetensors  written by export at the end
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from compo import fileio
+from compo.config import dump_config
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+@dataclass
+class Checkpoint:
+    """State after `iterations_done` iterations."""
+
+    iterations_done: int
+    weight: torch.Tensor  # float32 master output layer [V, d]
+
+
+def new_run_id() -> str:
+    """A sortable id from the local time."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+class RunDirectory:
+    """Paths and atomic I/O for one run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoint_path = self.path / "checkpoint.json"
+
+    def create(self, config: BaseModel) -> RunDirectory:
+        """Start a fresh run: refuses to overwrite one that has a checkpoint."""
+        if self.checkpoint_path.exists():
+            raise RunError(f"{self.path} already holds a run; resume it with "
+                           f"`compo train --resume {self.path}` or choose another run_id")
+        self.path.mkdir(parents=True, exist_ok=True)
+        fileio.write_text(self.config_path, dump_config(config))
+        fileio.write_text(self.metrics_path, "")
+        return self
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Weights file first, then the JSON commit point, then drop older weights."""
+        name = f"head-{checkpoint.iterations_done:06d}.safetensors"
+        fileio.write_tensors(self.path / name, {"output_weight": checkpoint.weight})
+        fileio.write_json(self.checkpoint_path, {
+            "iterations_done": checkpoint.iterations_done, "weights": name,
+        })
+        for old in self.path.glob("head-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The last committed checkpoint, or None for a run that never saved one."""
+        if not self.checkpoint_path.exists():
+            return None
+        state = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+        tensors = fileio.read_tensors(self.path / state["weights"])
+        return Checkpoint(state["iterations_done"], tensors["output_weight"])
+
+    def log_metrics(self, row: dict) -> None:
+        """Append one iteration's metrics."""
+        fileio.append_jsonl(self.metrics_path, row)
+
+    def metrics(self) -> list[dict]:
+        """All metric rows so far."""
+        return fileio.read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+
+    def truncate_metrics(self, iterations_done: int) -> None:
+        """Keep only rows of iterations before the checkpoint (they will be redone)."""
+        rows = [row for row in self.metrics() if row["iteration"] < iterations_done]
+        fileio.write_jsonl(self.metrics_path, rows)
