@@ -1,8 +1,9 @@
 """Export: the tuned model (save_pretrained, safetensors) and a sparse output-layer delta.
 
-delta.safetensors holds `indices` (int64, flat positions in W) and `values` (float32,
-W_tuned - W_base), with the shape and a fingerprint of the base output layer in its
-metadata so it is only ever applied to the model it came from.
+delta.safetensors holds `indices` (int64, flat positions in W) and `values` (float64,
+W_tuned - W_base: the difference of two float32 numbers is exact in float64, so base +
+delta rebuilds the tuned float32 weights bit for bit), with the shape and a fingerprint
+of the base output layer in its metadata so it is only applied to the model it came from.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def fingerprint(weight: torch.Tensor) -> str:
 
 def write_delta(path: str | Path, base: torch.Tensor, tuned: torch.Tensor) -> dict:
     """Save the non-zero entries of tuned - base; returns a small summary."""
-    change = (tuned.float().cpu() - base.float().cpu()).reshape(-1)
+    change = (tuned.double().cpu() - base.double().cpu()).reshape(-1)
     indices = change.nonzero().squeeze(1)
     metadata = {"shape": json.dumps(list(base.shape)), "base_sha256": fingerprint(base),
                 "format": "compo-sparse-delta-v1"}
@@ -52,7 +53,7 @@ def read_delta(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 
 def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
-    """base weight + delta as float32, after checking shape and base fingerprint."""
+    """base weight + delta (exact, as float32), after checking shape and fingerprint."""
     indices, values, metadata = read_delta(path)
     shape = json.loads(metadata["shape"])
     if list(weight.shape) != shape:
@@ -61,9 +62,9 @@ def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
     if fingerprint(weight) != metadata["base_sha256"]:
         raise DeltaError(f"{path}: the base model's output layer differs from the one the "
                          "delta was made from; use the run's model.path")
-    tuned = weight.detach().float().cpu().clone()
-    tuned.view(-1).index_add_(0, indices, values)
-    return tuned
+    tuned = weight.detach().double().cpu().clone()
+    tuned.view(-1).index_add_(0, indices, values.double())
+    return tuned.float()
 
 
 def save_model_with_head(model, tokenizer, head: torch.Tensor, out_dir: str | Path) -> Path:

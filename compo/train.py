@@ -7,8 +7,11 @@ apply the sparse step to the float32 master output layer -> metrics, checkpoint.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -147,10 +150,16 @@ class ComPOTrainer:
         done = start
         try:
             for iteration in bar:
-                self._step(iteration, batches[iteration], weight, bar)
-                done = iteration + 1
+                with deferred_interrupt() as interrupted:
+                    row = self._step(iteration, batches[iteration], weight)
+                    done = iteration + 1
+                bar.set_postfix(ratio=f"{row['ratio']:.2f}", accepted=row["accepted"])
                 if done % self.config.checkpoint_every == 0:
                     self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
+                if self.on_iteration is not None:
+                    self.on_iteration(row)
+                if interrupted():
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
             raise
@@ -159,15 +168,35 @@ class ComPOTrainer:
         self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
         return weight
 
-    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor, bar) -> None:
+    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict:
+        """One iteration: update `weight` in place, log and return the metrics row."""
         started = time.perf_counter()
         chosen = [self.pairs[i] for i in batch]
         result = run_iteration(self.source, chosen, weight, self.config, iteration)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
         self.run_dir.log_metrics(row)
-        bar.set_postfix(ratio=f"{row['ratio']:.2f}", accepted=row["accepted"])
-        if self.on_iteration is not None:
-            self.on_iteration(row)
+        return row
+
+
+@contextmanager
+def deferred_interrupt():
+    """Let the first Ctrl-C finish the current iteration; a second one aborts at once."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        log.warning("interrupt: finishing this iteration, then saving (Ctrl-C again aborts)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def export_run(trainer: ComPOTrainer, weight: torch.Tensor) -> dict:
