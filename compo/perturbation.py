@@ -25,7 +25,10 @@ GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64 increment
 MIX1 = 0xBF58476D1CE4E5B9  # SplitMix64 finaliser multipliers
 MIX2 = 0x94D049BB133111EB
 UNIFORM_BITS = 24  # bits per uniform: exact in float32
+UNIFORM_MASK = (1 << UNIFORM_BITS) - 1
+UNIFORM_SCALE = 2.0**-UNIFORM_BITS
 TWO_PI = 2.0 * math.pi
+PIECE_PAIRS = 1 << 16  # pairs generated per piece: keeps temporaries in cache (speed only)
 
 
 def _signed(value: int) -> int:
@@ -36,16 +39,17 @@ def _signed(value: int) -> int:
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
+    return (x >> bits).bitwise_and_((1 << (64 - bits)) - 1)
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64 finaliser on int64 tensors; multiplication wraps modulo 2**64."""
-    x = x ^ _shift_right(x, 30)
-    x = x * _signed(MIX1)
-    x = x ^ _shift_right(x, 27)
-    x = x * _signed(MIX2)
-    return x ^ _shift_right(x, 31)
+    """SplitMix64 finaliser on int64 tensors, in place; multiplication wraps mod 2**64."""
+    x ^= _shift_right(x, 30)
+    x *= _signed(MIX1)
+    x ^= _shift_right(x, 27)
+    x *= _signed(MIX2)
+    x ^= _shift_right(x, 31)
+    return x
 
 
 def mix64_int(x: int) -> int:
@@ -65,27 +69,35 @@ def direction_key(seed: int, iteration: int, index: int) -> int:
     return mix64_int(key + (index + 1) * GOLDEN)
 
 
-def _uniform_pair(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float32 uniforms from 64 bits: u1 in (0, 1] (safe for log), u2 in [0, 1)."""
-    scale = 2.0**-UNIFORM_BITS
-    field = (1 << UNIFORM_BITS) - 1
-    u1 = ((_shift_right(bits, 40) & field) + 1).to(torch.float32) * scale
-    u2 = (_shift_right(bits, 8) & field).to(torch.float32) * scale
-    return u1, u2
+def _fill_pairs(out: torch.Tensor, key: int, first_pair: int) -> None:
+    """Write normals of element pairs first_pair.. into out [n, 2], piece by piece."""
+    for start in range(0, out.shape[0], PIECE_PAIRS):
+        end = min(out.shape[0], start + PIECE_PAIRS)
+        bits = torch.arange(first_pair + start + 1, first_pair + end + 1, dtype=torch.int64,
+                            device=out.device)
+        bits *= _signed(GOLDEN)  # SplitMix64 state after (pair + 1) steps from the key
+        bits += _signed(key)
+        mix64(bits)
+        # two 24-bit uniforms, exact in float32: u1 in (0, 1] (safe for log), u2 in [0, 1)
+        u1 = _shift_right(bits, 40).bitwise_and_(UNIFORM_MASK).add_(1).float()
+        u2 = _shift_right(bits, 8).bitwise_and_(UNIFORM_MASK).float()
+        radius = u1.mul_(UNIFORM_SCALE).log_().mul_(-2.0).sqrt_()
+        angle = u2.mul_(UNIFORM_SCALE).mul_(TWO_PI)
+        torch.mul(radius, torch.cos(angle), out=out[start:end, 0])
+        torch.mul(radius, angle.sin_(), out=out[start:end, 1])
 
 
 def normals(keys: Sequence[int], start: int, count: int, device="cpu") -> torch.Tensor:
-    """Elements [start, start + count) of the directions with these keys: float32 [P, count]."""
+    """Elements [start, start + count) of the directions with these keys: float32 [P, count].
+
+    Box-Muller: element 2j is r cos(a), element 2j + 1 is r sin(a), from pair j's bits.
+    """
     first_pair, end_pair = start // 2, (start + count + 1) // 2
-    pair = torch.arange(first_pair, end_pair, dtype=torch.int64, device=device)
-    key = torch.tensor([_signed(k) for k in keys], dtype=torch.int64, device=device)
-    bits = mix64((pair + 1) * _signed(GOLDEN) + key[:, None])  # SplitMix64 output #pair+1
-    u1, u2 = _uniform_pair(bits)
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    angle = u2 * TWO_PI
-    values = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=2)
+    out = torch.empty(len(keys), end_pair - first_pair, 2, device=device)
+    for row, key in enumerate(keys):
+        _fill_pairs(out[row], key, first_pair)
     offset = start - 2 * first_pair
-    return values.reshape(len(keys), -1)[:, offset : offset + count]
+    return out.view(len(keys), -1)[:, offset : offset + count]
 
 
 def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,

@@ -14,34 +14,37 @@ from compo.estimator import (
     normalise,
     vote_weighted_sum,
 )
-from compo.perturbation import direction, direction_key
+from compo.perturbation import direction, direction_key, normals
 
 D, S, M = 100_000, 20, 2000
 SHAPE = (100, 1000)  # d = 100,000 entries laid out as an output layer
 
 
 def sparse_problem():
-    """f(x) = g.x + 0.5 |x_S|^2 with an s-sparse gradient g at x = 0."""
+    """f(x) = g.x + 0.5 |x_S|^2 with an s-sparse gradient g at x = 0 (support S)."""
     generator = torch.Generator().manual_seed(0)
     support = torch.randperm(D, generator=generator)[:S]
     gradient = torch.zeros(D)
     gradient[support] = torch.randn(S, generator=generator)
 
-    def f(x: torch.Tensor) -> float:
-        x = x.reshape(-1)
-        return float(gradient @ x + 0.5 * (x[support] ** 2).sum())
+    def f(x: torch.Tensor) -> torch.Tensor:
+        """f of one point [..., D] or of the S support entries only [..., S]."""
+        x_s = x.reshape(*x.shape[:-2], -1)[..., support] if x.shape[-1] != S else x
+        return x_s @ gradient[support] + 0.5 * (x_s**2).sum(-1)
 
-    return f, gradient
+    return f, gradient, support
 
 
-def comparison_votes(f, x, seed, iteration, radius):
-    """y_i = sign(f(x + r z_i) - f(x)): -1 when the perturbed point is better."""
-    base = f(x)
-    votes = []
-    for index in range(M):
-        z = direction(direction_key(seed, iteration, index), SHAPE)
-        votes.append(-1 if f(x + radius * z) < base else 1)
-    return torch.tensor(votes, dtype=torch.int8)
+def comparison_votes(f, support, x, seed, iteration, radius):
+    """y_i = sign(f(x + r z_i) - f(x)): -1 when the perturbed point is better.
+
+    f only sees the support, so only those entries of each z_i are generated here.
+    """
+    keys = [direction_key(seed, iteration, index) for index in range(M)]
+    z_s = torch.cat([normals(keys, int(j), 1) for j in support], dim=1)  # [M, S]
+    x_s = x.reshape(-1)[support]
+    better = f(x_s + radius * z_s) < f(x_s)
+    return torch.where(better, -1, 1).to(torch.int8)
 
 
 def cosine(a, b):
@@ -49,9 +52,9 @@ def cosine(a, b):
 
 
 def test_sparse_gradient_recovery_clipped_vs_unclipped():
-    f, gradient = sparse_problem()
+    f, gradient, support = sparse_problem()
     x = torch.zeros(SHAPE)
-    votes = comparison_votes(f, x, seed=0, iteration=0, radius=1e-3)
+    votes = comparison_votes(f, support, x, seed=0, iteration=0, radius=1e-3)
     total = vote_weighted_sum(0, 0, torch.arange(M), votes, SHAPE, 1 << 22)
     unit = normalise(total)
     clipped = clip_small(unit, clip_threshold(unit, ClipConfig(mode="sigma", value=4.5)))
@@ -63,18 +66,18 @@ def test_sparse_gradient_recovery_clipped_vs_unclipped():
 
 
 def test_iterating_the_update_decreases_f():
-    f, _ = sparse_problem()
+    f, _, support = sparse_problem()
     config = ComPOConfig(num_perturbations=M, radius=1e-3, step_scale=0.5,
                          clip=ClipConfig(mode="sigma", value=4.5))
     x = torch.zeros(SHAPE)
-    values = [f(x)]
+    values = [float(f(x))]
     for iteration in range(4):
-        votes = comparison_votes(f, x, 0, iteration, config.radius)
+        votes = comparison_votes(f, support, x, 0, iteration, config.radius)
         total = vote_weighted_sum(0, iteration, torch.arange(M), votes, SHAPE, 1 << 22)
         decision = decide_update(total, votes, config)
         assert decision.accepted
         decision.update.apply_(x)
-        values.append(f(x))
+        values.append(float(f(x)))
     assert all(b < a for a, b in zip(values, values[1:], strict=False))
 
 
