@@ -152,8 +152,7 @@ def main() -> None:
     pair = make_pair(args.prompt_tokens, args.completion_tokens)
     head = output_layer(model)
     base_head = head.weight.data
-    config = ComPOConfig(radius=RADIUS, direction_dtype="bfloat16" if cuda else "float32",
-                         block_elements=1 << (26 if cuda else 22))
+    config = ComPOConfig(radius=RADIUS, direction_dtype="bfloat16" if cuda else "float32")
     oracle = LikelihoodOracle(model, config, pad_id=0)
     prepare_seconds, _ = timed(lambda: oracle.prepare([pair], oracle.master_weight()),
                                args.device)

@@ -89,10 +89,11 @@ class ComPOConfig(StrictModel):
         description="dtype directions are rounded to; bfloat16 with a bf16 model makes "
         "h*z products exact and halves the bytes (GPU)",
     )
-    block_elements: int = Field(
-        1 << 22, gt=0,
-        description="direction values generated per block (memory/speed, never the math): "
-        "bigger blocks batch several directions of a small model into one matmul",
+    block_elements: int | None = Field(
+        None, gt=0,
+        description="direction values generated per block (memory/speed, never the math; "
+        "default 2**22 on CPU, 2**26 on CUDA): bigger blocks batch several directions of "
+        "a small model into one matmul",
     )
 
 

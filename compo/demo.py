@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,13 +39,12 @@ class DemoSettings:
     fit_batch: int = 16
     fit_lr: float = 3e-3
     delta: float = 3.0
-    compo: ComPOConfig = None
+    # a 64-wide head needs a larger radius and step than a 4096-wide one to move visibly
+    compo: ComPOConfig = field(default_factory=lambda: ComPOConfig(
+        num_perturbations=1600, radius=2e-2, step_scale=2.0, accept_ratio=0.2))
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
-        if self.compo is None:
-            self.compo = ComPOConfig(num_perturbations=1600, radius=2e-2, step_scale=2.0,
-                                     accept_ratio=0.2)
 
 
 def fit(model, tokenizer, rows: list[dict], settings: DemoSettings) -> list[float]:

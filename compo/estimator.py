@@ -61,7 +61,7 @@ def count_votes(votes: torch.Tensor) -> tuple[int, int, int]:
 
 
 def vote_weighted_sum(seed: int, iteration: int, indices: torch.Tensor, votes: torch.Tensor,
-                      shape: tuple[int, int], block_elements: int, device="cpu",
+                      shape: tuple[int, int], block_elements: int | None, device="cpu",
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """sum_i y_i z_i [V, d] float32, rebuilt from (index, vote) in index order.
 
@@ -70,7 +70,7 @@ def vote_weighted_sum(seed: int, iteration: int, indices: torch.Tensor, votes: t
     """
     order = torch.argsort(indices)
     kept = [(int(i), int(v)) for i, v in zip(indices[order], votes[order], strict=True) if v]
-    per_group, chunk_rows = plan_blocks(len(kept), shape, block_elements)
+    per_group, chunk_rows = plan_blocks(len(kept), shape, block_elements, device)
     total = torch.zeros(shape, dtype=torch.float32, device=device)
     for start in range(0, len(kept), per_group):
         group = kept[start : start + per_group]

@@ -142,7 +142,8 @@ class LikelihoodOracle:
     def votes(self, state: OracleState, seed: int, iteration: int,
               indices: Sequence[int]) -> torch.Tensor:
         """Votes (int8, -1 / +1) for the given perturbation indices."""
-        per_group, _ = plan_blocks(len(indices), state.shape, self.config.block_elements)
+        per_group, _ = plan_blocks(len(indices), state.shape, self.config.block_elements,
+                                   state.probs.device)
         out = []
         for start in range(0, len(indices), per_group):
             changes = self.changes(state, seed, iteration, indices[start : start + per_group])
@@ -151,7 +152,7 @@ class LikelihoodOracle:
 
     def chunk_rows(self, state: OracleState) -> int:
         """Output-layer rows per generated block."""
-        return plan_blocks(1, state.shape, self.config.block_elements)[1]
+        return plan_blocks(1, state.shape, self.config.block_elements, state.probs.device)[1]
 
     def logprobs(self, state: OracleState, weight: torch.Tensor) -> torch.Tensor:
         """Log-probs [S] of the prepared sequences under another output weight."""

@@ -28,7 +28,10 @@ UNIFORM_BITS = 24  # bits per uniform: exact in float32
 UNIFORM_MASK = (1 << UNIFORM_BITS) - 1
 UNIFORM_SCALE = 2.0**-UNIFORM_BITS
 TWO_PI = 2.0 * math.pi
-PIECE_PAIRS = 1 << 16  # pairs generated per piece: keeps temporaries in cache (speed only)
+# Speed only, never values: pairs hashed per piece (CPU: temporaries stay in cache; GPU:
+# few kernel launches), and direction values per block when the config leaves it open.
+PIECE_PAIRS = {"cpu": 1 << 16, "cuda": 1 << 26}
+BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 def _signed(value: int) -> int:
@@ -71,8 +74,9 @@ def direction_key(seed: int, iteration: int, index: int) -> int:
 
 def _fill_pairs(out: torch.Tensor, key: int, first_pair: int) -> None:
     """Write normals of element pairs first_pair.. into out [n, 2], piece by piece."""
-    for start in range(0, out.shape[0], PIECE_PAIRS):
-        end = min(out.shape[0], start + PIECE_PAIRS)
+    piece = PIECE_PAIRS.get(out.device.type, PIECE_PAIRS["cpu"])
+    for start in range(0, out.shape[0], piece):
+        end = min(out.shape[0], start + piece)
         bits = torch.arange(first_pair + start + 1, first_pair + end + 1, dtype=torch.int64,
                             device=out.device)
         bits *= _signed(GOLDEN)  # SplitMix64 state after (pair + 1) steps from the key
@@ -107,8 +111,11 @@ def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,
     return flat.reshape(len(keys), row_end - row_start, cols).to(dtype)
 
 
-def plan_blocks(num: int, shape: tuple[int, int], block_elements: int) -> tuple[int, int]:
+def plan_blocks(num: int, shape: tuple[int, int], block_elements: int | None,
+                device="cpu") -> tuple[int, int]:
     """(directions per group, rows per chunk) so a block holds ~block_elements values."""
+    if block_elements is None:
+        block_elements = BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cpu"])
     rows, cols = shape
     chunk_rows = max(1, min(rows, block_elements // cols))
     per_group = max(1, min(num, block_elements // (rows * cols)))
