@@ -70,9 +70,10 @@ def cmd_apply_delta(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from oracle_service.__main__ import main as serve_main
+    from oracle_service.main import main as serve_main
 
-    return serve_main(args.service_args)
+    argv = args.service_args[1:] if args.service_args[:1] == ["--"] else args.service_args
+    return serve_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,50 @@
+"""The backend interface: `async compare(items) -> list[Verdict]`, one verdict per item."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from ..schemas import ComparisonError, ComparisonItem, ErrorKind, VerdictLabel
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A backend's answer for one item; `abstain` always carries an error."""
+
+    label: VerdictLabel
+    probability: float | None = None  # P(response_a is better)
+    error: ComparisonError | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # raw output, kept in the cache
+    position_inconsistent: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.label is VerdictLabel.ABSTAIN) != (self.error is not None):
+            raise ValueError("a verdict abstains exactly when it carries an error")
+
+    @classmethod
+    def abstain(cls, kind: ErrorKind, message: str, **usage: int) -> Verdict:
+        return cls(VerdictLabel.ABSTAIN, error=ComparisonError(kind=kind, message=message), **usage)
+
+    @property
+    def ok(self) -> bool:
+        return self.label is not VerdictLabel.ABSTAIN
+
+    def flipped(self) -> Verdict:
+        """The verdict for the same pair with response_a and response_b swapped."""
+        probability = None if self.probability is None else 1.0 - self.probability
+        return replace(self, label=self.label.flipped(), probability=probability)
+
+
+class Backend(Protocol):
+    """A comparison oracle. `identity` and `cache_params` go into the cache key."""
+
+    identity: str
+    cache_params: dict[str, Any]
+
+    async def compare(self, items: Sequence[ComparisonItem]) -> list[Verdict]: ...
+
+    async def aclose(self) -> None: ...

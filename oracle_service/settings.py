@@ -1,0 +1,172 @@
+"""Service settings: one class, read from COMPO_ORACLE_* environment variables or YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PLACEHOLDER_TOKENS = frozenset(
+    {"", "changeme", "change-me", "change_me", "placeholder", "secret", "token", "password"}
+)
+
+TOKEN_TEMPLATE = """Compare two responses to the same user prompt and decide which one is better: \
+more helpful, more correct and clearer. Length alone is not a merit.
+
+[Prompt]
+{prompt}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+Reply with exactly one word: A if Response A is better, B if Response B is better, \
+or TIE if they are equally good."""
+
+JSON_TEMPLATE = TOKEN_TEMPLATE.rsplit("\n\n", 1)[0] + (
+    '\n\nReply with a JSON object {"winner": "A"}, {"winner": "B"} or {"winner": "TIE"}.'
+)
+
+SYSTEM_PROMPT = "You are a careful, impartial judge of answers to user prompts."
+TEMPLATE_FIELDS = ("{prompt}", "{response_a}", "{response_b}")
+
+
+class InsecureSettingsError(ValueError):
+    """Raised when the service would start without a real API token outside dev mode."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable; environment variables override the YAML file."""
+
+    model_config = SettingsConfigDict(env_prefix="COMPO_ORACLE_", extra="forbid")
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0: any free port).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="uvicorn and logging level."
+    )
+    api_token: SecretStr = Field(SecretStr(""), description="Bearer token clients must send.")
+    dev_mode: bool = Field(False, description="Allow a weak token (no auth if empty).")
+    max_batch_size: int = Field(256, ge=1, description="Most items in one comparisons request.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+
+    # --- storage ---
+    db_path: Path = Field(Path("oracle_service.sqlite3"), description="SQLite file (cache, runs).")
+    cache_enabled: bool = Field(True, description="Read and write the verdict cache.")
+    sqlite_wal: bool = Field(True, description="Use SQLite WAL journal mode.")
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="Wait for a locked database.")
+    stats_latency_window: int = Field(10_000, ge=1, description="Latencies kept per stats scope.")
+
+    # --- backend choice ---
+    backend: Literal["judge", "reward_model"] = Field("judge", description="Which oracle.")
+
+    # --- LLM judge (any OpenAI-compatible endpoint) ---
+    judge_base_url: str = Field("https://api.openai.com/v1", description="Endpoint base URL.")
+    judge_api_key: SecretStr = Field(SecretStr(""), description="Key; empty: OPENAI_API_KEY.")
+    judge_model: str = Field("gpt-4o-mini", description="Model name sent to the endpoint.")
+    judge_template: str | None = Field(None, description="User prompt template; None: built-in.")
+    judge_template_version: str = Field("pairwise-v1", description="Bump when editing template.")
+    judge_system_prompt: str = Field(SYSTEM_PROMPT, description="System message.")
+    judge_output_format: Literal["token", "json"] = Field("token", description="A/B/TIE or JSON.")
+    judge_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+    judge_max_tokens: int = Field(8, ge=1, description="Completion token limit per call.")
+    judge_logprobs: bool = Field(False, description="Ask for logprobs to get a probability.")
+    judge_top_logprobs: int = Field(5, ge=1, le=20, description="Alternatives per token.")
+    judge_position_mode: Literal["swap", "both"] = Field(
+        "swap", description="swap: content-seeded order; both: ask both orders, disagreement=tie."
+    )
+    judge_timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP attempt.")
+    judge_max_concurrency: int = Field(64, ge=1, description="Judge calls in flight at once.")
+    judge_connections_per_pool: int = Field(
+        32, ge=1, description="HTTP connections per client pool (pools scale with concurrency)."
+    )
+    judge_requests_per_minute: float | None = Field(None, gt=0, description="None: unlimited.")
+    judge_tokens_per_minute: float | None = Field(None, gt=0, description="None: unlimited.")
+    rate_limit_burst_s: float = Field(1.0, gt=0, description="Seconds of budget usable at once.")
+    chars_per_token: float = Field(4.0, gt=0, description="Token estimate for the TPM limit.")
+    judge_input_usd_per_mtok: float | None = Field(None, ge=0, description="Prompt price/1M.")
+    judge_output_usd_per_mtok: float | None = Field(None, ge=0, description="Output price/1M.")
+
+    # --- retries (judge) ---
+    retry_max_attempts: int = Field(5, ge=1, description="Attempts per call, first included.")
+    retry_initial_wait_s: float = Field(0.5, ge=0, description="First backoff wait.")
+    retry_max_wait_s: float = Field(20.0, ge=0, description="Longest exponential backoff wait.")
+    retry_jitter_s: float = Field(0.5, ge=0, description="Random extra wait, up to this.")
+    retry_after_max_s: float = Field(60.0, ge=0, description="Cap on an honoured Retry-After.")
+
+    # --- local reward model ---
+    reward_model_path: Path | None = Field(None, description="Local HF model directory.")
+    reward_device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1.")
+    reward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on GPU, float32 on CPU."
+    )
+    reward_tie_margin: float = Field(0.0, ge=0.0, description="|score_a - score_b| <= margin: tie.")
+    reward_max_length: int = Field(4096, ge=1, description="Tokens per (prompt, response).")
+    reward_text_separator: str = Field("\n\n", description="Joins prompt and response.")
+    reward_max_batch_size: int = Field(16, ge=1, description="Pairs per forward pass.")
+    reward_max_wait_ms: float = Field(5.0, ge=0, description="Wait to fill a micro-batch.")
+
+    @model_validator(mode="after")
+    def _check_backend_config(self) -> Settings:
+        template = self.judge_template
+        if template is not None and not all(field in template for field in TEMPLATE_FIELDS):
+            raise ValueError(f"judge_template must contain {', '.join(TEMPLATE_FIELDS)}")
+        if self.backend == "reward_model" and self.reward_model_path is None:
+            raise ValueError("backend=reward_model needs reward_model_path")
+        return self
+
+    @property
+    def prompt_template(self) -> str:
+        """The judge template in use (built-in one matches the output format)."""
+        if self.judge_template is not None:
+            return self.judge_template
+        return TOKEN_TEMPLATE if self.judge_output_format == "token" else JSON_TEMPLATE
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_token.get_secret_value())
+
+    def assert_safe_to_start(self) -> None:
+        """Refuse an empty or placeholder API token unless dev mode is on."""
+        token = self.api_token.get_secret_value().strip().lower()
+        if token in PLACEHOLDER_TOKENS and not self.dev_mode:
+            raise InsecureSettingsError(
+                "COMPO_ORACLE_API_TOKEN is empty or a placeholder; set a real token "
+                "or COMPO_ORACLE_DEV_MODE=1 for local development"
+            )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_settings = YamlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, yaml_settings, file_secret_settings
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from overrides > environment > YAML file (if given) > defaults."""
+    if config_file is None:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    return FileSettings(**overrides)
