@@ -48,7 +48,12 @@ def cmd_train(args) -> int:
         run_dir = start_run(config)
     else:
         raise ConfigError("compo train needs --config FILE (new run) or --resume RUN_DIR")
-    trainer = ComPOTrainer(config, run_dir)
+    if args.ray_address or config.ray is not None:
+        from compo.distributed import ray_trainer
+
+        trainer = ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
+    else:
+        trainer = ComPOTrainer(config, run_dir)
     try:
         weight = trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -95,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-id", help="override the config's run_id")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a saved run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--ray-address", metavar="ADDRESS",
+                       help="votes on a Ray cluster: auto, ray://host:10001 or host:port "
+                       "(a config with a ray: section uses Ray without it)")
     train.set_defaults(func=cmd_train)
 
     delta = sub.add_parser("apply-delta", help="rebuild a tuned model from base + delta")
@@ -108,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service_args", nargs=argparse.REMAINDER,
                        help="arguments for the service (see compo serve -- --help)")
     serve.set_defaults(func=cmd_serve)
+
+    from compo.pipeline_cli import add_pipeline_commands  # pipeline, eval, compare, plot
+
+    add_pipeline_commands(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compo.oracle_config import OracleConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the user: where it is and how to fix it."""
@@ -97,6 +99,48 @@ class ComPOConfig(StrictModel):
     )
 
 
+class RayConfig(StrictModel):
+    """Distributed votes on a Ray cluster: one worker actor per GPU (or CPU slot)."""
+
+    address: str | None = Field(
+        None, description="'auto', 'ray://host:10001' or host:port (--ray-address overrides "
+        "it); None: a local instance when local_* are set, else ray.init()'s default "
+        "(RAY_ADDRESS, a cluster started on this machine, or a new local instance)")
+    num_workers: int | None = Field(
+        None, gt=0, description="worker actors; default one per GPU free when the run "
+        "starts, or one per cpus_per_worker free CPUs when the cluster has no GPU")
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="one GPU per worker; auto: when the cluster has GPUs")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="placement group strategy: PACK fills nodes, SPREAD uses many")
+    chunk_size: int = Field(
+        16, gt=0, description="perturbation indices per task; fixed, never derived from the "
+        "worker count, so every topology computes each vote in the same grouping")
+    tasks_in_flight: int = Field(2, gt=0, description="chunks queued per worker at a time")
+    straggler_timeout_s: float = Field(
+        300.0, gt=0, description="a worker silent this long while holding chunks is treated "
+        "as unreachable: its chunks go to live workers (it rejoins if it answers)")
+    max_redispatch: int = Field(
+        3, ge=0, description="times one chunk may be re-dispatched before the run fails")
+    max_restarts: int = Field(
+        3, ge=0, description="Ray restarts of a worker actor that died (it reloads the model)")
+    load_timeout_s: float = Field(
+        1800.0, gt=0, description="time for every worker to load the model")
+    call_timeout_s: float = Field(
+        600.0, gt=0, description="time for a worker to prepare an iteration (one forward "
+        "pass) or acknowledge an update; a slower worker sits the iteration out")
+    placement_timeout_s: float = Field(
+        600.0, gt=0, description="time to reserve the placement group's bundles")
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="how often the gather loop looks for stragglers and restarts")
+    local_num_cpus: int | None = Field(
+        None, gt=0, description="start a new local instance (address None) with this many "
+        "CPUs; default: ray.init()'s choice")
+    local_object_store_bytes: int | None = Field(
+        None, gt=0, description="start a new local instance with this object store size")
+
+
 class TrainConfig(StrictModel):
     """A ComPO run: model, noisy pairs, algorithm, bookkeeping."""
 
@@ -113,6 +157,13 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(10, gt=0, description="iterations between checkpoints")
     oracle_service_url: str | None = Field(
         None, description="report per-iteration summaries to this oracle service"
+    )
+    ray: RayConfig | None = Field(
+        None, description="run the votes on a Ray cluster (see RayConfig); None: this process"
+    )
+    oracle: OracleConfig = Field(
+        default_factory=OracleConfig, description="the oracle behind the votes (see "
+        "OracleConfig): likelihood, or generated responses judged by the oracle service"
     )
 
 

@@ -6,7 +6,9 @@ with rule 'reference' iff 0 < margin < delta (the public reference code's varian
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -41,8 +43,23 @@ def margin_report(margins: torch.Tensor, noisy: torch.Tensor, bins: int) -> dict
     }
 
 
-def split(config: SplitConfig) -> dict:
-    """Score every pair with the reference model; write clean/noisy JSONL and a report."""
+class CriterionResult(NamedTuple):
+    """What an extra split criterion decides: the noisy mask, per-pair values, a report."""
+
+    noisy: torch.Tensor  # [K] bool, replaces the margin's decision
+    columns: dict[str, list[float]]  # written into every row of clean/noisy.jsonl
+    report: dict  # merged into report.json
+
+
+# (model, tokenized pairs, pad id, margins [K], margin's noisy mask [K]) -> decision
+Criterion = Callable[..., CriterionResult]
+
+
+def split(config: SplitConfig, criterion: Criterion | None = None) -> dict:
+    """Score every pair with the reference model; write clean/noisy JSONL and a report.
+
+    `criterion` (optional) sees the loaded model and the margins and may decide instead.
+    """
     tokenizer = load_tokenizer(config.model.path)
     model = load_model(config.model)
     pairs, load_report = load_tokenized(config.data, tokenizer)
@@ -50,13 +67,18 @@ def split(config: SplitConfig) -> dict:
                                    config.model.batch_size)
     margins = chosen - rejected
     noisy = noisy_mask(margins, config.delta, config.rule)
-    out = Path(config.output_dir)
-    for name, keep in (("noisy", noisy), ("clean", ~noisy)):
-        rows = [dict(pair.row, margin=float(margin), source=pair.source)
-                for pair, margin, flag in zip(pairs, margins, keep, strict=True) if flag]
-        fileio.write_jsonl(out / f"{name}.jsonl", rows)
     report = {"delta": config.delta, "rule": config.rule, "data": config.data.path,
               "model": config.model.path, "load": load_report.as_dict(),
               **margin_report(margins, noisy, config.histogram_bins)}
+    columns = {}
+    if criterion is not None:
+        noisy, columns, extra = criterion(model, pairs, tokenizer.pad_token_id, margins, noisy)
+        report.update(extra, noisy=int(noisy.sum()), clean=int((~noisy).sum()))
+    out = Path(config.output_dir)
+    for name, keep in (("noisy", noisy), ("clean", ~noisy)):
+        rows = [dict(pair.row, margin=float(margins[i]), source=pair.source,
+                     **{key: values[i] for key, values in columns.items()})
+                for i, pair in enumerate(pairs) if keep[i]]
+        fileio.write_jsonl(out / f"{name}.jsonl", rows)
     fileio.write_json(out / "report.json", report)
     return report

@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 from compo.config import TrainConfig
 from compo.data import TokenizedPair
 from compo.encoding import load_tokenized
-from compo.estimator import UpdateDecision, decide_update, vote_weighted_sum
+from compo.estimator import (
+    UpdateDecision,
+    accept,
+    count_votes,
+    decide_update,
+    vote_weighted_sum,
+)
 from compo.modeling import DTYPES, load_model, load_tokenizer, output_layer
 from compo.oracle import LikelihoodOracle, OracleState
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
@@ -96,9 +102,12 @@ def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: to
     indices = list(range(compo.num_perturbations))
     votes = source.votes(config.seed, iteration, indices)
     vote_seconds = time.perf_counter() - started
-    total = vote_weighted_sum(config.seed, iteration, torch.tensor(indices), votes,
-                              tuple(weight.shape), compo.block_elements, weight.device,
-                              DTYPES[compo.direction_dtype])
+    n_minus, m, _ = count_votes(votes)
+    total = None  # a skipped iteration never needs the (costly) rebuild of sum y_i z_i
+    if accept(n_minus, m, compo.accept_ratio):
+        total = vote_weighted_sum(config.seed, iteration, torch.tensor(indices), votes,
+                                  tuple(weight.shape), compo.block_elements, weight.device,
+                                  DTYPES[compo.direction_dtype])
     decision = decide_update(total, votes, compo)
     if decision.update is not None:
         decision.update.apply_(weight)
@@ -124,6 +133,31 @@ def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult
     }
 
 
+def source_metrics(source: VoteSource) -> dict:
+    """Extra figures a vote source reports for the last iteration (Ray: bytes, faults)."""
+    report = getattr(source, "iteration_metrics", None)
+    return report() if report is not None else {}
+
+
+def default_source(config: TrainConfig, model, tokenizer, run_id: str) -> VoteSource:
+    """The configured oracle in this process: likelihood, or the service on generations."""
+    if config.oracle.kind == "service":
+        from compo.generative import ServiceVoteSource  # needs the service extra (httpx)
+
+        return ServiceVoteSource(model, tokenizer, config, run_id)
+    return LocalVoteSource(LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
+                                            config.model.batch_size))
+
+
+def iteration_reporter(config: TrainConfig, run_id: str):
+    """The per-iteration reporter when a service URL is configured (compo.reporting)."""
+    if config.oracle_service_url is None and config.oracle.kind != "service":
+        return None
+    from compo.reporting import reporter_for  # needs the service extra (httpx)
+
+    return reporter_for(config, run_id)
+
+
 class ComPOTrainer:
     """Loads model and data, runs iterations, checkpoints, exports."""
 
@@ -134,8 +168,9 @@ class ComPOTrainer:
         self.model = load_model(config.model)
         self.pairs, self.load_report = load_tokenized(config.data, self.tokenizer)
         self.base_weight = output_layer(self.model).weight.detach().float().clone()
-        self.source = source or LocalVoteSource(LikelihoodOracle(
-            self.model, config.compo, self.tokenizer.pad_token_id, config.model.batch_size))
+        run_id = run_dir.path.name
+        self.source = source or default_source(config, self.model, self.tokenizer, run_id)
+        self.reporter = iteration_reporter(config, run_id)
 
     def run(self, progress: bool = True) -> torch.Tensor:
         """Run (or continue) to the end of the schedule; returns the master weight."""
@@ -174,6 +209,9 @@ class ComPOTrainer:
         chosen = [self.pairs[i] for i in batch]
         result = run_iteration(self.source, chosen, weight, self.config, iteration)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
+        row.update(source_metrics(self.source))
+        if self.reporter is not None:  # posts to the service; a failure is counted, not raised
+            row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)
         return row
 

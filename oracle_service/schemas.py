@@ -136,7 +136,7 @@ class IterationSummary(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     iteration: int = Field(ge=0)
-    m: int = Field(ge=1, description="Perturbations drawn.")
+    m: int = Field(ge=0, description="Perturbations that voted (abstentions excluded).")
     n_minus: int = Field(ge=0, description="Perturbations that improved the pair.")
     accepted: bool = Field(description="False when the update was skipped.")
     step: float | None = Field(None, description="Step size applied (gamma * n_minus / m).")

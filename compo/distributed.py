@@ -1,0 +1,441 @@
+"""Distributed votes on Ray: the coordinator side of `compo train --ray-address`.
+
+RayVoteSource plugs into ComPOTrainer, so the loop, checkpoints, resume and metrics are
+the core engine's. Per iteration it brings every worker to the current weights version
+(a sparse patch, put once into the object store), prepares the pairs on each, hands out
+fixed chunks of perturbation indices, gathers (index, vote) answers with ray.wait and
+re-dispatches the chunks of dead, unreachable or straggling workers. The core engine then
+rebuilds sum y_i z_i from the votes; an accepted step is published the same way.
+Imports ray lazily: `compo` works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from compo.config import RayConfig, TrainConfig
+from compo.rundir import RunDirectory, RunError
+from compo.worker import (
+    Chunk,
+    VoteBatch,
+    WeightVersions,
+    answer_matches,
+    make_chunks,
+    pair_ids,
+)
+
+if TYPE_CHECKING:
+    from workers.pool import Worker
+
+log = logging.getLogger(__name__)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")  # "ValueError: ..."
+
+
+class DistributedError(RunError):
+    """A distributed run that cannot go on: which worker, which node, and why."""
+
+
+def failure_reason(error: Exception) -> str:
+    """The original exception of a Ray error ('ModelError: ...'), from its last raise on."""
+    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines() if line.strip()]
+    raised = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    return " ".join(lines[raised[-1] if raised else -1:]) if lines else type(error).__name__
+
+
+def serialized_size(*objects: Any) -> int:
+    """Bytes of a call's arguments or a result: the values pickled, object refs as ids."""
+    import ray
+
+    refs = [o for o in objects if isinstance(o, ray.ObjectRef)]
+    values = tuple(o for o in objects if not isinstance(o, ray.ObjectRef))
+    return sum(len(ref.binary()) for ref in refs) + len(pickle.dumps(values, protocol=5))
+
+
+@dataclass
+class IterationStats:
+    """One iteration's cost: bytes by kind, seconds by phase, faults, work per worker."""
+
+    bytes: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+    marks: dict = field(default_factory=lambda: {"start": time.perf_counter()})
+    perturbations: int = 0  # indices voted on
+    update_bytes: int = 0  # indices + values of the published step (inside the puts)
+    redispatched: int = 0
+    failures: int = 0
+    rejected: int = 0
+    base_mismatch: int = 0
+    work: dict = field(default_factory=dict)  # worker -> [perturbations, seconds]
+
+
+class RayVoteSource:
+    """VoteSource whose votes come from worker actors on a Ray cluster."""
+
+    def __init__(self, config: TrainConfig, address: str | None = None, progress: bool = True,
+                 on_votes: Callable[[int, int], None] | None = None):
+        import ray
+
+        from workers.pool import connect, plan_workers, start_pool
+
+        if config.oracle.kind != "likelihood":
+            raise DistributedError(f"Ray workers evaluate the likelihood oracle; oracle.kind="
+                                   f"{config.oracle.kind} runs in one process: remove the "
+                                   "ray section and --ray-address")
+        self.config, self.settings = config, config.ray or RayConfig()
+        self.progress, self.on_votes = progress, on_votes
+        connect(self.settings, address)
+        count, self.use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
+                                           self.settings)
+        self.pool = start_pool(config, self.settings, count, self.use_gpu)
+        self.workers: list[Worker] = []
+        self.weights: WeightVersions | None = None
+        self.round, self.refs, self.pairs_ref = 0, {}, None
+        self.stats, self.base_logprobs = IterationStats(), {}
+        self.queue: deque[Chunk] = deque()
+        self.tasks: dict[Any, tuple[Chunk, Worker]] = {}
+        self.last_progress = time.monotonic()
+
+    def start(self, base_weight: torch.Tensor) -> RayVoteSource:
+        """Wait for every worker to load the model; `base_weight` is what they loaded."""
+        self.workers = self.pool.wait_loaded(self.settings.load_timeout_s,
+                                             self.config.model.path, tuple(base_weight.shape))
+        self.weights = WeightVersions(base_weight)
+        log.info("%d workers ready on %d nodes (%s)", len(self.workers),
+                 len({w.node for w in self.workers}), "GPU" if self.use_gpu else "CPU")
+        return self
+
+    def close(self) -> None:
+        """Stop the workers and release their placement group."""
+        if self.pool.actors:
+            self.pool.shutdown()
+
+    @property
+    def version(self) -> int:
+        return self.weights.version
+
+    # -- VoteSource ---------------------------------------------------------------------
+
+    def prepare(self, pairs, weight: torch.Tensor) -> torch.Tensor:
+        """New round: publish the weights if they moved, prepare the pairs on every worker."""
+        import ray
+
+        self.stats, self.base_logprobs = IterationStats(), {}
+        self.round += 1
+        self._publish(weight, acknowledge=False)
+        self.pairs_ref = self._put(pair_ids(pairs))
+        first = {self._send_prepare(w).pending for w in self.workers
+                 if not w.dead and w.pending is None}
+        deadline = time.monotonic() + self.settings.call_timeout_s
+        while time.monotonic() < deadline and (first or not self.base_logprobs):
+            waiting = [w.pending for w in self.workers if w.pending is not None]
+            if not waiting:
+                break
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=self.settings.poll_interval_s)
+            for ref in ready:
+                first.discard(ref)
+                self._answered(ref)
+        if not self.base_logprobs:
+            raise DistributedError(self._no_worker(
+                f"prepared the iteration within {self.settings.call_timeout_s:g} s"))
+        self.stats.seconds["prepare"] = time.perf_counter() - self.stats.marks["start"]
+        return torch.tensor(self._agreed_base_logprobs())
+
+    def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
+        """Votes of all `indices`; returns only when every index has a valid vote."""
+        import ray
+
+        started = time.perf_counter()
+        out = np.zeros(len(indices), dtype=np.int8)
+        self.stats.perturbations = len(indices)
+        self.queue, self.tasks = deque(make_chunks(indices, self.settings.chunk_size)), {}
+        remaining, self.last_progress = len(indices), time.monotonic()
+        bar = tqdm(total=len(indices), desc=f"votes {iteration}", unit="vote", leave=False,
+                   disable=not self.progress)
+        while remaining:
+            self._dispatch(seed, iteration)
+            waiting = set(self.tasks) | {w.pending for w in self.workers if w.pending}
+            if not waiting:  # nobody usable, nobody coming back
+                raise DistributedError(self._no_worker("is left"))
+            ready, _ = ray.wait(list(waiting), num_returns=1,
+                                timeout=self.settings.poll_interval_s)
+            for ref in ready:
+                got = self._received(ref, out)
+                remaining -= got
+                bar.update(got)
+                if got and self.on_votes is not None:
+                    self.on_votes(len(indices) - remaining, len(indices))
+            self._find_stragglers()
+        bar.close()
+        self.stats.seconds["votes"] = time.perf_counter() - started
+        self.stats.marks["votes_done"] = time.perf_counter()
+        return torch.from_numpy(out)
+
+    def logprobs(self, weight: torch.Tensor) -> torch.Tensor:
+        """Publish the accepted step (workers acknowledge it), then log-probs under it."""
+        import ray
+
+        self.stats.marks["publish"] = time.perf_counter()
+        self._publish(weight, acknowledge=True)
+        for worker in self._usable():
+            ref = worker.actor.logprobs.remote(self.round, self.version)
+            self._count("task_args", self.round, self.version)
+            try:
+                values = ray.get(ref, timeout=self.settings.call_timeout_s)
+            except ray.exceptions.RayError as error:
+                self._failed(worker, error)
+                continue
+            self._count("results", values)
+            return torch.tensor(values)
+        raise DistributedError(self._no_worker("reported log-probs after the update"))
+
+    def iteration_metrics(self) -> dict:
+        """The iteration's Ray figures (merged into its metrics.jsonl row)."""
+        stats, now = self.stats, time.perf_counter()
+        rebuild = stats.marks.get("publish", now) - stats.marks.get("votes_done", now)
+        vote_bytes = stats.bytes["vote_args"] + stats.bytes["vote_results"]
+        per_worker = {name: {"perturbations": n, "seconds": s, "per_s": n / s if s else 0.0}
+                      for name, (n, s) in sorted(stats.work.items())}
+        return {"ray": {
+            "workers": len(self._usable()), "dead": sum(w.dead for w in self.workers),
+            "version": self.version, "update_bytes": stats.update_bytes,
+            "bytes": {**stats.bytes, "total": sum(stats.bytes.values()),
+                      "votes_per_perturbation": vote_bytes / max(stats.perturbations, 1)},
+            "seconds": {**stats.seconds, "rebuild": rebuild},
+            "redispatched": stats.redispatched, "failures": stats.failures,
+            "rejected": stats.rejected, "base_mismatch": stats.base_mismatch,
+            "per_worker": per_worker,
+        }}
+
+    # -- weights versions ---------------------------------------------------------------
+
+    def _publish(self, weight: torch.Tensor, acknowledge: bool) -> None:
+        """Make the next version if `weight` moved; with `acknowledge`, send it now."""
+        import ray
+
+        started = time.perf_counter()
+        step = self.weights.advance(weight)
+        if step is not None:
+            self.stats.update_bytes += step.nbytes
+        if acknowledge:
+            acks = {}
+            for worker in self._prepared():
+                patch = self._patch_ref(worker)
+                acks[worker.actor.apply.remote(patch)] = worker
+                self._count("task_args", patch)
+            for ref, worker in acks.items():
+                try:
+                    worker.version = ray.get(ref, timeout=self.settings.call_timeout_s)
+                except ray.exceptions.RayError as error:
+                    self._failed(worker, error)
+                    continue
+                self._count("results", worker.version)
+        self.stats.seconds["broadcast"] += time.perf_counter() - started
+
+    def _patch_ref(self, worker: Worker) -> Any:
+        """Object ref of the patch `worker` needs (each patch is put once), or None."""
+        patch = self.weights.patch_for(worker.version)
+        if patch is None:
+            return None
+        key = (patch.version, patch.base)
+        if key not in self.refs:
+            self.refs = {k: v for k, v in self.refs.items() if k[0] == patch.version}
+            self.refs[key] = self._put(patch)
+        return self.refs[key]
+
+    # -- calls and answers --------------------------------------------------------------
+
+    def _send_prepare(self, worker: Worker) -> Worker:
+        patch = self._patch_ref(worker)
+        worker.pending = worker.actor.prepare.remote(self.round, self.version, self.pairs_ref,
+                                                     patch)
+        worker.pending_round = self.round
+        self._count("task_args", self.round, self.version, self.pairs_ref, patch)
+        return worker
+
+    def _received(self, ref, out: np.ndarray) -> int:
+        """Route a finished call: a chunk's votes, or a pending call of a lost worker."""
+        owner = next((w for w in self.workers if w.pending == ref), None)
+        if ref not in self.tasks:
+            self._answered(ref)
+            return 0
+        if owner is not None:  # a straggler's task: its answer ends the wait
+            owner.pending = None
+        return self._collect(ref, out)
+
+    def _answered(self, ref) -> None:
+        """A worker's pending call finished: it is ready, needs preparing, or failed."""
+        import ray
+
+        worker = next(w for w in self.workers if w.pending == ref)
+        pending_round, worker.pending, worker.pending_round = worker.pending_round, None, None
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            self._failed(worker, error)
+            return
+        worker.failures, worker.last_heard = 0, time.monotonic()
+        self.last_progress = time.monotonic()
+        if pending_round is not None:
+            self._count("results", result)
+            worker.version = result[0]
+            if pending_round == self.round and worker.version == self.version:
+                worker.ready_round = self.round
+                self.base_logprobs[worker.name] = result[1]
+                return
+        if worker.ready_round != self.round:
+            self._send_prepare(worker)
+
+    def _dispatch(self, seed: int, iteration: int) -> None:
+        """Give queued chunks to usable workers, up to tasks_in_flight each."""
+        for worker in self._usable():
+            while self.queue and worker.in_flight < self.settings.tasks_in_flight:
+                chunk = self.queue.popleft()
+                if chunk.done:
+                    continue
+                args = (self.round, self.version, seed, iteration, chunk.indices)
+                self.tasks[worker.actor.evaluate.remote(*args)] = (chunk, worker)
+                self._count("vote_args", *args)
+                if worker.in_flight == 0:
+                    worker.last_heard = time.monotonic()
+                worker.in_flight += 1
+                chunk.sent += 1
+        if all(w.dead for w in self.workers):
+            raise DistributedError(self._no_worker("is left"))
+        silent = time.monotonic() - self.last_progress
+        if not self._usable() and silent > self.settings.load_timeout_s:  # restarts reload
+            raise DistributedError(self._no_worker(
+                f"answered for {self.settings.load_timeout_s:g} s (ray.load_timeout_s)"))
+
+    def _collect(self, ref, out: np.ndarray) -> int:
+        """Record a chunk's votes; returns how many indices got their first vote."""
+        import ray
+
+        chunk, worker = self.tasks.pop(ref)
+        worker.in_flight -= 1
+        try:
+            batch: VoteBatch = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            self._failed(worker, error, chunk)
+            return 0
+        self._count("vote_results", batch)
+        if not answer_matches(batch, self.round, self.version, chunk.indices):
+            self.stats.rejected += 1
+            log.warning("%s: rejected an answer for round %d, version %d (now %d, %d)",
+                        worker.name, batch.round, batch.version, self.round, self.version)
+            self._requeue(chunk, "stale answer")
+            return 0
+        worker.last_heard = self.last_progress = time.monotonic()
+        worker.ready_round = self.round  # a straggler that answers is back
+        count = len(chunk.indices)
+        work = self.stats.work.setdefault(worker.name, [0, 0.0])
+        work[0], work[1] = work[0] + count, work[1] + batch.seconds
+        if chunk.done:
+            return 0
+        chunk.done = True
+        out[chunk.first : chunk.first + count] = batch.vote_array()
+        return count
+
+    def _failed(self, worker: Worker, error: Exception, chunk: Chunk | None = None) -> None:
+        """A call failed: count it, re-dispatch the worker's chunks, probe it again."""
+        self.stats.failures += 1
+        worker.failures += 1
+        worker.lost()
+        reason = failure_reason(error)
+        log.warning("%s on %s failed (%d in a row): %s", worker.name, worker.node,
+                    worker.failures, reason)
+        lost = [chunk] if chunk else []
+        for ref, (other, owner) in list(self.tasks.items()):
+            if owner is worker:
+                del self.tasks[ref]
+                lost.append(other)
+        for item in lost:
+            self._requeue(item, reason)
+        if worker.failures > self.settings.max_restarts + 1:
+            worker.dead = True
+            log.error("%s on %s: given up after %d failures in a row", worker.name,
+                      worker.node, worker.failures)
+        elif worker.pending is None:
+            self._send_prepare(worker)
+
+    def _requeue(self, chunk: Chunk, reason: str) -> None:
+        """Put a chunk back at the front of the queue, within ray.max_redispatch."""
+        if chunk.done:
+            return
+        if chunk.sent > self.settings.max_redispatch:
+            raise DistributedError(f"perturbations {chunk.indices[0]}.. failed {chunk.sent} "
+                                   f"times (ray.max_redispatch={self.settings.max_redispatch})"
+                                   f"; last: {reason}")
+        self.stats.redispatched += 1
+        self.queue.appendleft(chunk)
+
+    def _find_stragglers(self) -> None:
+        """Workers silent too long while holding chunks: their chunks go elsewhere."""
+        now = time.monotonic()
+        for worker in self._usable():
+            if worker.in_flight and now - worker.last_heard > self.settings.straggler_timeout_s:
+                log.warning("%s on %s: no answer for %.0f s; re-dispatching its chunks",
+                            worker.name, worker.node, now - worker.last_heard)
+                worker.ready_round = None
+                for ref, (chunk, owner) in self.tasks.items():
+                    if owner is worker:
+                        worker.pending = worker.pending or ref
+                        self._requeue(chunk, f"{worker.name} straggling")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _prepared(self) -> list[Worker]:
+        return [w for w in self.workers if not w.dead and w.ready_round == self.round]
+
+    def _usable(self) -> list[Worker]:
+        return [w for w in self._prepared() if w.version == self.version]
+
+    def _no_worker(self, what: str) -> str:
+        usable = self._usable()
+        states = ", ".join(f"{w.name} on {w.node} ({'dead' if w.dead else 'not answering'})"
+                           for w in self.workers if w not in usable)
+        return f"no worker {what}: {states or 'none started'}"
+
+    def _agreed_base_logprobs(self) -> np.ndarray:
+        """Base log-probs of the first ready worker; workers that differ are counted."""
+        first = next(w.name for w in self.workers if w.name in self.base_logprobs)
+        values = self.base_logprobs[first]
+        self.stats.base_mismatch = sum(not np.array_equal(v, values)
+                                       for v in self.base_logprobs.values())
+        return values
+
+    def _put(self, obj: Any):
+        import ray
+
+        self.stats.bytes["object_store_puts"] += serialized_size(obj)
+        return ray.put(obj)
+
+    def _count(self, kind: str, *objects: Any) -> None:
+        self.stats.bytes[kind] += serialized_size(*objects)
+
+
+def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None = None,
+                progress: bool = True, **source_options):
+    """A ComPOTrainer whose votes come from Ray workers (they load while it loads)."""
+    from compo.train import ComPOTrainer
+
+    source = RayVoteSource(config, address, progress, **source_options)
+    try:
+        trainer = ComPOTrainer(config, run_dir, source=source)
+        source.start(trainer.base_weight)
+    except BaseException:
+        source.close()
+        raise
+    return trainer

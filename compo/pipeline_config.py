@@ -1,0 +1,184 @@
+"""Configuration of `compo pipeline` (split -> first stage -> ComPO) and `compo eval`.
+
+Each stage has a `skip` switch; the stages' own knobs reuse the core classes
+(SplitConfig's margin rule, TrainConfig for ComPO, TRL's config classes for the first
+stage), which are checked up front by `compo.pipeline.validate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from compo.config import ConfigError, DataConfig, ModelConfig, StrictModel
+
+
+def require_model_dir(path: str, field: str) -> None:
+    """A local model directory (save_pretrained) must be there."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{field}={path}: no model there (config.json missing); point it at "
+                          "a directory written by save_pretrained (downloads are disabled)")
+
+
+def require_path(path: str, field: str) -> None:
+    """A data file or directory must be there."""
+    if not Path(path).exists():
+        raise ConfigError(f"{field}={path}: no such file or directory")
+
+
+class ChesConfig(StrictModel):
+    """CHES score (Razin et al. 2024): a high score predicts that a direct method will
+    lower log pi(y+) on the pair (likelihood displacement)."""
+
+    enabled: bool = Field(True, description="compute CHES next to the margin (the report "
+                          "shows how the two criteria overlap)")
+    length_normalized: bool = Field(
+        True, description="average the hidden embeddings over tokens (ln-CHES) instead of "
+        "summing them; the sum favours long responses")
+    top_fraction: float | None = Field(
+        None, gt=0, le=1, description="noisy = this fraction of pairs with the highest CHES")
+    threshold: float | None = Field(None, description="noisy = CHES >= threshold")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ChesConfig:
+        if self.top_fraction is not None and self.threshold is not None:
+            raise ValueError("set either ches.top_fraction or ches.threshold, not both "
+                             "(neither: as many pairs as the margin marks noisy)")
+        return self
+
+
+class SplitStage(StrictModel):
+    """Stage 1: clean/noisy split with the reference model (`model` of the pipeline)."""
+
+    skip: bool = Field(False, description="do not split: use from_dir, or every pair twice")
+    from_dir: str | None = Field(
+        None, description="with skip: a directory holding clean.jsonl / noisy.jsonl of an "
+        "earlier split; None: every pair goes to both stages (e.g. SimPO + ComPO)")
+    criterion: Literal["margin", "ches"] = Field(
+        "margin", description="which criterion defines noisy.jsonl")
+    delta: float = Field(3.0, gt=0, description="margin criterion: see SplitConfig.delta")
+    rule: Literal["abs", "reference"] = Field("abs", description="see SplitConfig.rule")
+    histogram_bins: int = Field(20, gt=1)
+    ches: ChesConfig = Field(default_factory=ChesConfig)
+
+    @model_validator(mode="after")
+    def _ches_needed(self) -> SplitStage:
+        if self.criterion == "ches" and not self.ches.enabled:
+            raise ValueError("criterion 'ches' needs ches.enabled: true")
+        if self.from_dir is not None and not self.skip:
+            raise ValueError("from_dir is used only with skip: true (a split made earlier)")
+        return self
+
+
+class FirstStage(StrictModel):
+    """Stage 2: direct alignment on the clean pairs with a TRL trainer."""
+
+    skip: bool = Field(False, description="no first stage: ComPO starts from `checkpoint`")
+    checkpoint: str | None = Field(
+        None, description="with skip: an aligned model directory ComPO starts from (e.g. a "
+        "SimPO model); None: the pipeline's reference model")
+    trainer: Literal["dpo", "simpo", "cpo", "orpo"] = Field(
+        "dpo", description="dpo: DPOTrainer (loss_type picks the variant); simpo: CPOTrainer "
+        "with loss_type simpo, cpo_alpha 0; cpo: CPOTrainer; orpo: ORPOTrainer")
+    loss_type: list[str] = Field(
+        ["sigmoid"], min_length=1, description="dpo: DPOTrainer loss types (several are "
+        "combined, weights via trl_args.loss_weights); cpo: exactly one CPO loss type")
+    beta: float = Field(0.1, gt=0, description="TRL's beta of the chosen trainer")
+    learning_rate: float = Field(5e-7, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(8, gt=0, description="pairs per device per step")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_length: int = Field(1024, gt=0, description="prompt + response tokens per sequence")
+    save_steps: int = Field(100, gt=0, description="steps between resumable TRL checkpoints")
+    logging_steps: int = Field(10, gt=0)
+    trl_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other field of the TRL config class "
+        "(DPOConfig, CPOConfig, ORPOConfig), checked before work starts")
+
+    @model_validator(mode="after")
+    def _checkpoint_with_skip(self) -> FirstStage:
+        if self.checkpoint is not None and not self.skip:
+            raise ValueError("checkpoint is used only with skip: true (ComPO then starts "
+                             "from it); remove it, or set skip: true")
+        if "output_dir" in self.trl_args:
+            raise ValueError("trl_args.output_dir is set by the pipeline "
+                             "(<output_dir>/first_stage/trl); remove it")
+        return self
+
+
+class ComPOStage(StrictModel):
+    """Stage 3: ComPO on the noisy pairs, from the first stage's checkpoint."""
+
+    skip: bool = False
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig fields except model, data, output_dir "
+        "and run_id, which the pipeline sets (e.g. compo: {num_perturbations: 1800})")
+
+
+class GenerationConfig(StrictModel):
+    """Greedy generations for the length statistic (verbosity)."""
+
+    enabled: bool = True
+    max_new_tokens: int = Field(128, gt=0)
+    max_prompts: int | None = Field(100, gt=0, description="first N distinct prompts; None: all")
+    batch_size: int = Field(8, gt=0)
+
+
+class JudgeConfig(StrictModel):
+    """Win rate against a reference model's greedy responses, judged by the oracle service."""
+
+    url: str = Field(description="oracle service base URL, e.g. http://127.0.0.1:8000")
+    token_env: str | None = Field(
+        "COMPO_ORACLE_TOKEN", description="environment variable holding the API token")
+    reference_model: ModelConfig
+    run_id: str | None = Field(None, description="oracle service run id for the statistics")
+
+
+class PipelineEval(StrictModel):
+    """Evaluate the pipeline's final model at the end (base: the reference model)."""
+
+    data: DataConfig = Field(description="held-out preference pairs")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig | None = None
+
+
+class EvalConfig(StrictModel):
+    """`compo eval`: a model on a preference set, optionally against a base model."""
+
+    model: ModelConfig
+    data: DataConfig
+    base_model: ModelConfig | None = Field(
+        None, description="displacement table: how log-probs moved relative to this model")
+    run_dir: str | None = Field(
+        None, description="a pipeline output or ComPO run directory: its plots are (re)made "
+        "there and linked from the report")
+    output_dir: str = Field("eval", description="report.json and report.md are written here")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig | None = None
+
+    def check_paths(self) -> None:
+        """Models and data exist (before anything is loaded)."""
+        require_model_dir(self.model.path, "model.path")
+        require_path(self.data.path, "data.path")
+        if self.base_model is not None:
+            require_model_dir(self.base_model.path, "base_model.path")
+        if self.judge is not None:
+            require_model_dir(self.judge.reference_model.path, "judge.reference_model.path")
+
+
+class PipelineConfig(StrictModel):
+    """`compo pipeline`: split -> first stage on clean -> ComPO on noisy -> export."""
+
+    output_dir: str = Field("runs/pipeline", description="every stage writes a subdirectory")
+    seed: int = Field(0, ge=0, description="seed of the first stage (ComPO: compo.train.seed)")
+    model: ModelConfig = Field(description="the reference (SFT) model: splits the data and "
+                               "starts the first stage")
+    data: DataConfig
+    split: SplitStage = Field(default_factory=SplitStage)
+    first_stage: FirstStage = Field(default_factory=FirstStage)
+    compo: ComPOStage = Field(default_factory=ComPOStage)
+    eval: PipelineEval | None = None
+    plots: bool = Field(True, description="write PNG plots of the stages to <output_dir>/plots")

@@ -1,0 +1,201 @@
+"""ComPO runs against the real service on loopback: generative votes, reports, statistics."""
+
+from __future__ import annotations
+
+import socket
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from compo.cli import main as compo_main
+from compo.config import ComPOConfig, DataConfig, ModelConfig, TrainConfig
+from compo.oracle_config import OracleConfig
+from compo.reporting import IterationReporter
+from compo.rundir import RunDirectory
+from compo.train import ComPOTrainer, start_run
+
+TOKEN_ENV = "COMPO_TEST_ORACLE_TOKEN"  # the run reads its token from here
+PERTURBATIONS = 24
+ITERATIONS = 3
+RETRIES = 3  # make_settings' retry_max_attempts
+CRASH, MALFORMED = 0, 1  # buckets of the scripted judge (of JUDGE_BUCKETS)
+JUDGE_BUCKETS = 6
+
+
+def bucket(first: str, second: str) -> int:
+    """A position-free hash bucket of the pair shown to the judge."""
+    return zlib.crc32("\0".join(sorted((first, second))).encode()) % JUDGE_BUCKETS
+
+
+def scripted_judge(prompt: str, first: str, second: str) -> str:
+    """Crash (HTTP 500), talk nonsense, or prefer the response with the larger crc32."""
+    if bucket(first, second) == CRASH:
+        raise RuntimeError("scripted judge crash")
+    if bucket(first, second) == MALFORMED:
+        return "I would rather not say."
+    return "A" if zlib.crc32(first.encode()) > zlib.crc32(second.encode()) else "B"
+
+
+def expected_vote(base: str, perturbed: str) -> int:
+    """The vote the scripted judge implies: -1 when the perturbed response wins."""
+    if base == perturbed:
+        return 1  # identical responses: a tie without a judge call
+    if bucket(base, perturbed) in (CRASH, MALFORMED):
+        return 0
+    return -1 if zlib.crc32(perturbed.encode()) > zlib.crc32(base.encode()) else 1
+
+
+def train_config(model_dir, pairs_file, tmp_path, run_id: str, url: str | None,
+                 kind: str = "service") -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(path=str(model_dir)), data=DataConfig(path=str(pairs_file)),
+        compo=ComPOConfig(num_perturbations=PERTURBATIONS, radius=0.05, accept_ratio=0.05,
+                          step_scale=0.5),
+        seed=3, max_iterations=ITERATIONS, output_dir=str(tmp_path / "runs"), run_id=run_id,
+        oracle_service_url=url,
+        oracle=OracleConfig(kind=kind, token_env=TOKEN_ENV, max_new_tokens=4,
+                            generation_batch_size=12))
+
+
+@pytest.fixture
+def token_env(monkeypatch, api_token):
+    monkeypatch.setenv(TOKEN_ENV, api_token)
+
+
+def check_against_service(http, run_id: str, rows: list[dict]) -> dict:
+    """Per iteration: metrics and service stats agree; summaries were posted. Totals."""
+    stats = http.get(f"/v1/runs/{run_id}/stats").json()
+    assert stats["comparisons"] == PERTURBATIONS * len(rows)
+    by_iteration = {item["iteration"]: item for item in stats["iterations"]}
+    for row in rows:
+        votes = by_iteration[row["iteration"]]["votes"]
+        assert row["n_minus"] == votes["b"]  # verdict b (perturbed better) is a -1 vote
+        assert row["m"] == votes["a"] + votes["b"] + votes["tie"]
+        assert row["abstained"] == votes["abstain"] == row["oracle"]["verdicts"]["abstain"]
+        assert row["reported"] and row["report_failures"] == 0
+    posted = http.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]
+    assert [(s["iteration"], s["m"], s["n_minus"], s["accepted"], s["abstained"])
+            for s in posted] == [(r["iteration"], r["m"], r["n_minus"], r["accepted"],
+                                  r["abstained"]) for r in rows]
+    return stats
+
+
+def test_judge_run_votes_follow_verdicts_and_abstentions_are_excluded(
+        model_dir, pairs_file, tmp_path, make_settings, running_service, fake_judge, token_env):
+    fake_judge.judge.decide = scripted_judge
+    with running_service(make_settings()) as http:
+        config = train_config(model_dir, pairs_file, tmp_path, "judge-run", str(http.base_url))
+        trainer = ComPOTrainer(config, start_run(config))
+        weight = trainer.run(progress=False)
+        rows = trainer.run_dir.metrics()
+        stats = check_against_service(http, "judge-run", rows)
+        source = trainer.source  # one pair's votes, checked against the scripted judge
+        source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
+        base = source.base_responses(config.seed, 0)[0]
+        texts = [row[0] for row in source.responses(config.seed, 0, range(PERTURBATIONS))]
+        votes = source.votes(config.seed, 0, list(range(PERTURBATIONS)))
+    assert votes.tolist() == [expected_vote(base, text) for text in texts]
+    assert {-1, 0, 1} <= set(votes.tolist())
+    assert stats["errors"]["server_error"] > 0 and stats["errors"]["malformed_output"] > 0
+    assert sum(row["abstained"] for row in rows) == sum(stats["errors"].values())
+    assert all(row["m"] + row["abstained"] == PERTURBATIONS for row in rows)
+    shown = [tuple(request.shown) for request in fake_judge.judge.requests]
+    crashed = {pair for pair in shown if bucket(*pair) == CRASH}
+    assert crashed and all(shown.count(pair) % RETRIES == 0 for pair in crashed)
+    assert any(row["accepted"] for row in rows) and not torch.equal(weight, trainer.base_weight)
+
+
+@pytest.fixture
+def reward_model_dir(tmp_path, tokenizer) -> Path:
+    """A 1-layer Llama reward model (num_labels=1) with the tiny tokenizer, saved locally."""
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=256, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path / "reward-model"
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_reward_model_run_through_the_cli(model_dir, pairs_file, tmp_path, make_settings,
+                                          running_service, reward_model_dir, token_env):
+    settings = make_settings(backend="reward_model", reward_model_path=reward_model_dir,
+                             reward_device="cpu")
+    with running_service(settings) as http:
+        config = train_config(model_dir, pairs_file, tmp_path, "reward-run", str(http.base_url))
+        path = tmp_path / "train.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        assert compo_main(["train", "--config", str(path), "--no-progress"]) == 0
+        rows = RunDirectory(tmp_path / "runs" / "reward-run").metrics()
+        assert len(rows) == ITERATIONS
+        stats = check_against_service(http, "reward-run", rows)
+    assert stats["votes"]["abstain"] == 0 and stats["votes"]["b"] > 0
+    assert (tmp_path / "runs" / "reward-run" / "final" / "config.json").is_file()
+
+
+def test_likelihood_run_reports_every_iteration(model_dir, pairs_file, tmp_path, make_settings,
+                                                running_service, token_env, api_token, caplog):
+    with running_service(make_settings()) as http:
+        config = train_config(model_dir, pairs_file, tmp_path, "lik-run", str(http.base_url),
+                              kind="likelihood")
+        trainer = ComPOTrainer(config, start_run(config))
+        trainer.run(progress=False)
+        posted = http.get("/v1/runs/lik-run/iterations").json()["iterations"]
+    rows = trainer.run_dir.metrics()
+    assert len(posted) == len(rows) == ITERATIONS
+    for summary, row in zip(posted, rows, strict=True):
+        assert summary["m"] == PERTURBATIONS and row["reported"]
+        assert (summary["n_minus"], summary["accepted"], summary["step"]) == (
+            row["n_minus"], row["accepted"], row["step"])
+        change = sum(row["logp_chosen_after"]) - sum(row["logp_chosen_before"])
+        assert summary["logp_chosen_change"] == pytest.approx(change)
+    assert api_token not in caplog.text
+
+
+def closed_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("failure", ["down", "wrong token"])
+def test_failed_reports_are_warnings_not_a_crashed_run(model_dir, pairs_file, tmp_path,
+                                                       make_settings, running_service, caplog,
+                                                       monkeypatch, failure):
+    quiet = train_config(model_dir, pairs_file, tmp_path, "quiet", None, kind="likelihood")
+    expected = ComPOTrainer(quiet, start_run(quiet)).run(progress=False)
+    monkeypatch.setenv(TOKEN_ENV, "not-the-token-0123")
+    with running_service(make_settings()) as http:
+        url = closed_url() if failure == "down" else str(http.base_url)
+        config = train_config(model_dir, pairs_file, tmp_path, "noisy", url, kind="likelihood")
+        trainer = ComPOTrainer(config, start_run(config))
+        assert torch.equal(trainer.run(progress=False), expected)
+    rows = trainer.run_dir.metrics()
+    assert [row["report_failures"] for row in rows] == [1, 2, 3]
+    assert [row["reports_pending"] for row in rows] == [1, 2, 3]
+    assert not any(row["reported"] for row in rows)
+    warnings = [r for r in caplog.records if "could not report iteration" in r.getMessage()]
+    assert len(warnings) == ITERATIONS and all(r.levelname == "WARNING" for r in warnings)
+    assert "not-the-token-0123" not in caplog.text
+
+
+def test_reporter_posts_the_backlog_once_the_service_answers(make_settings, running_service,
+                                                            api_token):
+    row = {"iteration": 0, "m": 0, "n_minus": 0, "abstained": 8, "accepted": False,
+           "step": 0.0, "kept_fraction": 0.0, "logp_chosen_before": [-3.0],
+           "logp_chosen_after": [-3.0], "logp_rejected_before": [-4.0],
+           "logp_rejected_after": [-4.0]}
+    reporter = IterationReporter(closed_url(), "backlog", api_token, timeout_s=5.0)
+    assert reporter.report(row) == {"reported": False, "report_failures": 1,
+                                    "reports_pending": 1}
+    with running_service(make_settings()) as http:
+        reporter.base_url = str(http.base_url)
+        assert reporter.report({**row, "iteration": 1, "m": 8, "abstained": 0})["reported"]
+        posted = http.get("/v1/runs/backlog/iterations").json()["iterations"]
+    assert [(s["iteration"], s["m"], s["abstained"]) for s in posted] == [(0, 0, 8), (1, 8, 0)]

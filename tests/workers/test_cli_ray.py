@@ -1,0 +1,68 @@
+"""`compo train --ray-address` as a user runs it; the coordinator killed, then --resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from compo.fileio import read_tensors
+from compo.rundir import RunDirectory
+from compo.train import ComPOTrainer, start_run
+
+SLOW_M = 256  # perturbations per iteration: iterations long enough to kill the run mid-way
+EPOCHS = 3
+ITERATIONS = 4 * EPOCHS  # 4 pairs per epoch
+TIMEOUT_S = 300
+
+
+def compo(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compo.cli", *args], capture_output=True,
+                          text=True, timeout=TIMEOUT_S, env=env)
+
+
+def job_yaml(path, config) -> str:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_coordinator_killed_then_resumed_matches_the_uninterrupted_run(ray_local, make_config,
+                                                                        tmp_path):
+    compo_cfg = {"num_perturbations": SLOW_M, "radius": 1e-2, "step_scale": 0.5,
+                 "accept_ratio": 0.1}
+    config = make_config("cut", {"num_workers": 2}, epochs=EPOCHS, checkpoint_every=1)
+    config = config.model_copy(update={
+        "compo": config.compo.model_copy(update=compo_cfg),
+        "output_dir": str(tmp_path / "runs")})
+    reference = config.model_copy(update={"ray": None, "run_id": "reference"})
+    expected = ComPOTrainer(reference, start_run(reference)).run(progress=False)
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compo.cli", "train", "--config", job_yaml(tmp_path / "job.yaml",
+         config), "--ray-address", ray_local, "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    run_dir = RunDirectory(tmp_path / "runs" / "cut")
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and len(run_dir.metrics()) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no chance to save anything
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+    done = run_dir.load_checkpoint().iterations_done
+    assert 2 <= done < ITERATIONS
+
+    resumed = compo("train", "--resume", str(run_dir.path), "--ray-address", ray_local,
+                    "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = read_tensors(run_dir.path / "final" / "model.safetensors")["lm_head.weight"]
+    assert torch.equal(final, expected)
+    rows = run_dir.metrics()
+    assert [row["iteration"] for row in rows] == list(range(ITERATIONS))
+    assert all(row["ray"]["workers"] == 2 for row in rows)
+    assert rows[done]["ray"]["update_bytes"] > 0, "the resumed weights were sent as a patch"

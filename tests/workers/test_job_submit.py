@@ -1,0 +1,83 @@
+"""`ray job submit -- compo train ...` on a Ray head started the way clusters start one."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from compo.fileio import read_tensors
+
+TIMEOUT_S = 300
+HEAD_CPUS = 3
+OBJECT_STORE_BYTES = 150 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """`ray start --head --block` with a dashboard (the job server); stopped by its pid."""
+    pytest.importorskip("ray")
+    bin_dir = Path(sys.executable).parent
+    dashboard, gcs = free_port(), free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    log = (tmp_path_factory.mktemp("head") / "head.log").open("w")
+    process = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}",
+         f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
+         f"--num-cpus={HEAD_CPUS}", f"--object-store-memory={OBJECT_STORE_BYTES}",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and not ready(bin_dir, address, env):
+        assert process.poll() is None, "ray start --head exited"
+        time.sleep(1)
+    yield address, bin_dir, env
+    process.send_signal(signal.SIGTERM)  # --block: stops the processes it started
+    process.wait(timeout=TIMEOUT_S)
+    log.close()
+    forget_address(gcs)
+
+
+def forget_address(port: int) -> None:
+    """Remove the 'current cluster' file `ray start` wrote (`ray stop` would, for all
+    clusters), so that a later ray.init() on this machine does not look for this one."""
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
+
+
+def ready(bin_dir: Path, address: str, env: dict) -> bool:
+    probe = subprocess.run([str(bin_dir / "ray"), "job", "list", "--address", address],
+                           capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_compo_train(head, make_config, local_weights, tmp_path):
+    address, bin_dir, env = head
+    config = make_config("job", {"num_workers": 2}).model_copy(
+        update={"output_dir": str(tmp_path / "runs")})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = subprocess.run(
+        [str(bin_dir / "ray"), "job", "submit", "--address", address, "--entrypoint-num-cpus",
+         "1", "--", "compo", "train", "--config", str(job), "--ray-address", "auto",
+         "--no-progress"], capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "run finished" in result.stdout
+    head_file = read_tensors(tmp_path / "runs" / "job" / "final" / "model.safetensors")
+    assert torch.equal(head_file["lm_head.weight"], local_weights)

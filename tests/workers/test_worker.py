@@ -1,0 +1,115 @@
+"""The plain worker class (no Ray): votes equal the local oracle's, exact versioned patches."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from compo.config import ComPOConfig, DataConfig, ModelConfig
+from compo.encoding import load_tokenized
+from compo.modeling import load_model, load_tokenizer
+from compo.oracle import LikelihoodOracle
+from compo.worker import (
+    OracleWorker,
+    StaleVersionError,
+    VoteBatch,
+    WeightVersions,
+    as_pairs,
+    pair_ids,
+)
+
+COMPO = ComPOConfig(num_perturbations=48, radius=1e-2)
+SEED, ITERATION = 5, 2
+
+
+@pytest.fixture(scope="module")
+def pairs(model_dir, pairs_path):
+    return load_tokenized(DataConfig(path=str(pairs_path)), load_tokenizer(model_dir))[0][:2]
+
+
+@pytest.fixture
+def worker(model_dir):
+    return OracleWorker(ModelConfig(path=str(model_dir)), COMPO, "worker-7", "10.0.0.7/abcd")
+
+
+def stepped(weight: torch.Tensor, positions: list[int], delta: float) -> torch.Tensor:
+    moved = weight.clone()
+    moved.view(-1)[positions] += delta
+    return moved
+
+
+def test_chunked_votes_equal_the_local_oracle_bit_for_bit(worker, model_dir, pairs):
+    tokenizer = load_tokenizer(model_dir)
+    oracle = LikelihoodOracle(load_model(ModelConfig(path=str(model_dir))), COMPO,
+                              tokenizer.pad_token_id)
+    state = oracle.prepare(pairs, oracle.master_weight())
+    expected = oracle.votes(state, SEED, ITERATION, list(range(48)))
+
+    version, base = worker.prepare(1, 0, pair_ids(pairs))
+    assert version == 0 and np.array_equal(base, state.base_logprobs.numpy())
+    batches = [worker.evaluate(1, 0, SEED, ITERATION, range(s, s + 16)) for s in (32, 0, 16)]
+    got = {int(i): int(v) for b in batches for i, v in zip(b.index_array(), b.vote_array(),
+                                                            strict=True)}
+    assert [got[i] for i in range(48)] == expected.tolist()
+    assert set(expected.tolist()) <= {-1, 1} and len(set(expected.tolist())) == 2
+
+
+def test_answers_are_compact(worker, pairs):
+    worker.prepare(1, 0, pair_ids(pairs))
+    batch = worker.evaluate(1, 0, SEED, ITERATION, range(100, 116))
+    assert isinstance(batch, VoteBatch) and batch.index_array().tolist() == list(range(100, 116))
+    assert len(pickle.dumps(batch, protocol=5)) <= 16 * 16  # <= 16 bytes per perturbation
+
+
+def test_patches_bring_workers_to_the_coordinators_exact_weights(worker):
+    versions = WeightVersions(worker.weight.clone())
+    assert versions.advance(versions.base.clone()) is None  # nothing moved: no new version
+    first = stepped(versions.base, [0, 5, 77], 1e-3)
+    step = versions.advance(first)
+    assert (step.version, step.base) == (1, 0) and step.indices.dtype == np.int32
+    assert step.nbytes == 3 * (4 + 4)
+    assert worker.apply(step) == 1 and torch.equal(worker.weight, first)
+    assert worker.apply(step) == 1 and torch.equal(worker.weight, first)  # idempotent
+
+    second = stepped(first, [5, 9], -2e-3)
+    versions.advance(second)
+    assert torch.equal(versions.held, second)
+    assert versions.patch_for(2) is None and versions.patch_for(1).base == 1
+    full = versions.patch_for(0)
+    assert full.base is None and sorted(full.indices.tolist()) == [0, 5, 9, 77]
+
+    fresh = stepped(worker.weight, [3], 5.0)  # a worker holding something else entirely
+    worker.weight, worker.version = fresh, 0
+    with pytest.raises(StaleVersionError, match="holds version 0, the patch goes from 1"):
+        worker.apply(versions.patch_for(1))
+    assert worker.apply(full) == 2 and torch.equal(worker.weight, second)
+
+
+def test_requests_for_other_versions_or_rounds_are_refused(worker, pairs):
+    worker.prepare(4, 0, pair_ids(pairs))
+    with pytest.raises(StaleVersionError, match="holds weights version 0, asked for 1"):
+        worker.evaluate(4, 1, SEED, ITERATION, range(4))
+    with pytest.raises(StaleVersionError, match=r"prepared \(round, version\) \(4, 0\)"):
+        worker.evaluate(3, 0, SEED, ITERATION, range(4))
+    with pytest.raises(StaleVersionError):
+        worker.prepare(5, 2, pair_ids(pairs))
+    versions = WeightVersions(worker.weight.clone())
+    worker.apply(versions.advance(stepped(versions.base, [1], 0.5)))
+    with pytest.raises(StaleVersionError):  # the cache was built under version 0
+        worker.evaluate(4, 1, SEED, ITERATION, range(4))
+    assert worker.logprobs(4, 1).shape == (4,)  # hidden states do not depend on W
+
+
+def test_only_token_ids_travel(pairs):
+    ids = pair_ids(pairs)
+    assert ids[0] == (pairs[0].prompt_ids, pairs[0].chosen_ids, pairs[0].rejected_ids)
+    rebuilt = as_pairs(ids)
+    assert [p.chosen_ids for p in rebuilt] == [p.chosen_ids for p in pairs]
+    assert rebuilt[0].row == {}
+
+
+def test_describe_names_the_worker_and_node(worker):
+    info = worker.describe()
+    assert info["name"] == "worker-7" and info["node"] == "10.0.0.7/abcd"
+    assert info["version"] == 0 and info["device"] == "cpu" and len(info["shape"]) == 2

@@ -1,0 +1,37 @@
+"""The Ray actor: one per GPU (or CPU slot), delegating every call to OracleWorker."""
+
+from __future__ import annotations
+
+import ray
+
+from compo.config import ComPOConfig, ModelConfig
+from compo.worker import OracleWorker
+
+
+def node_label(ip: str, node_id: str) -> str:
+    """How logs and errors name a node: its address and the start of its Ray node id."""
+    return f"{ip}/{node_id[:8]}"
+
+
+@ray.remote
+class OracleActor:
+    """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
+
+    def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str):
+        node = node_label(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+        self.worker = OracleWorker(model, compo, name, node)
+
+    def describe(self) -> dict:
+        return self.worker.describe()
+
+    def apply(self, patch) -> int:
+        return self.worker.apply(patch)
+
+    def prepare(self, round_id, version, pairs, patch=None):
+        return self.worker.prepare(round_id, version, pairs, patch)
+
+    def evaluate(self, round_id, version, seed, iteration, indices):
+        return self.worker.evaluate(round_id, version, seed, iteration, indices)
+
+    def logprobs(self, round_id, version):
+        return self.worker.logprobs(round_id, version)
