@@ -114,13 +114,18 @@ def to_sparse(dense: torch.Tensor) -> SparseUpdate:
     return SparseUpdate(indices.cpu(), flat[indices].float().cpu(), tuple(dense.shape))
 
 
-def decide_update(total: torch.Tensor, votes: torch.Tensor,
+def decide_update(total: torch.Tensor | None, votes: torch.Tensor,
                   config: ComPOConfig) -> UpdateDecision:
-    """From sum y_i z_i and the votes: accept or skip, and the sparse step if accepted."""
+    """From the votes and sum y_i z_i: accept or skip, and the sparse step if accepted.
+
+    `total` may be None when the votes alone already mean a skip (it is not needed then).
+    """
     n_minus, m, abstained = count_votes(votes)
     ratio = n_minus / m if m else 0.0
     if not accept(n_minus, m, config.accept_ratio):
         return UpdateDecision(n_minus, m, abstained, ratio, False, 0.0, 0.0, 0.0, None)
+    if total is None:
+        raise ValueError("an accepted update needs sum y_i z_i (total)")
     unit = normalise(total)
     clipped = clip_small(unit, clip_threshold(unit, config.clip))
     step = config.step_scale * ratio

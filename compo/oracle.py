@@ -30,7 +30,7 @@ class OracleState:
     inputs: HeadInputs  # hidden [N, d] (model dtype), targets [N], segment [N]
     direction_dtype: torch.dtype  # directions are rounded to this before use
     probs: torch.Tensor  # [N, V] float32 softmax of the base logits
-    base_logits: torch.Tensor | None  # [N, V] float32, kept only for soft-capped models
+    base_logits: torch.Tensor | None  # [N, V] float32 capped logits (soft-capped models only)
     base_logprobs: torch.Tensor  # [S] float64
     cap: float | None
     shape: tuple[int, int]  # (V, d) of the output layer
@@ -74,8 +74,9 @@ def logit_change(products: torch.Tensor, radius: float, base: torch.Tensor | Non
     """Perturbed minus base logits; with soft-capping, via a cancellation-free identity."""
     if cap is None:
         return products * radius
+    # base holds capped logits cap*tanh(x), so tanh(x) = base / cap, and
     # tanh(x + e) - tanh(x) = tanh(e) (1 - tanh(x)^2) / (1 + tanh(x) tanh(e))
-    t_base, t_step = torch.tanh(base / cap), torch.tanh(products * (radius / cap))
+    t_base, t_step = base / cap, torch.tanh(products * (radius / cap))
     return cap * t_step * (1 - t_base * t_base) / (1 + t_base * t_step)
 
 

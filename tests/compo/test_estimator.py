@@ -98,6 +98,7 @@ def test_skip_when_too_few_directions_improve():
     votes = torch.tensor([-1] * 2 + [1] * 8, dtype=torch.int8)
     decision = decide_update(torch.randn(4, 4), votes, ComPOConfig(accept_ratio=0.2))
     assert not decision.accepted and decision.update is None and decision.ratio == 0.2
+    assert decide_update(None, votes, ComPOConfig(accept_ratio=0.2)) == decision
 
 
 def test_accepted_step_is_adaptive_sparse_and_descends():
