@@ -32,7 +32,9 @@ def head(tmp_path_factory):
     pytest.importorskip("ray")
     bin_dir = Path(sys.executable).parent
     dashboard, gcs = free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token")
+    # the job's entrypoint runs `compo` from PATH, as for a user with the venv activated
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    env = dict(os.environ, RAY_AUTH_MODE="token", PATH=path)
     log = (tmp_path_factory.mktemp("head") / "head.log").open("w")
     process = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}",
