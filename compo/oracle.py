@@ -35,10 +35,6 @@ class OracleState:
     cap: float | None
     shape: tuple[int, int]  # (V, d) of the output layer
 
-    @property
-    def num_pairs(self) -> int:
-        return self.base_logprobs.numel() // 2
-
 
 def build_state(inputs: HeadInputs, weight: torch.Tensor, cap: float | None,
                 direction_dtype: torch.dtype) -> OracleState:

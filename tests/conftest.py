@@ -40,13 +40,15 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+PAIRS = [
+    {"prompt": "What is 2 plus 3?", "chosen": " 2 plus 3 is 5.", "rejected": " 2 plus 3 is 6."},
+    {"prompt": "What color is the sky?", "chosen": " The sky is blue.",
+     "rejected": " The sky is green."},
+    {"prompt": "What does a dog do?", "chosen": " A dog barks.", "rejected": " A dog moos."},
+    {"prompt": "What does a cat do?", "chosen": " A cat meows.", "rejected": " A cat barks."},
+]
+
+
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
-    rows = [
-        {"prompt": "What is 2 plus 3?", "chosen": " 2 plus 3 is 5.", "rejected": " 2 plus 3 is 6."},
-        {"prompt": "What color is the sky?", "chosen": " The sky is blue.",
-         "rejected": " The sky is green."},
-        {"prompt": "What does a dog do?", "chosen": " A dog barks.", "rejected": " A dog moos."},
-        {"prompt": "What does a cat do?", "chosen": " A cat meows.", "rejected": " A cat barks."},
-    ]
-    return write_jsonl(tmp_path / "pairs.jsonl", rows)
+    return write_jsonl(tmp_path / "pairs.jsonl", PAIRS)

@@ -11,16 +11,10 @@ import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
 from compo.train import ComPOTrainer, start_run
+from tests.conftest import PAIRS
 
 RAY_CPUS = 4  # logical CPUs of the test instance (one per worker, three workers at most)
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
-PAIRS = [
-    {"prompt": "What is 2 plus 3?", "chosen": " 2 plus 3 is 5.", "rejected": " 2 plus 3 is 6."},
-    {"prompt": "What color is the sky?", "chosen": " The sky is blue.",
-     "rejected": " The sky is green."},
-    {"prompt": "What does a dog do?", "chosen": " A dog barks.", "rejected": " A dog moos."},
-    {"prompt": "What does a cat do?", "chosen": " A cat meows.", "rejected": " A cat barks."},
-]
 # fast fault handling for tests; everything else is RayConfig's documented default
 TEST_RAY = {"straggler_timeout_s": 5.0, "call_timeout_s": 60.0, "load_timeout_s": 120.0,
             "placement_timeout_s": 60.0, "poll_interval_s": 0.1}
