@@ -166,6 +166,16 @@ class TrainConfig(StrictModel):
         "OracleConfig): likelihood, or generated responses judged by the oracle service"
     )
 
+    @model_validator(mode="after")
+    def _chunks_hold_whole_generation_batches(self) -> TrainConfig:
+        size, batch = self.ray and self.ray.chunk_size, self.oracle.generation_batch_size
+        if self.oracle.kind == "service" and size is not None and size % batch:
+            raise ValueError(
+                f"ray.chunk_size ({size}) must be a multiple of oracle.generation_batch_size "
+                f"({batch}), so every topology generates the same batches (e.g. chunk_size: "
+                f"{batch * max(1, size // batch)})")
+        return self
+
 
 class SplitConfig(StrictModel):
     """Noisy/clean split by the reference model's log-likelihood margin."""

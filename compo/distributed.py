@@ -79,27 +79,27 @@ class IterationStats:
     rejected: int = 0
     base_mismatch: int = 0
     work: dict = field(default_factory=dict)  # worker -> [perturbations, seconds]
+    oracle: Counter = field(default_factory=Counter)  # service oracle: comparison counts
 
 
 class RayVoteSource:
     """VoteSource whose votes come from worker actors on a Ray cluster."""
 
     def __init__(self, config: TrainConfig, address: str | None = None, progress: bool = True,
-                 on_votes: Callable[[int, int], None] | None = None):
+                 on_votes: Callable[[int, int], None] | None = None, run_id: str = "ray-run"):
+        """`run_id` labels the service oracle's comparisons (oracle.kind=service)."""
         import ray
 
         from workers.pool import connect, plan_workers, start_pool
 
-        if config.oracle.kind != "likelihood":
-            raise DistributedError(f"Ray workers evaluate the likelihood oracle; oracle.kind="
-                                   f"{config.oracle.kind} runs in one process: remove the "
-                                   "ray section and --ray-address")
+        self.generative = config.oracle.kind == "service"
+        service = service_setup(config, run_id) if self.generative else None
         self.config, self.settings = config, config.ray or RayConfig()
         self.progress, self.on_votes = progress, on_votes
         connect(self.settings, address)
         count, self.use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
                                            self.settings)
-        self.pool = start_pool(config, self.settings, count, self.use_gpu)
+        self.pool = start_pool(config, self.settings, count, self.use_gpu, service)
         self.workers: list[Worker] = []
         self.weights: WeightVersions | None = None
         self.round, self.refs, self.pairs_ref = 0, {}, None
@@ -158,6 +158,7 @@ class RayVoteSource:
         import ray
 
         started = time.perf_counter()
+        base = self._base_responses(seed, iteration) if self.generative else None
         out = np.zeros(len(indices), dtype=np.int8)
         self.stats.perturbations = len(indices)
         self.queue, self.tasks = deque(make_chunks(indices, self.settings.chunk_size)), {}
@@ -165,7 +166,7 @@ class RayVoteSource:
         bar = tqdm(total=len(indices), desc=f"votes {iteration}", unit="vote", leave=False,
                    disable=not self.progress)
         while remaining:
-            self._dispatch(seed, iteration)
+            self._dispatch(seed, iteration, base)
             waiting = set(self.tasks) | {w.pending for w in self.workers if w.pending}
             if not waiting:  # nobody usable, nobody coming back
                 raise DistributedError(self._no_worker("is left"))
@@ -185,21 +186,12 @@ class RayVoteSource:
 
     def logprobs(self, weight: torch.Tensor) -> torch.Tensor:
         """Publish the accepted step (workers acknowledge it), then log-probs under it."""
-        import ray
 
         self.stats.marks["publish"] = time.perf_counter()
         self._publish(weight, acknowledge=True)
-        for worker in self._usable():
-            ref = worker.actor.logprobs.remote(self.round, self.version)
-            self._count("task_args", self.round, self.version)
-            try:
-                values = ray.get(ref, timeout=self.settings.call_timeout_s)
-            except ray.exceptions.RayError as error:
-                self._failed(worker, error)
-                continue
-            self._count("results", values)
-            return torch.tensor(values)
-        raise DistributedError(self._no_worker("reported log-probs after the update"))
+        values = self._first_answer("reported log-probs after the update", lambda w: (
+            w.actor.logprobs.remote(self.round, self.version)), self.round, self.version)
+        return torch.tensor(values)
 
     def iteration_metrics(self) -> dict:
         """The iteration's Ray figures (merged into its metrics.jsonl row)."""
@@ -217,7 +209,40 @@ class RayVoteSource:
             "redispatched": stats.redispatched, "failures": stats.failures,
             "rejected": stats.rejected, "base_mismatch": stats.base_mismatch,
             "per_worker": per_worker,
-        }}
+        }, **self._oracle_metrics()}
+
+    def _oracle_metrics(self) -> dict:
+        """Service oracle: the iteration's comparisons, as the single-process run reports."""
+        if not self.generative:
+            return {}
+        from compo.generative import oracle_metrics
+
+        return oracle_metrics(self.stats.oracle)
+
+    def _base_responses(self, seed: int, iteration: int) -> Any:
+        """Service oracle: one worker generates the base responses, put once for all."""
+        started = time.perf_counter()
+        texts = self._first_answer("generated the base responses", lambda w: (
+            w.actor.base_responses.remote(self.round, self.version, seed, iteration)),
+            self.round, self.version, seed, iteration)
+        self.stats.seconds["base"] = time.perf_counter() - started
+        return self._put(texts)
+
+    def _first_answer(self, what: str, call: Callable[[Worker], Any], *args: Any) -> Any:
+        """The answer of the first usable worker to `call` (`args`: what it sends)."""
+        import ray
+
+        for worker in self._usable():
+            ref = call(worker)
+            self._count("task_args", *args)
+            try:
+                value = ray.get(ref, timeout=self.settings.call_timeout_s)
+            except ray.exceptions.RayError as error:
+                self._failed(worker, error)
+                continue
+            self._count("results", value)
+            return value
+        raise DistributedError(self._no_worker(what))
 
     # -- weights versions ---------------------------------------------------------------
 
@@ -298,14 +323,15 @@ class RayVoteSource:
         if worker.ready_round != self.round:
             self._send_prepare(worker)
 
-    def _dispatch(self, seed: int, iteration: int) -> None:
-        """Give queued chunks to usable workers, up to tasks_in_flight each."""
+    def _dispatch(self, seed: int, iteration: int, base: Any = None) -> None:
+        """Give queued chunks to usable workers, up to tasks_in_flight each; `base`: the
+        object ref of the iteration's base responses (service oracle)."""
         for worker in self._usable():
             while self.queue and worker.in_flight < self.settings.tasks_in_flight:
                 chunk = self.queue.popleft()
                 if chunk.done:
                     continue
-                args = (self.round, self.version, seed, iteration, chunk.indices)
+                args = (self.round, self.version, seed, iteration, chunk.indices, base)
                 self.tasks[worker.actor.evaluate.remote(*args)] = (chunk, worker)
                 self._count("vote_args", *args)
                 if worker.in_flight == 0:
@@ -346,6 +372,7 @@ class RayVoteSource:
             return 0
         chunk.done = True
         out[chunk.first : chunk.first + count] = batch.vote_array()
+        self.stats.oracle.update(batch.oracle or {})  # counts of the answers used only
         return count
 
     def _failed(self, worker: Worker, error: Exception, chunk: Chunk | None = None) -> None:
@@ -426,12 +453,25 @@ class RayVoteSource:
         self.stats.bytes[kind] += serialized_size(*objects)
 
 
+def service_setup(config: TrainConfig, run_id: str):
+    """What workers need for the service oracle; the token (if set here) as a secret."""
+    from pydantic import SecretStr
+
+    from compo.reporting import checked_run_id, service_token
+    from compo.worker import ServiceSetup
+
+    token = service_token(config)
+    return ServiceSetup(config, checked_run_id(run_id),
+                        None if token is None else SecretStr(token))
+
+
 def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None = None,
                 progress: bool = True, **source_options):
     """A ComPOTrainer whose votes come from Ray workers (they load while it loads)."""
     from compo.train import ComPOTrainer
 
-    source = RayVoteSource(config, address, progress, **source_options)
+    source = RayVoteSource(config, address, progress, run_id=run_dir.path.name,
+                           **source_options)
     try:
         trainer = ComPOTrainer(config, run_dir, source=source)
         source.start(trainer.base_weight)

@@ -210,10 +210,13 @@ def failed_results(items: Sequence[ComparisonItem], error: Exception) -> list[Co
 class ServiceVoteSource:
     """VoteSource whose votes are the oracle service's verdicts on generated responses."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str):
+    def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str,
+                 token: str | None = None):
+        """`token`: the service's bearer token; default: from oracle.token_env."""
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.run_id = checked_run_id(run_id)
-        self.url, self.token = service_url(config), service_token(config)
+        self.url = service_url(config)
+        self.token = service_token(config) if token is None else token
         self.scorer = LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
                                        config.model.batch_size)  # log-probs for the metrics
         self.cap = logit_softcap(model)
@@ -243,6 +246,12 @@ class ServiceVoteSource:
                 self._texts(prefix, head, seed, iteration, [BASE_INDEX], prompt)[0]
                 for prompt, prefix in enumerate(self.prefixes)]
         return self.base[seed, iteration]
+
+    def use_base(self, seed: int, iteration: int, texts: Sequence[str]) -> None:
+        """Take base responses generated elsewhere (a Ray run generates them once)."""
+        if len(texts) != len(self.prefixes):
+            raise ValueError(f"{len(texts)} base responses for {len(self.prefixes)} prompts")
+        self.base[seed, iteration] = list(texts)
 
     def responses(self, seed: int, iteration: int, indices: Sequence[int]) -> list[list[str]]:
         """Perturbed responses [index][prompt], generation_batch_size perturbations at once."""
@@ -300,12 +309,20 @@ class ServiceVoteSource:
         self.counts.update(f"error_{r.error.kind.value}" for r in results if r.error)
         return results
 
+    def take_counts(self) -> dict:
+        """The counts since the last call (or prepare), then start counting afresh."""
+        counts, self.counts = dict(self.counts), Counter()
+        return counts
+
     def iteration_metrics(self) -> dict:
-        """This iteration's comparisons: verdicts, abstentions by error kind, seconds."""
-        counts = self.counts
-        return {"oracle": {
-            "comparisons": counts["comparisons"],
-            "verdicts": {label.value: counts[f"verdict_{label.value}"] for label in VerdictLabel},
-            "errors": {key.removeprefix("error_"): value for key, value in counts.items()
-                       if key.startswith("error_")},
-            "generate_s": counts["generate_s"], "compare_s": counts["compare_s"]}}
+        return oracle_metrics(self.counts)
+
+
+def oracle_metrics(counts: Counter) -> dict:
+    """An iteration's comparisons: verdicts, abstentions by error kind, seconds."""
+    return {"oracle": {
+        "comparisons": counts["comparisons"],
+        "verdicts": {label.value: counts[f"verdict_{label.value}"] for label in VerdictLabel},
+        "errors": {key.removeprefix("error_"): value for key, value in counts.items()
+                   if key.startswith("error_")},
+        "generate_s": counts["generate_s"], "compare_s": counts["compare_s"]}}

@@ -5,6 +5,9 @@ the pairs' token ids and the weights version to use (plus a patch that brings it
 layer to that version), computes the hidden-state cache once, then answers chunks of
 perturbation indices with compact (index, vote) arrays. Requests for a round or version
 it does not hold raise StaleVersionError: answers are never computed on stale weights.
+With the service oracle (oracle.kind=service) the votes are the comparison service's
+verdicts on responses this worker generates; one worker generates the base responses of
+an iteration and the coordinator hands them to all.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from pydantic import SecretStr
 
-from compo.config import ComPOConfig, ModelConfig
+from compo.config import ComPOConfig, ModelConfig, TrainConfig
 from compo.data import TokenizedPair
 from compo.modeling import load_model, load_tokenizer
-from compo.oracle import LikelihoodOracle, OracleState
+from compo.oracle import LikelihoodOracle
+from compo.train import LocalVoteSource, VoteSource
 
 PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
@@ -96,6 +101,7 @@ class VoteBatch(NamedTuple):
     indices: bytes  # INDEX_DTYPE
     votes: bytes  # VOTE_DTYPE: -1 / +1 / 0
     seconds: float
+    oracle: dict | None = None  # service oracle: comparison counts of this chunk
 
     def index_array(self) -> np.ndarray:
         return np.frombuffer(self.indices, dtype=INDEX_DTYPE)
@@ -144,21 +150,37 @@ def as_pairs(ids: Sequence[PairIds]) -> list[TokenizedPair]:
             for i, (p, c, r) in enumerate(ids)]
 
 
+@dataclass(frozen=True)
+class ServiceSetup:
+    """What a worker needs to vote with the service oracle. The token travels as a
+    SecretStr (never printed); a token in the worker's own environment wins."""
+
+    config: TrainConfig
+    run_id: str
+    token: SecretStr | None = None
+
+
 class OracleWorker:
     """Holds the model, a float32 master output layer and its version number."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str = "worker",
-                 node: str = "local"):
+                 node: str = "local", service: ServiceSetup | None = None):
         started = time.perf_counter()
         self.name, self.node = name, node
         network = load_model(model)  # first: its errors say what is wrong with the path
-        self.oracle = LikelihoodOracle(network, compo, load_tokenizer(model.path).pad_token_id,
-                                       model.batch_size)
-        self.weight = self.oracle.master_weight()
+        tokenizer = load_tokenizer(model.path)
+        oracle = LikelihoodOracle(network, compo, tokenizer.pad_token_id, model.batch_size)
+        self.weight = oracle.master_weight()
+        self.source: VoteSource = LocalVoteSource(oracle)
+        if service is not None:
+            self.source = service_source(network, tokenizer, service)
         self.version = 0  # 0: the output layer as loaded
-        self.prepared: tuple[int, int] | None = None  # (round, version) of self.state
-        self.state: OracleState | None = None
+        self.prepared: tuple[int, int] | None = None  # (round, version) prepared
         self.load_seconds = time.perf_counter() - started
+
+    @property
+    def generative(self) -> bool:
+        return not isinstance(self.source, LocalVoteSource)
 
     def describe(self) -> dict:
         """Who and where this worker is, and what it holds."""
@@ -171,7 +193,7 @@ class OracleWorker:
         if self.version == patch.version:
             return self.version
         if patch.base is None:
-            self.weight = self.oracle.master_weight()
+            self.weight = self.source_oracle().master_weight()
         elif patch.base != self.version:
             raise StaleVersionError(f"{self.name}: holds version {self.version}, the patch "
                                     f"goes from {patch.base} to {patch.version}")
@@ -187,23 +209,32 @@ class OracleWorker:
         if patch is not None:
             self.apply(patch)
         self._check_version(version)
-        self.state = self.oracle.prepare(as_pairs(pairs), self.weight)
+        base = self.source.prepare(as_pairs(pairs), self.weight)
         self.prepared = (round_id, version)
-        return self.version, self.state.base_logprobs.cpu().numpy()
+        return self.version, base.cpu().numpy()
+
+    def base_responses(self, round_id: int, version: int, seed: int,
+                       iteration: int) -> list[str]:
+        """Service oracle: the iteration's base response per prompt, generated here."""
+        self._check_prepared(round_id, version)
+        if not self.generative:
+            raise TypeError(f"{self.name}: the likelihood oracle has no base responses")
+        return self.source.base_responses(seed, iteration)
 
     def evaluate(self, round_id: int, version: int, seed: int, iteration: int,
-                 indices: Sequence[int]) -> VoteBatch:
-        """Votes of these perturbation indices under the prepared round and version."""
-        self._check_version(version)
-        if self.prepared != (round_id, version):
-            raise StaleVersionError(f"{self.name} on {self.node}: prepared (round, version) "
-                                    f"{self.prepared}, asked for {(round_id, version)}")
+                 indices: Sequence[int], base: Sequence[str] | None = None) -> VoteBatch:
+        """Votes of these perturbation indices under the prepared round and version;
+        `base`: the iteration's base responses (service oracle)."""
+        self._check_prepared(round_id, version)
         started = time.perf_counter()
         indices = list(indices)
-        votes = self.oracle.votes(self.state, seed, iteration, indices)
+        if base is not None:
+            self.source.use_base(seed, iteration, base)
+        votes = self.source.votes(seed, iteration, indices)
+        counts = self.source.take_counts() if self.generative else None
         return VoteBatch(round_id, version, np.asarray(indices, INDEX_DTYPE).tobytes(),
                          votes.numpy().astype(VOTE_DTYPE).tobytes(),
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, counts)
 
     def logprobs(self, round_id: int, version: int) -> np.ndarray:
         """Log-probs [S] of the round's pairs under the output layer this worker holds."""
@@ -211,10 +242,30 @@ class OracleWorker:
         if self.prepared is None or self.prepared[0] != round_id:
             raise StaleVersionError(f"{self.name} on {self.node}: prepared round "
                                     f"{self.prepared and self.prepared[0]}, asked for {round_id}")
-        return self.oracle.logprobs(self.state, self.weight).cpu().numpy()
+        return self.source.logprobs(self.weight).cpu().numpy()
+
+    def source_oracle(self) -> LikelihoodOracle:
+        """The likelihood oracle inside the vote source (it holds the loaded layer)."""
+        return self.source.scorer if self.generative else self.source.oracle
+
+    def _check_prepared(self, round_id: int, version: int) -> None:
+        self._check_version(version)
+        if self.prepared != (round_id, version):
+            raise StaleVersionError(f"{self.name} on {self.node}: prepared (round, version) "
+                                    f"{self.prepared}, asked for {(round_id, version)}")
 
     def _check_version(self, version: int) -> None:
         if self.version != version:
             raise StaleVersionError(f"{self.name} on {self.node}: holds weights version "
                                     f"{self.version}, asked for {version}")
 
+
+
+def service_source(network, tokenizer, service: ServiceSetup) -> VoteSource:
+    """The service oracle's vote source; the token from this process's environment first."""
+    from compo.generative import ServiceVoteSource  # needs the service extra (httpx)
+    from compo.reporting import service_token
+
+    passed = service.token.get_secret_value() if service.token is not None else None
+    token = service_token(service.config) or passed
+    return ServiceVoteSource(network, tokenizer, service.config, service.run_id, token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from compo.config import ComPOConfig, ModelConfig
-from compo.worker import OracleWorker
+from compo.worker import OracleWorker, ServiceSetup
 
 
 def node_label(ip: str, node_id: str) -> str:
@@ -17,9 +17,10 @@ def node_label(ip: str, node_id: str) -> str:
 class OracleActor:
     """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
 
-    def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str):
+    def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str,
+                 service: ServiceSetup | None = None):
         node = node_label(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
-        self.worker = OracleWorker(model, compo, name, node)
+        self.worker = OracleWorker(model, compo, name, node, service)
 
     def describe(self) -> dict:
         return self.worker.describe()
@@ -30,8 +31,11 @@ class OracleActor:
     def prepare(self, round_id, version, pairs, patch=None):
         return self.worker.prepare(round_id, version, pairs, patch)
 
-    def evaluate(self, round_id, version, seed, iteration, indices):
-        return self.worker.evaluate(round_id, version, seed, iteration, indices)
+    def base_responses(self, round_id, version, seed, iteration):
+        return self.worker.base_responses(round_id, version, seed, iteration)
+
+    def evaluate(self, round_id, version, seed, iteration, indices, base=None):
+        return self.worker.evaluate(round_id, version, seed, iteration, indices, base)
 
     def logprobs(self, round_id, version):
         return self.worker.logprobs(round_id, version)

@@ -13,6 +13,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from compo.config import RayConfig, TrainConfig
 from compo.distributed import DistributedError, failure_reason
+from compo.worker import ServiceSetup
 from workers.actor import OracleActor, node_label
 
 
@@ -142,9 +143,10 @@ def reserve(count: int, use_gpu: bool, settings: RayConfig):
     return group
 
 
-def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool
-               ) -> WorkerPool:
-    """Reserve the bundles and start one actor in each; loading runs in the background."""
+def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
+               service: ServiceSetup | None = None) -> WorkerPool:
+    """Reserve the bundles and start one actor in each; loading runs in the background.
+    `service`: the service oracle's settings (oracle.kind=service)."""
     group = reserve(count, use_gpu, settings)
     model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
     names = [f"worker-{i}" for i in range(count)]
@@ -154,7 +156,7 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
             max_restarts=settings.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=i),
-        ).remote(model, config.compo, names[i])
+        ).remote(model, config.compo, names[i], service)
         for i in range(count)
     ]
     loading = {actor.describe.remote(): i for i, actor in enumerate(actors)}

@@ -12,6 +12,13 @@ import torch
 from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
 from compo.train import ComPOTrainer, start_run
 from tests.conftest import PAIRS
+from tests.oracle_service.conftest import (  # noqa: F401 (the service oracle's fixtures)
+    _clean_env,
+    api_token,
+    fake_judge,
+    make_settings,
+    running_service,
+)
 
 RAY_CPUS = 4  # logical CPUs of the test instance (one per worker, three workers at most)
 OBJECT_STORE_BYTES = 150 * 1024 * 1024

@@ -78,12 +78,13 @@ def test_failure_reason_is_the_original_error():
     assert failure_reason(RuntimeError("")) == "RuntimeError"
 
 
-def test_only_the_likelihood_oracle_runs_on_workers():
-    from compo.distributed import RayVoteSource
-
-    config = parse_config(TrainConfig, {**BASE, "ray": {}, "oracle": {"kind": "service"}})
-    with pytest.raises(DistributedError, match="oracle.kind=service runs in one process"):
-        RayVoteSource(config)  # refused before any cluster is touched
+def test_service_oracle_chunks_must_hold_whole_generation_batches():
+    service = {"kind": "service", "generation_batch_size": 8}
+    with pytest.raises(ConfigError, match=r"ray.chunk_size \(12\) must be a multiple of "
+                       r"oracle.generation_batch_size \(8\).*chunk_size: 8"):
+        parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 12}, "oracle": service})
+    parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 16}, "oracle": service})
+    parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 12}})  # likelihood: any size
 
 
 def test_compo_imports_without_ray():
