@@ -4,20 +4,20 @@ RayVoteSource plugs into ComPOTrainer, so the loop, checkpoints, resume and metr
 the core engine's. Per iteration it brings every worker to the current weights version
 (a sparse patch, put once into the object store), prepares the pairs on each, hands out
 fixed chunks of perturbation indices, gathers (index, vote) answers with ray.wait and
-re-dispatches the chunks of dead, unreachable or straggling workers. The core engine then
-rebuilds sum y_i z_i from the votes; an accepted step is published the same way.
+re-dispatches the chunks of dead, unreachable or straggling workers. With the service
+oracle one worker first generates the iteration's base responses, put once for all chunks.
+The core engine then rebuilds sum y_i z_i from the votes; an accepted step is published
+the same way.
 Imports ray lazily: `compo` works without it.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,9 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from compo.config import RayConfig, TrainConfig
+from compo.distributed_stats import IterationStats, serialized_size
 from compo.rundir import RunDirectory, RunError
 from compo.worker import (
     Chunk,
+    ServiceSetup,
     VoteBatch,
     WeightVersions,
     answer_matches,
@@ -56,32 +58,6 @@ def failure_reason(error: Exception) -> str:
     return " ".join(lines[raised[-1] if raised else -1:]) if lines else type(error).__name__
 
 
-def serialized_size(*objects: Any) -> int:
-    """Bytes of a call's arguments or a result: the values pickled, object refs as ids."""
-    import ray
-
-    refs = [o for o in objects if isinstance(o, ray.ObjectRef)]
-    values = tuple(o for o in objects if not isinstance(o, ray.ObjectRef))
-    return sum(len(ref.binary()) for ref in refs) + len(pickle.dumps(values, protocol=5))
-
-
-@dataclass
-class IterationStats:
-    """One iteration's cost: bytes by kind, seconds by phase, faults, work per worker."""
-
-    bytes: Counter = field(default_factory=Counter)
-    seconds: Counter = field(default_factory=Counter)
-    marks: dict = field(default_factory=lambda: {"start": time.perf_counter()})
-    perturbations: int = 0  # indices voted on
-    update_bytes: int = 0  # indices + values of the published step (inside the puts)
-    redispatched: int = 0
-    failures: int = 0
-    rejected: int = 0
-    base_mismatch: int = 0
-    work: dict = field(default_factory=dict)  # worker -> [perturbations, seconds]
-    oracle: Counter = field(default_factory=Counter)  # service oracle: comparison counts
-
-
 class RayVoteSource:
     """VoteSource whose votes come from worker actors on a Ray cluster."""
 
@@ -93,7 +69,7 @@ class RayVoteSource:
         from workers.pool import connect, plan_workers, start_pool
 
         self.generative = config.oracle.kind == "service"
-        service = service_setup(config, run_id) if self.generative else None
+        service = ServiceSetup.for_run(config, run_id) if self.generative else None
         self.config, self.settings = config, config.ray or RayConfig()
         self.progress, self.on_votes = progress, on_votes
         connect(self.settings, address)
@@ -195,21 +171,9 @@ class RayVoteSource:
 
     def iteration_metrics(self) -> dict:
         """The iteration's Ray figures (merged into its metrics.jsonl row)."""
-        stats, now = self.stats, time.perf_counter()
-        rebuild = stats.marks.get("publish", now) - stats.marks.get("votes_done", now)
-        vote_bytes = stats.bytes["vote_args"] + stats.bytes["vote_results"]
-        per_worker = {name: {"perturbations": n, "seconds": s, "per_s": n / s if s else 0.0}
-                      for name, (n, s) in sorted(stats.work.items())}
-        return {"ray": {
-            "workers": len(self._usable()), "dead": sum(w.dead for w in self.workers),
-            "version": self.version, "update_bytes": stats.update_bytes,
-            "bytes": {**stats.bytes, "total": sum(stats.bytes.values()),
-                      "votes_per_perturbation": vote_bytes / max(stats.perturbations, 1)},
-            "seconds": {**stats.seconds, "rebuild": rebuild},
-            "redispatched": stats.redispatched, "failures": stats.failures,
-            "rejected": stats.rejected, "base_mismatch": stats.base_mismatch,
-            "per_worker": per_worker,
-        }, **self._oracle_metrics()}
+        ray = self.stats.report(len(self._usable()), sum(w.dead for w in self.workers),
+                                self.version)
+        return {"ray": ray, **self._oracle_metrics()}
 
     def _oracle_metrics(self) -> dict:
         """Service oracle: the iteration's comparisons, as the single-process run reports."""
@@ -451,18 +415,6 @@ class RayVoteSource:
 
     def _count(self, kind: str, *objects: Any) -> None:
         self.stats.bytes[kind] += serialized_size(*objects)
-
-
-def service_setup(config: TrainConfig, run_id: str):
-    """What workers need for the service oracle; the token (if set here) as a secret."""
-    from pydantic import SecretStr
-
-    from compo.reporting import checked_run_id, service_token
-    from compo.worker import ServiceSetup
-
-    token = service_token(config)
-    return ServiceSetup(config, checked_run_id(run_id),
-                        None if token is None else SecretStr(token))
 
 
 def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None = None,

@@ -159,6 +159,14 @@ class ServiceSetup:
     run_id: str
     token: SecretStr | None = None
 
+    @classmethod
+    def for_run(cls, config: TrainConfig, run_id: str) -> ServiceSetup:
+        """The run's setup, with the token of this process's environment (if set)."""
+        from compo.reporting import checked_run_id, service_token  # needs httpx
+
+        token = service_token(config)
+        return cls(config, checked_run_id(run_id), None if token is None else SecretStr(token))
+
 
 class OracleWorker:
     """Holds the model, a float32 master output layer and its version number."""

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from compo.config import ComPOConfig, DataConfig, ModelConfig
+from compo.config import ComPOConfig, ConfigError, DataConfig, ModelConfig, TrainConfig
 from compo.encoding import load_tokenized
 from compo.modeling import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
+from compo.oracle_config import OracleConfig
 from compo.worker import (
     OracleWorker,
+    ServiceSetup,
     StaleVersionError,
     VoteBatch,
     WeightVersions,
@@ -113,3 +115,28 @@ def test_describe_names_the_worker_and_node(worker):
     info = worker.describe()
     assert info["name"] == "worker-7" and info["node"] == "10.0.0.7/abcd"
     assert info["version"] == 0 and info["device"] == "cpu" and len(info["shape"]) == 2
+
+
+def test_likelihood_worker_has_no_base_responses(worker, pairs):
+    worker.prepare(1, 0, pair_ids(pairs))
+    with pytest.raises(TypeError, match="likelihood oracle has no base responses"):
+        worker.base_responses(1, 0, SEED, ITERATION)
+    with pytest.raises(StaleVersionError, match="prepared"):
+        worker.base_responses(2, 0, SEED, ITERATION)
+
+
+def test_service_setup_keeps_the_token_out_of_reprs_and_pickles(model_dir, pairs_path,
+                                                               monkeypatch):
+    config = TrainConfig(model=ModelConfig(path=str(model_dir)),
+                         data=DataConfig(path=str(pairs_path)),
+                         oracle=OracleConfig(kind="service", service_url="http://oracle:8000",
+                                             token_env="COMPO_TEST_WORKER_TOKEN"))
+    monkeypatch.setenv("COMPO_TEST_WORKER_TOKEN", "secret-token-93ab61")
+    setup = ServiceSetup.for_run(config, "run-1")
+    assert setup.token.get_secret_value() == "secret-token-93ab61"
+    assert "secret-token-93ab61" not in repr(setup) + str(setup)
+    assert pickle.loads(pickle.dumps(setup)).token.get_secret_value() == "secret-token-93ab61"
+    monkeypatch.delenv("COMPO_TEST_WORKER_TOKEN")
+    assert ServiceSetup.for_run(config, "run-1").token is None
+    with pytest.raises(ConfigError, match="run_id"):
+        ServiceSetup.for_run(config, "no spaces allowed")
