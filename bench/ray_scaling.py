@@ -5,9 +5,13 @@ Runs the real training loop (ComPOTrainer + RayVoteSource) on a small random Lla
 perturbations per second while voting, the coordinator's own time per iteration (rebuild
 of sum y_i z_i from the votes, and publishing the step), and bytes moved. The first
 iteration of each run is warm-up and left out. Prints one JSON line.
+With --oracle judge the votes are the oracle service's verdicts: each run starts the fake
+OpenAI-compatible judge (--judge-latency per reply) and a fresh service (empty cache) on
+loopback, and the workers generate responses and call it.
 
   python bench/ray_scaling.py                       # 1 and 2 workers, CPU
   python bench/ray_scaling.py --workers 1 2 4 --perturbations 800
+  python bench/ray_scaling.py --oracle judge --perturbations 96 --chunk-size 32
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -25,11 +30,13 @@ import torch
 from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
 from compo.demo_data import ASSET
 from compo.fileio import read_jsonl, write_jsonl
+from compo.oracle_config import OracleConfig
 from compo.tiny import build_llama, build_tokenizer, save_model
 from compo.train import start_run
 
 REFERENCE_BYTES_PER_ITERATION = 3e9  # DESIGN.md section 2: scp of sums and bf16 heads
 OBJECT_STORE_BYTES = 200 * 1024 * 1024
+TOKEN_ENV, TOKEN = "COMPO_BENCH_ORACLE_TOKEN", "bench-token-81d0c4"
 
 
 def build_inputs(workdir: Path, vocab: int, hidden: int, pairs: int) -> tuple[Path, Path]:
@@ -42,8 +49,40 @@ def build_inputs(workdir: Path, vocab: int, hidden: int, pairs: int) -> tuple[Pa
     return model_dir, write_jsonl(workdir / "pairs.jsonl", rows)
 
 
+@contextmanager
+def judge_service(latency_s: float, db_path: Path):
+    """The fake judge and a service in front of it, in threads on loopback; yields its URL."""
+    from oracle_service.fake_judge import BackgroundServer, FakeJudge
+    from oracle_service.main import create_app
+    from oracle_service.settings import Settings
+
+    with BackgroundServer(FakeJudge(latency_s=latency_s)) as judge:
+        settings = Settings(api_token=TOKEN, judge_base_url=f"{judge.url}/v1",
+                            judge_api_key="sk-bench", judge_model="fake-judge",
+                            db_path=db_path, judge_max_concurrency=256)
+        with BackgroundServer(create_app(settings)) as service:
+            yield service.url
+
+
+def oracle_config(args, url: str | None) -> OracleConfig:
+    if url is None:
+        return OracleConfig()
+    return OracleConfig(kind="service", service_url=url, token_env=TOKEN_ENV,
+                        max_new_tokens=args.new_tokens,
+                        generation_batch_size=args.generation_batch)
+
+
 def run(workers: int, model_dir: Path, pairs: Path, args, workdir: Path) -> list[dict]:
-    """One distributed run; returns its metrics rows after warm-up."""
+    """One distributed run (with its own judge service); its metrics rows after warm-up."""
+    service = (judge_service(args.judge_latency, workdir / f"cache-{workers}.sqlite3")
+               if args.oracle == "judge" else nullcontext())
+    with service as url:
+        return train(workers, model_dir, pairs, args, workdir, url)
+
+
+def train(workers: int, model_dir: Path, pairs: Path, args, workdir: Path,
+          url: str | None) -> list[dict]:
+    """Train with `workers` Ray workers (url: the service oracle's, None: likelihood)."""
     from compo.distributed import ray_trainer
 
     config = TrainConfig(
@@ -53,7 +92,8 @@ def run(workers: int, model_dir: Path, pairs: Path, args, workdir: Path) -> list
         seed=0, max_iterations=args.iterations + 1, shuffle=False,
         output_dir=str(workdir / "runs"), run_id=f"workers-{workers}",
         checkpoint_every=args.iterations + 1,
-        ray=RayConfig(num_workers=workers, chunk_size=args.chunk_size))
+        ray=RayConfig(num_workers=workers, chunk_size=args.chunk_size),
+        oracle=oracle_config(args, url))
     trainer = ray_trainer(config, start_run(config), progress=False)
     try:
         trainer.run(progress=False)
@@ -72,7 +112,16 @@ def median(rows: list[dict], *path: str) -> float:
 
 
 def summarise(rows: list[dict]) -> dict:
+    judged = "oracle" in rows[0]
     return {
+        **({"comparisons_per_s": statistics.median(
+            r["oracle"]["comparisons"] / r["ray"]["seconds"]["votes"] for r in rows),
+            "base_s": median(rows, "ray", "seconds", "base"),
+            # generating and waiting for the service, summed over workers: more than
+            # workers x votes_s when requests overlap generation
+            "generate_s": median(rows, "oracle", "generate_s"),
+            "compare_s": median(rows, "oracle", "compare_s"),
+            "abstained": sum(r["abstained"] for r in rows)} if judged else {}),
         "perturbations_per_s": median(rows, "perturbations_per_s"),
         "votes_s": median(rows, "ray", "seconds", "votes"),
         "prepare_s": median(rows, "ray", "seconds", "prepare"),
@@ -94,11 +143,17 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--oracle", choices=["likelihood", "judge"], default="likelihood")
+    parser.add_argument("--judge-latency", type=float, default=0.2, help="seconds per reply")
+    parser.add_argument("--new-tokens", type=int, default=16, help="judge: response length")
+    parser.add_argument("--generation-batch", type=int, default=8,
+                        help="judge: perturbations generated together (divides chunk size)")
     parser.add_argument("--coordinator-threads", type=int, default=1,
                         help="torch threads of the coordinator; on a few shared cores more "
                         "threads oversubscribe them and OpenMP slows the rebuild down")
     args = parser.parse_args()
     torch.set_num_threads(args.coordinator_threads)
+    os.environ[TOKEN_ENV] = TOKEN
 
     import ray
 
@@ -116,6 +171,9 @@ def main() -> None:
     one = results[str(args.workers[0])]["perturbations_per_s"]
     print(json.dumps({
         "benchmark": "ray_scaling", "device": "cpu", "cpu_cores": os.cpu_count(),
+        "oracle": args.oracle, **({"judge_latency_s": args.judge_latency,
+                                    "new_tokens": args.new_tokens} if args.oracle == "judge"
+                                   else {}),
         "output_layer": [args.vocab, args.hidden], "perturbations": args.perturbations,
         "chunk_size": args.chunk_size, "iterations_measured": args.iterations,
         "coordinator_threads": args.coordinator_threads,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,22 +277,36 @@ class ServiceVoteSource:
         return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out.tokens]
 
     def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
-        """Votes (int8, -1 / +1 / 0 abstain) of the perturbations, from the verdicts."""
-        started = time.perf_counter()
+        """Votes (int8, -1 / +1 / 0 abstain) from the verdicts. Each generation batch goes
+        to the service while the next one is generated (oracle.requests_in_flight)."""
+        oracle, started = self.config.oracle, time.perf_counter()
         base = self.base_responses(seed, iteration)
-        texts = self.responses(seed, iteration, indices)
         self.counts["generate_s"] += time.perf_counter() - started
-        items = [ComparisonItem(prompt=self.prompts[prompt], response_a=base[prompt],
-                                response_b=text, run_id=self.run_id, iteration=iteration,
-                                perturbation=index)
-                 for index, row in zip(indices, texts, strict=True)
-                 for prompt, text in enumerate(row)]
-        results = self.compare(items)
+        with ThreadPoolExecutor(oracle.requests_in_flight, "compare") as pool:
+            pending = []
+            for first in range(0, len(indices), oracle.generation_batch_size):
+                group = indices[first : first + oracle.generation_batch_size]
+                started = time.perf_counter()
+                texts = self.responses(seed, iteration, group)
+                self.counts["generate_s"] += time.perf_counter() - started
+                items = self.items(base, iteration, group, texts)
+                pending.append(pool.submit(self.request, items))
+            results = [result for future in pending for result in self.counted(future.result())]
         return votes_from_results(results, len(indices), len(self.prompts),
                                   self.config.compo.vote_rule)
 
-    def compare(self, items: list[ComparisonItem]) -> list[ComparisonResult]:
-        """The service's verdicts; a request failing in transit or with 5xx abstains."""
+    def items(self, base: Sequence[str], iteration: int, indices: Sequence[int],
+              texts: Sequence[Sequence[str]]) -> list[ComparisonItem]:
+        """(prompt, base, perturbed) per perturbation and prompt, labelled for the stats."""
+        return [ComparisonItem(prompt=self.prompts[prompt], response_a=base[prompt],
+                               response_b=text, run_id=self.run_id, iteration=iteration,
+                               perturbation=index)
+                for index, row in zip(indices, texts, strict=True)
+                for prompt, text in enumerate(row)]
+
+    def request(self, items: list[ComparisonItem]) -> tuple[list[ComparisonResult], float]:
+        """The service's verdicts and the seconds they took; a request failing in transit
+        or with 5xx abstains, a 4xx (bad token, bad request) raises."""
         started, oracle = time.perf_counter(), self.config.oracle
         try:
             with SyncOracleClient(self.url, self.token, timeout_s=oracle.timeout_s,
@@ -303,7 +318,12 @@ class ServiceVoteSource:
             log.warning("oracle service %s failed (%s: %s): %d comparisons abstain", self.url,
                         type(error).__name__, error, len(items))
             results = failed_results(items, error)
-        self.counts["compare_s"] += time.perf_counter() - started
+        return results, time.perf_counter() - started
+
+    def counted(self, answer: tuple[list[ComparisonResult], float]) -> list[ComparisonResult]:
+        """Count a request's verdicts, errors and seconds (in the calling thread)."""
+        results, seconds = answer
+        self.counts["compare_s"] += seconds
         self.counts["comparisons"] += len(results)
         self.counts.update(f"verdict_{r.verdict.value}" for r in results)
         self.counts.update(f"error_{r.error.kind.value}" for r in results if r.error)

@@ -41,6 +41,9 @@ class OracleConfig(BaseModel):
     generation_batch_size: int = Field(
         8, gt=0, description="perturbations generated together (each holds a V x d float32 "
         "direction in memory)")
+    requests_in_flight: int = Field(
+        4, gt=0, description="comparison requests a process keeps open while it generates "
+        "the next batch (each holds one generation batch; overlaps judge latency)")
     request_batch_size: int | None = Field(
         None, gt=0, description="comparisons per HTTP request; default: the service's maximum")
     timeout_s: float = Field(300.0, gt=0, description="time for one comparisons request")
