@@ -149,3 +149,26 @@ def test_reporter_posts_the_backlog_once_the_service_answers(make_settings, runn
         assert reporter.report({**row, "iteration": 1, "m": 8, "abstained": 0})["reported"]
         posted = http.get("/v1/runs/backlog/iterations").json()["iterations"]
     assert [(s["iteration"], s["m"], s["abstained"]) for s in posted] == [(0, 0, 8), (1, 8, 0)]
+
+
+@pytest.mark.parametrize("in_flight, most", [(1, 2), (4, 8)])
+def test_requests_overlap_generation_up_to_requests_in_flight(
+        model_dir, pairs_file, tmp_path, make_settings, running_service, fake_judge, token_env,
+        in_flight, most):
+    fake_judge.judge.latency_s = 0.3  # far longer than generating a batch of 2 here
+    with running_service(make_settings()) as http:
+        config = train_config(model_dir, pairs_file, tmp_path, "overlap", str(http.base_url))
+        config.oracle = config.oracle.model_copy(update={"generation_batch_size": 2,
+                                                         "requests_in_flight": in_flight})
+        trainer = ComPOTrainer(config, start_run(config))
+        source = trainer.source
+        source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
+        votes = source.votes(config.seed, 0, list(range(PERTURBATIONS)))
+        texts = [row[0] for row in source.responses(config.seed, 0, range(PERTURBATIONS))]
+    base = source.base_responses(config.seed, 0)[0]
+    judged = sum(text != base for text in texts)
+    assert judged > most  # enough requests to fill the window
+    # one request holds one batch (2 comparisons); the judge sees `in_flight` at once
+    assert fake_judge.judge.max_in_flight == most
+    # the default fake judge prefers the longer response: -1 when the perturbed one is longer
+    assert votes.tolist() == [-1 if len(text) > len(base) else 1 for text in texts]
