@@ -29,6 +29,7 @@ import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
 from compo.demo_data import ASSET
+from compo.estimator import vote_weighted_rows
 from compo.fileio import read_jsonl, write_jsonl
 from compo.oracle_config import OracleConfig
 from compo.tiny import build_llama, build_tokenizer, save_model
@@ -135,6 +136,19 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def coordinator_rebuild_s(args) -> float:
+    """Seconds for this process alone to rebuild sum y_i z_i of m votes (what the
+    coordinator did before workers rebuilt shards), median of 3."""
+    shape, kept = (args.vocab, args.hidden), [(i, 1 - 2 * (i % 2)) for i in
+                                               range(args.perturbations)]
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        vote_weighted_rows(0, 1, kept, shape, range(args.vocab), None)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -169,6 +183,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     one = results[str(args.workers[0])]["perturbations_per_s"]
+    alone = coordinator_rebuild_s(args)
     print(json.dumps({
         "benchmark": "ray_scaling", "device": "cpu", "cpu_cores": os.cpu_count(),
         "oracle": args.oracle, **({"judge_latency_s": args.judge_latency,
@@ -179,6 +194,8 @@ def main() -> None:
         "coordinator_threads": args.coordinator_threads,
         "workers": results,
         "speedup": {n: r["perturbations_per_s"] / one for n, r in results.items()},
+        "coordinator_rebuild_s": alone,
+        "rebuild_speedup_vs_coordinator": {n: alone / r["rebuild_s"] for n, r in results.items()},
         "dense_output_layer_bytes": args.vocab * args.hidden * 4,
         "reference_bytes_per_iteration": REFERENCE_BYTES_PER_ITERATION,
         "seconds": time.perf_counter() - started,

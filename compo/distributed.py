@@ -6,8 +6,8 @@ the core engine's. Per iteration it brings every worker to the current weights v
 fixed chunks of perturbation indices, gathers (index, vote) answers with ray.wait and
 re-dispatches the chunks of dead, unreachable or straggling workers. With the service
 oracle one worker first generates the iteration's base responses, put once for all chunks.
-The core engine then rebuilds sum y_i z_i from the votes; an accepted step is published
-the same way.
+An accepted step is rebuilt by the workers, a shard of rows of sum y_i z_i each
+(compo/distributed_rebuild.py), and published the same way as the weights.
 Imports ray lazily: `compo` works without it.
 """
 
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from compo.config import RayConfig, TrainConfig
 from compo.distributed_stats import IterationStats, serialized_size
+from compo.estimator import kept_votes, plan_shards
 from compo.rundir import RunDirectory, RunError
 from compo.worker import (
     Chunk,
@@ -106,7 +107,6 @@ class RayVoteSource:
 
     def prepare(self, pairs, weight: torch.Tensor) -> torch.Tensor:
         """New round: publish the weights if they moved, prepare the pairs on every worker."""
-        import ray
 
         self.stats, self.base_logprobs = IterationStats(), {}
         self.round += 1
@@ -116,10 +116,9 @@ class RayVoteSource:
                  if not w.dead and w.pending is None}
         deadline = time.monotonic() + self.settings.call_timeout_s
         while time.monotonic() < deadline and (first or not self.base_logprobs):
-            waiting = [w.pending for w in self.workers if w.pending is not None]
-            if not waiting:
+            ready = self._wait_any([w.pending for w in self.workers if w.pending is not None])
+            if ready is None:
                 break
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=self.settings.poll_interval_s)
             for ref in ready:
                 first.discard(ref)
                 self._answered(ref)
@@ -131,7 +130,6 @@ class RayVoteSource:
 
     def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
         """Votes of all `indices`; returns only when every index has a valid vote."""
-        import ray
 
         started = time.perf_counter()
         base = self._base_responses(seed, iteration) if self.generative else None
@@ -143,11 +141,10 @@ class RayVoteSource:
                    disable=not self.progress)
         while remaining:
             self._dispatch(seed, iteration, base)
-            waiting = set(self.tasks) | {w.pending for w in self.workers if w.pending}
-            if not waiting:  # nobody usable, nobody coming back
+            ready = self._wait_any(list(self.tasks) + [w.pending for w in self.workers
+                                                       if w.pending])
+            if ready is None:  # nobody usable, nobody coming back
                 raise DistributedError(self._no_worker("is left"))
-            ready, _ = ray.wait(list(waiting), num_returns=1,
-                                timeout=self.settings.poll_interval_s)
             for ref in ready:
                 got = self._received(ref, out)
                 remaining -= got
@@ -168,6 +165,23 @@ class RayVoteSource:
         values = self._first_answer("reported log-probs after the update", lambda w: (
             w.actor.logprobs.remote(self.round, self.version)), self.round, self.version)
         return torch.tensor(values)
+
+    def rebuild_shards(self, seed: int, iteration: int, indices: Sequence[int],
+                       votes: torch.Tensor) -> tuple[list[range], Any]:
+        """Rows of sum y_i z_i are rebuilt by the workers, a shard each; the kept votes
+        are put once, when the step is accepted (a skipped iteration sends nothing)."""
+        from compo.distributed_rebuild import ShardCalls
+
+        shards = plan_shards(self.weights.held.shape[0], max(1, len(self._usable())))
+        calls = []
+
+        def run(method: str, parts: Sequence[range], *args) -> list:
+            if not calls:
+                kept = self._put(kept_votes(torch.tensor(list(indices)), votes))
+                calls.append(ShardCalls(self, (self.round, self.version, seed, iteration, kept)))
+            return calls[0].run(method, parts, *args)
+
+        return shards, run
 
     def iteration_metrics(self) -> dict:
         """The iteration's Ray figures (merged into its metrics.jsonl row)."""
@@ -340,13 +354,18 @@ class RayVoteSource:
         return count
 
     def _failed(self, worker: Worker, error: Exception, chunk: Chunk | None = None) -> None:
-        """A call failed: count it, re-dispatch the worker's chunks, probe it again."""
+        """A call failed: count it, re-dispatch the worker's chunks, probe it again (a
+        restarting actor after ray.poll_interval_s, without counting it as a failure)."""
+        import ray
+
+        restarting = isinstance(error, ray.exceptions.ActorUnavailableError)
         self.stats.failures += 1
-        worker.failures += 1
+        worker.failures += not restarting
         worker.lost()
         reason = failure_reason(error)
-        log.warning("%s on %s failed (%d in a row): %s", worker.name, worker.node,
-                    worker.failures, reason)
+        log.log(logging.INFO if restarting else logging.WARNING, "%s on %s %s (%d failures "
+                "in a row): %s", worker.name, worker.node, "is restarting" if restarting
+                else "failed", worker.failures, reason)
         lost = [chunk] if chunk else []
         for ref, (other, owner) in list(self.tasks.items()):
             if owner is worker:
@@ -358,8 +377,29 @@ class RayVoteSource:
             worker.dead = True
             log.error("%s on %s: given up after %d failures in a row", worker.name,
                       worker.node, worker.failures)
+        elif restarting:
+            worker.retry_at = time.monotonic() + self.settings.poll_interval_s
         elif worker.pending is None:
             self._send_prepare(worker)
+
+    def _wait_any(self, refs: list) -> list | None:
+        """Finished refs among `refs` within ray.poll_interval_s, after probing workers
+        whose restart was waited for; None when nothing is pending and nobody restarts."""
+        import ray
+
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.retry_at is not None and worker.retry_at <= now and not worker.dead:
+                worker.retry_at = None
+                if worker.pending is None:
+                    refs.append(self._send_prepare(worker).pending)
+        if refs:  # a straggler's pending call is also one of its tasks: once only
+            return ray.wait(list(dict.fromkeys(refs)), num_returns=1,
+                            timeout=self.settings.poll_interval_s)[0]
+        if any(w.retry_at is not None and not w.dead for w in self.workers):
+            time.sleep(self.settings.poll_interval_s)
+            return []
+        return None
 
     def _requeue(self, chunk: Chunk, reason: str) -> None:
         """Put a chunk back at the front of the queue, within ray.max_redispatch."""

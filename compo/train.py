@@ -23,11 +23,12 @@ from compo.config import TrainConfig
 from compo.data import TokenizedPair
 from compo.encoding import load_tokenized
 from compo.estimator import (
+    RowShards,
+    ShardRunner,
     UpdateDecision,
-    accept,
-    count_votes,
-    decide_update,
-    vote_weighted_sum,
+    decide_from_shards,
+    kept_votes,
+    vote_weighted_rows,
 )
 from compo.modeling import DTYPES, load_model, load_tokenizer, output_layer
 from compo.oracle import LikelihoodOracle, OracleState
@@ -102,17 +103,27 @@ def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: to
     indices = list(range(compo.num_perturbations))
     votes = source.votes(config.seed, iteration, indices)
     vote_seconds = time.perf_counter() - started
-    n_minus, m, _ = count_votes(votes)
-    total = None  # a skipped iteration never needs the (costly) rebuild of sum y_i z_i
-    if accept(n_minus, m, compo.accept_ratio):
-        total = vote_weighted_sum(config.seed, iteration, torch.tensor(indices), votes,
-                                  tuple(weight.shape), compo.block_elements, weight.device,
-                                  DTYPES[compo.direction_dtype])
-    decision = decide_update(total, votes, compo)
+    shards, run = rebuild_shards(source, config, iteration, indices, votes, weight)
+    decision = decide_from_shards(votes, compo, tuple(weight.shape), shards, run)
     if decision.update is not None:
         decision.update.apply_(weight)
     after = source.logprobs(weight) if decision.accepted else before
     return IterationResult(decision, before.cpu(), after.cpu(), vote_seconds)
+
+
+def rebuild_shards(source: VoteSource, config: TrainConfig, iteration: int,
+                   indices: list[int], votes: torch.Tensor, weight: torch.Tensor
+                   ) -> tuple[list[range], ShardRunner]:
+    """Where rows of sum y_i z_i are rebuilt (only if the step is accepted): by the
+    source's workers, one shard each, or here in one piece."""
+    remote = getattr(source, "rebuild_shards", None)
+    if remote is not None:
+        return remote(config.seed, iteration, indices, votes)
+    kept, compo, shape = kept_votes(torch.tensor(indices), votes), config.compo, weight.shape
+    shard = RowShards(lambda rows: vote_weighted_rows(
+        config.seed, iteration, kept, tuple(shape), rows, compo.block_elements, weight.device,
+        DTYPES[compo.direction_dtype]))
+    return [range(shape[0])], shard.run
 
 
 def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult,

@@ -24,13 +24,15 @@ from pydantic import SecretStr
 
 from compo.config import ComPOConfig, ModelConfig, TrainConfig
 from compo.data import TokenizedPair
-from compo.modeling import load_model, load_tokenizer
+from compo.estimator import RowShards, vote_weighted_rows
+from compo.modeling import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.train import LocalVoteSource, VoteSource
 
 PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
 VOTE_DTYPE = np.int8
+REBUILD_METHODS = ("square_sums", "counts", "step")  # what RowShards answers per shard
 
 
 class StaleVersionError(RuntimeError):
@@ -182,8 +184,10 @@ class OracleWorker:
         self.source: VoteSource = LocalVoteSource(oracle)
         if service is not None:
             self.source = service_source(network, tokenizer, service)
+        self.compo = compo
         self.version = 0  # 0: the output layer as loaded
         self.prepared: tuple[int, int] | None = None  # (round, version) prepared
+        self.shards: tuple[tuple[int, int, int], RowShards] | None = None  # rebuild rows
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -251,6 +255,26 @@ class OracleWorker:
             raise StaleVersionError(f"{self.name} on {self.node}: prepared round "
                                     f"{self.prepared and self.prepared[0]}, asked for {round_id}")
         return self.source.logprobs(self.weight).cpu().numpy()
+
+    def rebuild(self, round_id: int, version: int, seed: int, iteration: int,
+                kept: Sequence[tuple[int, int]], method: str, rows: range, *args):
+        """One shard's part of the accepted step: RowShards.<method> on rows of
+        sum y_i z_i (computed once per round, then kept until its `step`)."""
+        self._check_prepared(round_id, version)
+        if method not in REBUILD_METHODS:
+            raise ValueError(f"unknown rebuild method {method!r}; one of {REBUILD_METHODS}")
+        key = (round_id, seed, iteration)
+        if self.shards is None or self.shards[0] != key:
+            shape, compo = tuple(self.weight.shape), self.compo
+            self.shards = (key, RowShards(lambda part: vote_weighted_rows(
+                seed, iteration, kept, shape, part, compo.block_elements, self.weight.device,
+                DTYPES[compo.direction_dtype])))
+        result = getattr(self.shards[1], method)(rows, *args)
+        if isinstance(result, tuple):  # (positions, values): positions as int32 if they fit
+            positions, values = result
+            small = self.weight.numel() <= np.iinfo(np.int32).max
+            return positions.numpy().astype(np.int32 if small else np.int64), values.numpy()
+        return result.numpy()
 
     def source_oracle(self) -> LikelihoodOracle:
         """The likelihood oracle inside the vote source (it holds the loaded layer)."""

@@ -37,5 +37,9 @@ class OracleActor:
     def evaluate(self, round_id, version, seed, iteration, indices, base=None):
         return self.worker.evaluate(round_id, version, seed, iteration, indices, base)
 
+    def rebuild(self, round_id, version, seed, iteration, kept, method, rows, *args):
+        return self.worker.rebuild(round_id, version, seed, iteration, kept, method, rows,
+                                   *args)
+
     def logprobs(self, round_id, version):
         return self.worker.logprobs(round_id, version)

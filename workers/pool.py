@@ -68,6 +68,7 @@ class Worker:
     dead: bool = False
     last_heard: float = 0.0
     in_flight: int = 0
+    retry_at: float | None = None  # restarting: probe it (send a prepare) at this time
 
     def lost(self) -> None:
         """After a failure: not usable, holding an unknown version, no chunks of ours."""

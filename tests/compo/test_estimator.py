@@ -2,16 +2,25 @@
 
 import math
 
+import pytest
 import torch
 
 from compo.config import ClipConfig, ComPOConfig
 from compo.estimator import (
+    NORM_BLOCK_ROWS,
+    RowShards,
     SparseUpdate,
     clip_small,
     clip_threshold,
     count_votes,
+    counts_at_least,
+    decide_from_shards,
     decide_update,
+    fraction_threshold,
+    kept_votes,
     normalise,
+    plan_shards,
+    vote_weighted_rows,
     vote_weighted_sum,
 )
 from compo.perturbation import direction, direction_key, normals
@@ -128,3 +137,53 @@ def test_sparse_update_applies_in_place():
     weight = torch.zeros(2, 3)
     update.apply_(weight)
     assert weight.tolist() == [[1.0, 0, 0], [0, 0, -2.0]]
+
+
+def sharded(votes, config, shape, seed, iteration, workers):
+    """The decision with rows of sum y_i z_i rebuilt shard by shard, as Ray workers do."""
+    kept = kept_votes(torch.arange(len(votes)), votes)
+    holders = [RowShards(lambda rows: vote_weighted_rows(seed, iteration, kept, shape, rows,
+                                                         1 << 12))
+               for _ in range(workers)]
+
+    def run(method, shards, *args):  # shard i on holder i, like one shard per worker
+        return [getattr(holders[i], method)(rows, *args) for i, rows in enumerate(shards)]
+
+    return decide_from_shards(votes, config, shape, plan_shards(shape[0], workers), run)
+
+
+@pytest.mark.parametrize("clip", [ClipConfig(mode="sigma", value=2.326),
+                                  ClipConfig(mode="raw", value=3e-3),
+                                  ClipConfig(mode="fraction", value=0.03)])
+def test_sharded_rebuild_gives_the_same_step_bit_for_bit(clip):
+    shape = (300, 48)  # 5 norm blocks of 64 rows, the last one short
+    votes = torch.tensor([-1, 1, 0, -1] * 30, dtype=torch.int8)
+    config = ComPOConfig(clip=clip, accept_ratio=0.1)
+    total = vote_weighted_sum(7, 2, torch.arange(len(votes)), votes, shape, 1 << 12)
+    dense = decide_update(total, votes, config)
+    assert dense.accepted and dense.update.indices.numel() > 0
+    for workers in (1, 2, 3, 5, 8):
+        got = sharded(votes, config, shape, 7, 2, workers)
+        assert torch.equal(got.update.indices, dense.update.indices), workers
+        assert torch.equal(got.update.values, dense.update.values), workers
+        assert (got.kept_fraction, got.update_norm) == (dense.kept_fraction, dense.update_norm)
+
+
+def test_shards_are_whole_norm_blocks_covering_every_row():
+    for rows, workers in [(300, 1), (300, 2), (300, 7), (64, 3), (32000, 30), (1, 4)]:
+        shards = plan_shards(rows, workers)
+        assert shards[0].start == 0 and shards[-1].stop == rows
+        assert all(a.stop == b.start for a, b in zip(shards, shards[1:], strict=False))
+        assert all(s.start % NORM_BLOCK_ROWS == 0 and len(s) > 0 for s in shards)
+        assert len(shards) == min(workers, -(-rows // NORM_BLOCK_ROWS))
+
+
+def test_fraction_threshold_is_the_kth_largest_magnitude_even_with_ties():
+    generator = torch.Generator().manual_seed(3)
+    unit = torch.randn(5000, generator=generator).round(decimals=2)  # many ties
+    unit[:7] = 0.0
+    for fraction in (1e-4, 0.01, 0.37, 1.0):
+        keep = math.ceil(fraction * unit.numel())
+        expected = float(unit.abs().topk(keep).values.min())
+        assert fraction_threshold(lambda t: counts_at_least(unit, t), unit.numel(),
+                                  fraction) == expected

@@ -103,5 +103,7 @@ def test_killed_generating_worker_changes_nothing(model_dir, pairs_file, tmp_pat
         weights, run_dir = run_on_ray(config, on_votes=kill_once)
     rows = run_dir.metrics()
     assert killed and torch.equal(weights, expected)
-    assert rows[1]["ray"]["failures"] >= 1 and rows[1]["ray"]["redispatched"] >= 1
+    # the victim's chunk is redone elsewhere, or (if its answer was already out) the
+    # failure surfaces at its next call of the iteration: either way it is counted
+    assert rows[1]["ray"]["failures"] >= 1
     assert rows[1]["m"] + rows[1]["abstained"] == PERTURBATIONS

@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from compo.distributed import DistributedError, RayVoteSource
 from compo.encoding import load_tokenized
 from compo.modeling import ModelConfig, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
+from compo.rundir import RunDirectory
 from compo.train import LocalVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -100,6 +102,27 @@ def test_unreachable_worker_has_its_chunks_redone_elsewhere(make_config, train_r
 def resume(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # the run may have ended and killed it
         os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_killed_worker_during_the_rebuild_changes_nothing(count, make_config, train_ray,
+                                                         local_weights):
+    local = make_config("local")
+    rows = RunDirectory(Path(local.output_dir) / "local").metrics()
+    accepted = next(row["iteration"] for row in rows if row["accepted"])
+    killed = []
+
+    def kill_after_the_votes(source, done, total):  # the rebuild of the step comes next
+        if source.round == accepted + 1 and done == total and not killed:
+            victim = source.workers[-1]
+            killed.append(victim.name)
+            os.kill(victim.pid, signal.SIGKILL)
+
+    config = make_config(f"rebuild-killed-{count}", {"num_workers": count, "max_restarts": 3})
+    weights, trainer = train_ray(config, on_votes=kill_after_the_votes)
+    row = trainer.run_dir.metrics()[accepted]
+    assert killed and row["accepted"] and torch.equal(weights, local_weights)
+    assert row["ray"]["failures"] >= 1 and row["ray"]["seconds"]["rebuild_step"] > 0
 
 
 def test_stale_worker_is_refused_and_brought_back_exactly(make_config, model_dir, pairs_path):
