@@ -14,7 +14,6 @@ Imports ray lazily: `compo` works without it.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,9 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from compo.config import RayConfig, TrainConfig
-from compo.distributed_stats import IterationStats, serialized_size
+from compo.distributed_group import DistributedError, WorkerGroup
+from compo.distributed_stats import IterationStats
 from compo.estimator import kept_votes, plan_shards
-from compo.rundir import RunDirectory, RunError
+from compo.rundir import RunDirectory
 from compo.worker import (
     Chunk,
     ServiceSetup,
@@ -44,22 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
-EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")  # "ValueError: ..."
-
-
-class DistributedError(RunError):
-    """A distributed run that cannot go on: which worker, which node, and why."""
-
-
-def failure_reason(error: Exception) -> str:
-    """The original exception of a Ray error ('ModelError: ...'), from its last raise on."""
-    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines() if line.strip()]
-    raised = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
-    return " ".join(lines[raised[-1] if raised else -1:]) if lines else type(error).__name__
-
-
-class RayVoteSource:
+class RayVoteSource(WorkerGroup):
     """VoteSource whose votes come from worker actors on a Ray cluster."""
 
     def __init__(self, config: TrainConfig, address: str | None = None, progress: bool = True,
@@ -71,19 +56,15 @@ class RayVoteSource:
 
         self.generative = config.oracle.kind == "service"
         service = ServiceSetup.for_run(config, run_id) if self.generative else None
-        self.config, self.settings = config, config.ray or RayConfig()
+        super().__init__(config.ray or RayConfig())
+        self.config = config
         self.progress, self.on_votes = progress, on_votes
         connect(self.settings, address)
         count, self.use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
                                            self.settings)
         self.pool = start_pool(config, self.settings, count, self.use_gpu, service)
-        self.workers: list[Worker] = []
-        self.weights: WeightVersions | None = None
-        self.round, self.refs, self.pairs_ref = 0, {}, None
-        self.stats, self.base_logprobs = IterationStats(), {}
         self.queue: deque[Chunk] = deque()
         self.tasks: dict[Any, tuple[Chunk, Worker]] = {}
-        self.last_progress = time.monotonic()
 
     def start(self, base_weight: torch.Tensor) -> RayVoteSource:
         """Wait for every worker to load the model; `base_weight` is what they loaded."""
@@ -98,10 +79,6 @@ class RayVoteSource:
         """Stop the workers and release their placement group."""
         if self.pool.actors:
             self.pool.shutdown()
-
-    @property
-    def version(self) -> int:
-        return self.weights.version
 
     # -- VoteSource ---------------------------------------------------------------------
 
@@ -206,67 +183,7 @@ class RayVoteSource:
         self.stats.seconds["base"] = time.perf_counter() - started
         return self._put(texts)
 
-    def _first_answer(self, what: str, call: Callable[[Worker], Any], *args: Any) -> Any:
-        """The answer of the first usable worker to `call` (`args`: what it sends)."""
-        import ray
-
-        for worker in self._usable():
-            ref = call(worker)
-            self._count("task_args", *args)
-            try:
-                value = ray.get(ref, timeout=self.settings.call_timeout_s)
-            except ray.exceptions.RayError as error:
-                self._failed(worker, error)
-                continue
-            self._count("results", value)
-            return value
-        raise DistributedError(self._no_worker(what))
-
-    # -- weights versions ---------------------------------------------------------------
-
-    def _publish(self, weight: torch.Tensor, acknowledge: bool) -> None:
-        """Make the next version if `weight` moved; with `acknowledge`, send it now."""
-        import ray
-
-        started = time.perf_counter()
-        step = self.weights.advance(weight)
-        if step is not None:
-            self.stats.update_bytes += step.nbytes
-        if acknowledge:
-            acks = {}
-            for worker in self._prepared():
-                patch = self._patch_ref(worker)
-                acks[worker.actor.apply.remote(patch)] = worker
-                self._count("task_args", patch)
-            for ref, worker in acks.items():
-                try:
-                    worker.version = ray.get(ref, timeout=self.settings.call_timeout_s)
-                except ray.exceptions.RayError as error:
-                    self._failed(worker, error)
-                    continue
-                self._count("results", worker.version)
-        self.stats.seconds["broadcast"] += time.perf_counter() - started
-
-    def _patch_ref(self, worker: Worker) -> Any:
-        """Object ref of the patch `worker` needs (each patch is put once), or None."""
-        patch = self.weights.patch_for(worker.version)
-        if patch is None:
-            return None
-        key = (patch.version, patch.base)
-        if key not in self.refs:
-            self.refs = {k: v for k, v in self.refs.items() if k[0] == patch.version}
-            self.refs[key] = self._put(patch)
-        return self.refs[key]
-
     # -- calls and answers --------------------------------------------------------------
-
-    def _send_prepare(self, worker: Worker) -> Worker:
-        patch = self._patch_ref(worker)
-        worker.pending = worker.actor.prepare.remote(self.round, self.version, self.pairs_ref,
-                                                     patch)
-        worker.pending_round = self.round
-        self._count("task_args", self.round, self.version, self.pairs_ref, patch)
-        return worker
 
     def _received(self, ref, out: np.ndarray) -> int:
         """Route a finished call: a chunk's votes, or a pending call of a lost worker."""
@@ -277,29 +194,6 @@ class RayVoteSource:
         if owner is not None:  # a straggler's task: its answer ends the wait
             owner.pending = None
         return self._collect(ref, out)
-
-    def _answered(self, ref) -> None:
-        """A worker's pending call finished: it is ready, needs preparing, or failed."""
-        import ray
-
-        worker = next(w for w in self.workers if w.pending == ref)
-        pending_round, worker.pending, worker.pending_round = worker.pending_round, None, None
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayError as error:
-            self._failed(worker, error)
-            return
-        worker.failures, worker.last_heard = 0, time.monotonic()
-        self.last_progress = time.monotonic()
-        if pending_round is not None:
-            self._count("results", result)
-            worker.version = result[0]
-            if pending_round == self.round and worker.version == self.version:
-                worker.ready_round = self.round
-                self.base_logprobs[worker.name] = result[1]
-                return
-        if worker.ready_round != self.round:
-            self._send_prepare(worker)
 
     def _dispatch(self, seed: int, iteration: int, base: Any = None) -> None:
         """Give queued chunks to usable workers, up to tasks_in_flight each; `base`: the
@@ -353,19 +247,8 @@ class RayVoteSource:
         self.stats.oracle.update(batch.oracle or {})  # counts of the answers used only
         return count
 
-    def _failed(self, worker: Worker, error: Exception, chunk: Chunk | None = None) -> None:
-        """A call failed: count it, re-dispatch the worker's chunks, probe it again (a
-        restarting actor after ray.poll_interval_s, without counting it as a failure)."""
-        import ray
-
-        restarting = isinstance(error, ray.exceptions.ActorUnavailableError)
-        self.stats.failures += 1
-        worker.failures += not restarting
-        worker.lost()
-        reason = failure_reason(error)
-        log.log(logging.INFO if restarting else logging.WARNING, "%s on %s %s (%d failures "
-                "in a row): %s", worker.name, worker.node, "is restarting" if restarting
-                else "failed", worker.failures, reason)
+    def _hand_back(self, worker: Worker, chunk: Chunk | None, reason: str) -> None:
+        """The chunks a failed worker held (and the one that failed) go back to the queue."""
         lost = [chunk] if chunk else []
         for ref, (other, owner) in list(self.tasks.items()):
             if owner is worker:
@@ -373,33 +256,6 @@ class RayVoteSource:
                 lost.append(other)
         for item in lost:
             self._requeue(item, reason)
-        if worker.failures > self.settings.max_restarts + 1:
-            worker.dead = True
-            log.error("%s on %s: given up after %d failures in a row", worker.name,
-                      worker.node, worker.failures)
-        elif restarting:
-            worker.retry_at = time.monotonic() + self.settings.poll_interval_s
-        elif worker.pending is None:
-            self._send_prepare(worker)
-
-    def _wait_any(self, refs: list) -> list | None:
-        """Finished refs among `refs` within ray.poll_interval_s, after probing workers
-        whose restart was waited for; None when nothing is pending and nobody restarts."""
-        import ray
-
-        now = time.monotonic()
-        for worker in self.workers:
-            if worker.retry_at is not None and worker.retry_at <= now and not worker.dead:
-                worker.retry_at = None
-                if worker.pending is None:
-                    refs.append(self._send_prepare(worker).pending)
-        if refs:  # a straggler's pending call is also one of its tasks: once only
-            return ray.wait(list(dict.fromkeys(refs)), num_returns=1,
-                            timeout=self.settings.poll_interval_s)[0]
-        if any(w.retry_at is not None and not w.dead for w in self.workers):
-            time.sleep(self.settings.poll_interval_s)
-            return []
-        return None
 
     def _requeue(self, chunk: Chunk, reason: str) -> None:
         """Put a chunk back at the front of the queue, within ray.max_redispatch."""
@@ -424,37 +280,6 @@ class RayVoteSource:
                     if owner is worker:
                         worker.pending = worker.pending or ref
                         self._requeue(chunk, f"{worker.name} straggling")
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def _prepared(self) -> list[Worker]:
-        return [w for w in self.workers if not w.dead and w.ready_round == self.round]
-
-    def _usable(self) -> list[Worker]:
-        return [w for w in self._prepared() if w.version == self.version]
-
-    def _no_worker(self, what: str) -> str:
-        usable = self._usable()
-        states = ", ".join(f"{w.name} on {w.node} ({'dead' if w.dead else 'not answering'})"
-                           for w in self.workers if w not in usable)
-        return f"no worker {what}: {states or 'none started'}"
-
-    def _agreed_base_logprobs(self) -> np.ndarray:
-        """Base log-probs of the first ready worker; workers that differ are counted."""
-        first = next(w.name for w in self.workers if w.name in self.base_logprobs)
-        values = self.base_logprobs[first]
-        self.stats.base_mismatch = sum(not np.array_equal(v, values)
-                                       for v in self.base_logprobs.values())
-        return values
-
-    def _put(self, obj: Any):
-        import ray
-
-        self.stats.bytes["object_store_puts"] += serialized_size(obj)
-        return ray.put(obj)
-
-    def _count(self, kind: str, *objects: Any) -> None:
-        self.stats.bytes[kind] += serialized_size(*objects)
 
 
 def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None = None,

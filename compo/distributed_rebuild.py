@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from compo.distributed import DistributedError, RayVoteSource
+from compo.distributed_group import DistributedError
 
 if TYPE_CHECKING:
+    from compo.distributed import RayVoteSource
     from workers.pool import Worker
 
 

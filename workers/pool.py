@@ -12,7 +12,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from compo.config import RayConfig, TrainConfig
-from compo.distributed import DistributedError, failure_reason
+from compo.distributed_group import DistributedError, failure_reason
 from compo.worker import ServiceSetup
 from workers.actor import OracleActor, node_label
 

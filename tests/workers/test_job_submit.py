@@ -26,6 +26,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+AGENT_NOT_READY = "No available agent to submit job"  # Ray: "please try again later"
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """`ray start --head --block` with a dashboard (the job server); stopped by its pid."""
@@ -75,10 +78,16 @@ def test_ray_job_submit_runs_compo_train(head, make_config, local_weights, tmp_p
         update={"output_dir": str(tmp_path / "runs")})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    result = subprocess.run(
-        [str(bin_dir / "ray"), "job", "submit", "--address", address, "--entrypoint-num-cpus",
-         "1", "--", "compo", "train", "--config", str(job), "--ray-address", "auto",
-         "--no-progress"], capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    command = [str(bin_dir / "ray"), "job", "submit", "--address", address,
+               "--entrypoint-num-cpus", "1", "--", "compo", "train", "--config", str(job),
+               "--ray-address", "auto", "--no-progress"]
+    deadline = time.time() + TIMEOUT_S
+    while True:  # the job server answers `job list` before its agent takes jobs
+        result = subprocess.run(command, capture_output=True, text=True, env=env,
+                                timeout=TIMEOUT_S)
+        if AGENT_NOT_READY not in result.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "run finished" in result.stdout
     head_file = read_tensors(tmp_path / "runs" / "job" / "final" / "model.safetensors")

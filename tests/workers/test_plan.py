@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compo.config import ConfigError, RayConfig, TrainConfig, parse_config
-from compo.distributed import DistributedError, failure_reason
+from compo.distributed_group import DistributedError, failure_reason
 from compo.worker import INDEX_DTYPE, VoteBatch, answer_matches, make_chunks
 from workers.pool import plan_workers
 
