@@ -60,6 +60,8 @@ def cmd_train(args) -> int:
         print(f"\ninterrupted; the run is saved. Continue with: compo train --resume "
               f"{run_dir.path}", file=sys.stderr)
         return 130
+    finally:
+        trainer.close()
     summary = export_run(trainer, weight)
     print(f"run finished: {run_dir.path} (final/, delta.safetensors: {summary['entries']} "
           f"entries, {summary['fraction']:.2%} of the output layer)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -226,6 +227,10 @@ class ServiceVoteSource:
         self.prefixes: list[Prefix] = []
         self.base: dict[tuple[int, int], list[str]] = {}
         self.counts: Counter = Counter()
+        self.pool: ThreadPoolExecutor | None = None  # request threads, kept between calls
+        self.local = threading.local()  # each request thread's client
+        self.clients: list[SyncOracleClient] = []
+        self.lock = threading.Lock()
 
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> torch.Tensor:
         """Score the pairs, encode their prompts once; `weight` is the float32 master W."""
@@ -282,16 +287,17 @@ class ServiceVoteSource:
         oracle, started = self.config.oracle, time.perf_counter()
         base = self.base_responses(seed, iteration)
         self.counts["generate_s"] += time.perf_counter() - started
-        with ThreadPoolExecutor(oracle.requests_in_flight, "compare") as pool:
-            pending = []
-            for first in range(0, len(indices), oracle.generation_batch_size):
-                group = indices[first : first + oracle.generation_batch_size]
-                started = time.perf_counter()
-                texts = self.responses(seed, iteration, group)
-                self.counts["generate_s"] += time.perf_counter() - started
-                items = self.items(base, iteration, group, texts)
-                pending.append(pool.submit(self.request, items))
-            results = [result for future in pending for result in self.counted(future.result())]
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(oracle.requests_in_flight, "compare")
+        pending = []
+        for first in range(0, len(indices), oracle.generation_batch_size):
+            group = indices[first : first + oracle.generation_batch_size]
+            started = time.perf_counter()
+            texts = self.responses(seed, iteration, group)
+            self.counts["generate_s"] += time.perf_counter() - started
+            pending.append(self.pool.submit(self.request, self.items(base, iteration, group,
+                                                                     texts)))
+        results = [result for future in pending for result in self.counted(future.result())]
         return votes_from_results(results, len(indices), len(self.prompts),
                                   self.config.compo.vote_rule)
 
@@ -307,11 +313,9 @@ class ServiceVoteSource:
     def request(self, items: list[ComparisonItem]) -> tuple[list[ComparisonResult], float]:
         """The service's verdicts and the seconds they took; a request failing in transit
         or with 5xx abstains, a 4xx (bad token, bad request) raises."""
-        started, oracle = time.perf_counter(), self.config.oracle
+        started = time.perf_counter()
         try:
-            with SyncOracleClient(self.url, self.token, timeout_s=oracle.timeout_s,
-                                  batch_size=oracle.request_batch_size) as client:
-                results = client.compare(items)
+            results = self.client().compare(items)
         except (httpx.TransportError, OracleServiceError) as error:
             if isinstance(error, OracleServiceError) and error.status_code < SERVER_ERROR:
                 raise
@@ -319,6 +323,26 @@ class ServiceVoteSource:
                         type(error).__name__, error, len(items))
             results = failed_results(items, error)
         return results, time.perf_counter() - started
+
+    def client(self) -> SyncOracleClient:
+        """This thread's client, kept: its connections and the service's limits are reused."""
+        client = getattr(self.local, "client", None)
+        if client is None:
+            oracle = self.config.oracle
+            client = SyncOracleClient(self.url, self.token, timeout_s=oracle.timeout_s,
+                                      batch_size=oracle.request_batch_size)
+            self.local.client = client
+            with self.lock:
+                self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Stop the request threads and close their clients (reopened when used again)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for client in self.clients:
+            client.close()
+        self.pool, self.clients, self.local = None, [], threading.local()
 
     def counted(self, answer: tuple[list[ComparisonResult], float]) -> list[ComparisonResult]:
         """Count a request's verdicts, errors and seconds (in the calling thread)."""

@@ -243,7 +243,11 @@ def do_compo(plan: Plan, progress: bool) -> dict:
     if not run_dir.checkpoint_path.exists():
         run_dir.create(plan.train)
     trainer = ComPOTrainer(plan.train, run_dir)
-    delta = export_run(trainer, trainer.run(progress=progress))
+    try:
+        weight = trainer.run(progress=progress)
+    finally:
+        trainer.close()
+    delta = export_run(trainer, weight)
     metrics = run_dir.metrics()
     return {"run_dir": str(run_dir.path), "model": str(run_dir.path / "final"),
             "pairs": len(trainer.pairs), "iterations": len(metrics),

@@ -214,6 +214,12 @@ class ComPOTrainer:
         self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
         return weight
 
+    def close(self) -> None:
+        """Release what the vote source holds (Ray: the workers; service: connections)."""
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
     def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict:
         """One iteration: update `weight` in place, log and return the metrics row."""
         started = time.perf_counter()

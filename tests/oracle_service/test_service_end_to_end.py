@@ -164,7 +164,12 @@ def test_requests_overlap_generation_up_to_requests_in_flight(
         source = trainer.source
         source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
         votes = source.votes(config.seed, 0, list(range(PERTURBATIONS)))
+        again = source.votes(config.seed, 0, list(range(PERTURBATIONS)))  # cached verdicts
         texts = [row[0] for row in source.responses(config.seed, 0, range(PERTURBATIONS))]
+        assert 1 <= len(source.clients) <= in_flight  # one client per request thread, kept
+        trainer.close()
+        assert source.pool is None and not source.clients
+    assert torch.equal(votes, again)
     base = source.base_responses(config.seed, 0)[0]
     judged = sum(text != base for text in texts)
     assert judged > most  # enough requests to fill the window
