@@ -139,11 +139,11 @@ def test_sparse_update_applies_in_place():
     assert weight.tolist() == [[1.0, 0, 0], [0, 0, -2.0]]
 
 
-def sharded(votes, config, shape, seed, iteration, workers):
+def sharded(votes, config, shape, seed, iteration, workers, device="cpu"):
     """The decision with rows of sum y_i z_i rebuilt shard by shard, as Ray workers do."""
     kept = kept_votes(torch.arange(len(votes)), votes)
     holders = [RowShards(lambda rows: vote_weighted_rows(seed, iteration, kept, shape, rows,
-                                                         1 << 12))
+                                                         1 << 12, device))
                for _ in range(workers)]
 
     def run(method, shards, *args):  # shard i on holder i, like one shard per worker
@@ -167,6 +167,19 @@ def test_sharded_rebuild_gives_the_same_step_bit_for_bit(clip):
         assert torch.equal(got.update.indices, dense.update.indices), workers
         assert torch.equal(got.update.values, dense.update.values), workers
         assert (got.kept_fraction, got.update_norm) == (dense.kept_fraction, dense.update_norm)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: shards rebuilt "
+                    "on the GPU must give the GPU's one-piece step bit for bit")
+def test_sharded_rebuild_on_cuda_gives_the_same_step_bit_for_bit():
+    shape, config = (1000, 256), ComPOConfig(accept_ratio=0.1)
+    votes = torch.tensor([-1, 1, 0, -1] * 50, dtype=torch.int8)
+    one = sharded(votes, config, shape, 7, 2, 1, "cuda")
+    for workers in (2, 7, 16):
+        got = sharded(votes, config, shape, 7, 2, workers, "cuda")
+        assert torch.equal(got.update.indices, one.update.indices)
+        assert torch.equal(got.update.values, one.update.values)
 
 
 def test_shards_are_whole_norm_blocks_covering_every_row():
