@@ -6,6 +6,11 @@ not, 0 for an abstention (a failed comparison: never counted as either side).
   g_clip = g with entries |g_j| < threshold zeroed    (sparse)
   ratio  = n_minus / m                                 (m counts non-abstained votes)
   W     <- W - step_scale * ratio * g_clip   if ratio > accept_ratio, else skip
+
+The training loop works on row shards of sum_i y_i z_i (RowShards, decide_from_shards), in
+one piece here or one shard per Ray worker, with the same bits either way. The whole-tensor
+forms (vote_weighted_sum, normalise, clip_threshold, clip_small, decide_update) state the
+same math plainly; the tests check the theory and the shards against them.
 """
 
 from __future__ import annotations
