@@ -179,11 +179,11 @@ class OracleWorker:
         self.name, self.node = name, node
         network = load_model(model)  # first: its errors say what is wrong with the path
         tokenizer = load_tokenizer(model.path)
-        oracle = LikelihoodOracle(network, compo, tokenizer.pad_token_id, model.batch_size)
-        self.weight = oracle.master_weight()
-        self.source: VoteSource = LocalVoteSource(oracle)
-        if service is not None:
-            self.source = service_source(network, tokenizer, service)
+        self.source: VoteSource = (
+            service_source(network, tokenizer, service) if service is not None else
+            LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
+                                             model.batch_size)))
+        self.weight = self.source_oracle().master_weight()
         self.compo = compo
         self.version = 0  # 0: the output layer as loaded
         self.prepared: tuple[int, int] | None = None  # (round, version) prepared
