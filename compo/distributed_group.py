@@ -54,7 +54,6 @@ class WorkerGroup:
     def version(self) -> int:
         return self.weights.version
 
-
     def _hand_back(self, worker: Worker, chunk: Any, reason: str) -> None:
         """Work a failed worker held goes back to the queue (RayVoteSource: its chunks)."""
 
@@ -97,7 +96,6 @@ class WorkerGroup:
             return value
         raise DistributedError(self._no_worker(what))
 
-
     def _publish(self, weight: torch.Tensor, acknowledge: bool) -> None:
         """Make the next version if `weight` moved; with `acknowledge`, send it now."""
         import ray
@@ -121,7 +119,6 @@ class WorkerGroup:
                 self._count("results", worker.version)
         self.stats.seconds["broadcast"] += time.perf_counter() - started
 
-
     def _patch_ref(self, worker: Worker) -> Any:
         """Object ref of the patch `worker` needs (each patch is put once), or None."""
         patch = self.weights.patch_for(worker.version)
@@ -133,7 +130,6 @@ class WorkerGroup:
             self.refs[key] = self._put(patch)
         return self.refs[key]
 
-
     def _send_prepare(self, worker: Worker) -> Worker:
         patch = self._patch_ref(worker)
         worker.pending = worker.actor.prepare.remote(self.round, self.version, self.pairs_ref,
@@ -141,7 +137,6 @@ class WorkerGroup:
         worker.pending_round = self.round
         self._count("task_args", self.round, self.version, self.pairs_ref, patch)
         return worker
-
 
     def _answered(self, ref) -> None:
         """A worker's pending call finished: it is ready, needs preparing, or failed."""
@@ -166,7 +161,6 @@ class WorkerGroup:
         if worker.ready_round != self.round:
             self._send_prepare(worker)
 
-
     def _wait_any(self, refs: list) -> list | None:
         """Finished refs among `refs` within ray.poll_interval_s, after probing workers
         whose restart was waited for; None when nothing is pending and nobody restarts."""
@@ -186,21 +180,17 @@ class WorkerGroup:
             return []
         return None
 
-
     def _prepared(self) -> list[Worker]:
         return [w for w in self.workers if not w.dead and w.ready_round == self.round]
 
-
     def _usable(self) -> list[Worker]:
         return [w for w in self._prepared() if w.version == self.version]
-
 
     def _no_worker(self, what: str) -> str:
         usable = self._usable()
         states = ", ".join(f"{w.name} on {w.node} ({'dead' if w.dead else 'not answering'})"
                            for w in self.workers if w not in usable)
         return f"no worker {what}: {states or 'none started'}"
-
 
     def _agreed_base_logprobs(self) -> np.ndarray:
         """Base log-probs of the first ready worker; workers that differ are counted."""
@@ -210,13 +200,11 @@ class WorkerGroup:
                                        for v in self.base_logprobs.values())
         return values
 
-
     def _put(self, obj: Any):
         import ray
 
         self.stats.bytes["object_store_puts"] += serialized_size(obj)
         return ray.put(obj)
-
 
     def _count(self, kind: str, *objects: Any) -> None:
         self.stats.bytes[kind] += serialized_size(*objects)

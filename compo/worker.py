@@ -292,7 +292,6 @@ class OracleWorker:
                                     f"{self.version}, asked for {version}")
 
 
-
 def service_source(network, tokenizer, service: ServiceSetup) -> VoteSource:
     """The service oracle's vote source; the token from this process's environment first."""
     from compo.generative import ServiceVoteSource  # needs the service extra (httpx)
