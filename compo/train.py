@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from compo.config import TrainConfig
+from compo.config import ComPOConfig, TrainConfig
 from compo.data import TokenizedPair
 from compo.encoding import load_tokenized
 from compo.estimator import (
@@ -119,11 +119,19 @@ def rebuild_shards(source: VoteSource, config: TrainConfig, iteration: int,
     remote = getattr(source, "rebuild_shards", None)
     if remote is not None:
         return remote(config.seed, iteration, indices, votes)
-    kept, compo, shape = kept_votes(torch.tensor(indices), votes), config.compo, weight.shape
-    shard = RowShards(lambda rows: vote_weighted_rows(
-        config.seed, iteration, kept, tuple(shape), rows, compo.block_elements, weight.device,
+    kept = kept_votes(torch.tensor(indices), votes)
+    shard = step_rows(config.seed, iteration, kept, weight, config.compo)
+    return [range(weight.shape[0])], shard.run
+
+
+def step_rows(seed: int, iteration: int, kept: Sequence[tuple[int, int]],
+              weight: torch.Tensor, compo: ComPOConfig) -> RowShards:
+    """Rows of sum y_i z_i for `weight`'s shape and device, made on demand (here or on a
+    Ray worker: the same settings, so the same bits)."""
+    shape = tuple(weight.shape)
+    return RowShards(lambda rows: vote_weighted_rows(
+        seed, iteration, kept, shape, rows, compo.block_elements, weight.device,
         DTYPES[compo.direction_dtype]))
-    return [range(shape[0])], shard.run
 
 
 def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult,

@@ -24,10 +24,10 @@ from pydantic import SecretStr
 
 from compo.config import ComPOConfig, ModelConfig, TrainConfig
 from compo.data import TokenizedPair
-from compo.estimator import RowShards, vote_weighted_rows
-from compo.modeling import DTYPES, load_model, load_tokenizer
+from compo.estimator import RowShards
+from compo.modeling import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
-from compo.train import LocalVoteSource, VoteSource
+from compo.train import LocalVoteSource, VoteSource, step_rows
 
 PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
@@ -265,10 +265,7 @@ class OracleWorker:
             raise ValueError(f"unknown rebuild method {method!r}; one of {REBUILD_METHODS}")
         key = (round_id, seed, iteration)
         if self.shards is None or self.shards[0] != key:
-            shape, compo = tuple(self.weight.shape), self.compo
-            self.shards = (key, RowShards(lambda part: vote_weighted_rows(
-                seed, iteration, kept, shape, part, compo.block_elements, self.weight.device,
-                DTYPES[compo.direction_dtype])))
+            self.shards = (key, step_rows(seed, iteration, kept, self.weight, self.compo))
         result = getattr(self.shards[1], method)(rows, *args)
         if isinstance(result, tuple):  # (positions, values): positions as int32 if they fit
             positions, values = result
