@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from oracle_service.client import OracleClient
+from oracle_service.core.stats import percentile
 from oracle_service.schemas import ComparisonItem, ComparisonResult
-from oracle_service.stats import percentile
 
 TOKEN = "bench-token-3f9c2e"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def stack(latency_s: float, fault_rate: float, workdir: Path) -> Iterator[str]:
     """Fake judge + one service replica as subprocesses; yields the service URL."""
     judge_port, service_port = free_port(), free_port()
     judge = subprocess.Popen(
-        [sys.executable, "-m", "oracle_service.fake_judge", "--port", str(judge_port),
+        [sys.executable, "-m", "oracle_service.testing.fake_judge", "--port", str(judge_port),
          "--latency", str(latency_s), "--fault-rate", str(fault_rate), "--fault-timeout-s", "5"],
         cwd=REPO_ROOT,
     )  # fmt: skip

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from compo.config import ComPOConfig
-from compo.data import TokenizedPair
-from compo.modeling import output_layer, prepare_model
+from compo.data.formats import TokenizedPair
+from compo.model.loading import output_layer, prepare_model
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
 

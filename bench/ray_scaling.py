@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
-from compo.demo_data import ASSET
+from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, RayConfig, TrainConfig
+from compo.demo.pairs import ASSET
+from compo.demo.tiny import build_llama, build_tokenizer, save_model
 from compo.estimator import vote_weighted_rows
 from compo.fileio import read_jsonl, write_jsonl
-from compo.oracle_config import OracleConfig
-from compo.tiny import build_llama, build_tokenizer, save_model
 from compo.train import start_run
 
 REFERENCE_BYTES_PER_ITERATION = 3e9  # DESIGN.md section 2: scp of sums and bf16 heads
@@ -53,9 +52,9 @@ def build_inputs(workdir: Path, vocab: int, hidden: int, pairs: int) -> tuple[Pa
 @contextmanager
 def judge_service(latency_s: float, db_path: Path):
     """The fake judge and a service in front of it, in threads on loopback; yields its URL."""
-    from oracle_service.fake_judge import BackgroundServer, FakeJudge
+    from oracle_service.core.settings import Settings
     from oracle_service.main import create_app
-    from oracle_service.settings import Settings
+    from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge
 
     with BackgroundServer(FakeJudge(latency_s=latency_s)) as judge:
         settings = Settings(api_token=TOKEN, judge_base_url=f"{judge.url}/v1",
@@ -84,7 +83,7 @@ def run(workers: int, model_dir: Path, pairs: Path, args, workdir: Path) -> list
 def train(workers: int, model_dir: Path, pairs: Path, args, workdir: Path,
           url: str | None) -> list[dict]:
     """Train with `workers` Ray workers (url: the service oracle's, None: likelihood)."""
-    from compo.distributed import ray_trainer
+    from workers.coordinator import ray_trainer
 
     config = TrainConfig(
         model=ModelConfig(path=str(model_dir)), data=DataConfig(path=str(pairs)),

@@ -13,11 +13,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compo.oracle_config import OracleConfig
+from compo.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user: where it is and how to fix it."""
+DEFAULT_TOKEN_ENV = "COMPO_ORACLE_API_TOKEN"  # the variable the service itself reads
 
 
 class StrictModel(BaseModel):
@@ -141,6 +139,42 @@ class RayConfig(StrictModel):
         None, gt=0, description="start a new local instance with this object store size")
 
 
+# likelihood: Definition 3.1 on the pair's own responses (in process or on Ray). service: the
+# policy generates a base response and one per perturbed output layer; the oracle service
+# (LLM judge or reward model) compares them. Its token is read from an environment variable.
+class OracleConfig(StrictModel):
+    """The oracle behind the votes, plus the generation settings of the service oracle."""
+
+    kind: Literal["likelihood", "service"] = Field(
+        "likelihood", description="likelihood: log-probs of the pair's responses; service: "
+        "generated responses compared by the oracle service")
+    service_url: str | None = Field(
+        None, description="comparison service for kind=service; default: oracle_service_url")
+    token_env: str = Field(
+        DEFAULT_TOKEN_ENV, min_length=1, description="environment variable holding the "
+        "service's bearer token (unset: no token is sent)")
+    max_new_tokens: int = Field(128, gt=0, description="length limit of generated responses")
+    temperature: float = Field(
+        0.0, ge=0, description="sampling temperature; 0: greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (temperature > 0)")
+    noise: Literal["independent", "shared"] = Field(
+        "independent", description="sampling streams (temperature > 0): independent per "
+        "(seed, iteration, perturbation); shared: every perturbed response reuses the base "
+        "response's stream, so a verdict reflects the perturbation more than sampling luck")
+    generation_batch_size: int = Field(
+        8, gt=0, description="perturbations generated together (each holds a V x d float32 "
+        "direction in memory)")
+    requests_in_flight: int = Field(
+        4, gt=0, description="comparison requests a process keeps open while it generates "
+        "the next batch (each holds one generation batch; overlaps judge latency)")
+    request_batch_size: int | None = Field(
+        None, gt=0, description="comparisons per HTTP request; default: the service's maximum")
+    timeout_s: float = Field(300.0, gt=0, description="time for one comparisons request")
+    report_timeout_s: float = Field(
+        10.0, gt=0, description="time for posting one iteration summary (a failed report is "
+        "a warning, retried with the next iteration)")
+
+
 class TrainConfig(StrictModel):
     """A ComPO run: model, noisy pairs, algorithm, bookkeeping."""
 
@@ -194,6 +228,27 @@ class SplitConfig(StrictModel):
     def _finite_delta(self) -> SplitConfig:
         if not math.isfinite(self.delta):
             raise ValueError("delta must be a finite number of nats, e.g. 3.0")
+        return self
+
+
+class ChesConfig(StrictModel):
+    """CHES score (Razin et al. 2024): a high score predicts that a direct method will
+    lower log pi(y+) on the pair (likelihood displacement)."""
+
+    enabled: bool = Field(True, description="compute CHES next to the margin (the report "
+                          "shows how the two criteria overlap)")
+    length_normalized: bool = Field(
+        True, description="average the hidden embeddings over tokens (ln-CHES) instead of "
+        "summing them; the sum favours long responses")
+    top_fraction: float | None = Field(
+        None, gt=0, le=1, description="noisy = this fraction of pairs with the highest CHES")
+    threshold: float | None = Field(None, description="noisy = CHES >= threshold")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ChesConfig:
+        if self.top_fraction is not None and self.threshold is not None:
+            raise ValueError("set either ches.top_fraction or ches.threshold, not both "
+                             "(neither: as many pairs as the margin marks noisy)")
         return self
 
 
@@ -252,3 +307,16 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (what a run saves next to its results)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def require_model_dir(path: str, field: str) -> None:
+    """A local model directory (save_pretrained) must be there."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{field}={path}: no model there (config.json missing); point it at "
+                          "a directory written by save_pretrained (downloads are disabled)")
+
+
+def require_path(path: str, field: str) -> None:
+    """A data file or directory must be there."""
+    if not Path(path).exists():
+        raise ConfigError(f"{field}={path}: no such file or directory")

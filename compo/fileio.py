@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+HEADER_ALIGN = 8  # safetensors pads its JSON header to a multiple of 8 bytes
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -58,10 +66,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def safetensors_header(tensors: dict[str, torch.Tensor], metadata: dict | None) -> bytes:
+    """The safetensors header (length + JSON) with sorted keys and tensors in name order,
+    so the same tensors and metadata always give the same bytes."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % HEADER_ALIGN)
+    return struct.pack("<Q", len(text)) + text
+
+
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata=None) -> Path:
-    """Atomically save tensors as safetensors (never pickle)."""
+    """Atomically save tensors as safetensors (never pickle), byte-identical for equal input."""
     cpu = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(safetensors_header(cpu, metadata))
+            for name in sorted(cpu):
+                handle.write(cpu[name].reshape(-1).view(torch.uint8).numpy().data)
+
+    return atomic_write(path, write)
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -17,10 +17,16 @@ from dataclasses import dataclass
 import torch
 
 from compo.config import ComPOConfig
-from compo.data import TokenizedPair
-from compo.modeling import DTYPES, logit_softcap, output_layer
+from compo.data.formats import TokenizedPair
+from compo.model.loading import DTYPES, logit_softcap, output_layer
+from compo.model.scoring import (
+    HeadInputs,
+    head_inputs,
+    head_logits,
+    pair_sequences,
+    sequence_logprobs,
+)
 from compo.perturbation import direction_chunks, direction_key, plan_blocks
-from compo.scoring import HeadInputs, head_inputs, head_logits, pair_sequences, sequence_logprobs
 
 
 @dataclass

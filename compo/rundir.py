@@ -20,10 +20,7 @@ from pydantic import BaseModel
 
 from compo import fileio
 from compo.config import dump_config
-
-
-class RunError(RuntimeError):
-    """A run directory that cannot be started or resumed as asked."""
+from compo.errors import RunError
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ComPO training loop (single process). The Ray coordinator swaps the vote source.
+"""The ComPO training loop. Where the votes come from is a VoteSource (compo/votes.py).
 
 Per iteration: pick pairs -> votes of m directions -> sum y_i z_i -> accept or skip ->
 apply the sparse step to the float32 master output layer -> metrics, checkpoint.
@@ -14,58 +14,22 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from compo.config import ComPOConfig, TrainConfig
-from compo.data import TokenizedPair
-from compo.encoding import load_tokenized
-from compo.estimator import (
-    RowShards,
-    ShardRunner,
-    UpdateDecision,
-    decide_from_shards,
-    kept_votes,
-    vote_weighted_rows,
-)
-from compo.modeling import DTYPES, load_model, load_tokenizer, output_layer
-from compo.oracle import LikelihoodOracle, OracleState
+from compo.config import TrainConfig
+from compo.data.encoding import load_tokenized
+from compo.data.formats import TokenizedPair
+from compo.estimator import UpdateDecision, decide_from_shards
+from compo.model.checkpoint import copy_with_output_layer, read_output_layer
+from compo.model.export import write_delta
+from compo.model.loading import DTYPES, load_model, load_tokenizer, output_layer
+from compo.oracle import LikelihoodOracle
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
+from compo.votes import LocalVoteSource, VoteSource
 
 log = logging.getLogger(__name__)
-
-
-class VoteSource(Protocol):
-    """Where votes come from: this process, Ray workers, or a comparison service."""
-
-    def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> torch.Tensor:
-        """Set up an iteration's pairs under `weight`; returns base log-probs [S]."""
-
-    def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
-        """Votes (-1 / +1 / 0 abstain) of the given perturbation indices."""
-
-    def logprobs(self, weight: torch.Tensor) -> torch.Tensor:
-        """Log-probs [S] of the prepared pairs under another output weight."""
-
-
-class LocalVoteSource:
-    """Likelihood-oracle votes computed in this process."""
-
-    def __init__(self, oracle: LikelihoodOracle):
-        self.oracle = oracle
-        self.state: OracleState | None = None
-
-    def prepare(self, pairs, weight):
-        self.state = self.oracle.prepare(pairs, weight)
-        return self.state.base_logprobs
-
-    def votes(self, seed, iteration, indices):
-        return self.oracle.votes(self.state, seed, iteration, indices)
-
-    def logprobs(self, weight):
-        return self.oracle.logprobs(self.state, weight)
 
 
 def schedule(num_pairs: int, config: TrainConfig) -> list[list[int]]:
@@ -103,35 +67,12 @@ def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: to
     indices = list(range(compo.num_perturbations))
     votes = source.votes(config.seed, iteration, indices)
     vote_seconds = time.perf_counter() - started
-    shards, run = rebuild_shards(source, config, iteration, indices, votes, weight)
+    shards, run = source.rebuild(config.seed, iteration, indices, votes, weight)
     decision = decide_from_shards(votes, compo, tuple(weight.shape), shards, run)
     if decision.update is not None:
         decision.update.apply_(weight)
     after = source.logprobs(weight) if decision.accepted else before
     return IterationResult(decision, before.cpu(), after.cpu(), vote_seconds)
-
-
-def rebuild_shards(source: VoteSource, config: TrainConfig, iteration: int,
-                   indices: list[int], votes: torch.Tensor, weight: torch.Tensor
-                   ) -> tuple[list[range], ShardRunner]:
-    """Where rows of sum y_i z_i are rebuilt (only if the step is accepted): by the
-    source's workers, one shard each, or here in one piece."""
-    remote = getattr(source, "rebuild_shards", None)
-    if remote is not None:
-        return remote(config.seed, iteration, indices, votes)
-    kept = kept_votes(torch.tensor(indices), votes)
-    shard = step_rows(config.seed, iteration, kept, weight, config.compo)
-    return [range(weight.shape[0])], shard.run
-
-
-def step_rows(seed: int, iteration: int, kept: Sequence[tuple[int, int]],
-              weight: torch.Tensor, compo: ComPOConfig) -> RowShards:
-    """Rows of sum y_i z_i for `weight`'s shape and device, made on demand (here or on a
-    Ray worker: the same settings, so the same bits)."""
-    shape = tuple(weight.shape)
-    return RowShards(lambda rows: vote_weighted_rows(
-        seed, iteration, kept, shape, rows, compo.block_elements, weight.device,
-        DTYPES[compo.direction_dtype]))
 
 
 def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult,
@@ -152,16 +93,10 @@ def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult
     }
 
 
-def source_metrics(source: VoteSource) -> dict:
-    """Extra figures a vote source reports for the last iteration (Ray: bytes, faults)."""
-    report = getattr(source, "iteration_metrics", None)
-    return report() if report is not None else {}
-
-
 def default_source(config: TrainConfig, model, tokenizer, run_id: str) -> VoteSource:
     """The configured oracle in this process: likelihood, or the service on generations."""
     if config.oracle.kind == "service":
-        from compo.generative import ServiceVoteSource  # needs the service extra (httpx)
+        from compo.service_oracle.source import ServiceVoteSource  # the service extra (httpx)
 
         return ServiceVoteSource(model, tokenizer, config, run_id)
     return LocalVoteSource(LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
@@ -169,26 +104,33 @@ def default_source(config: TrainConfig, model, tokenizer, run_id: str) -> VoteSo
 
 
 def iteration_reporter(config: TrainConfig, run_id: str):
-    """The per-iteration reporter when a service URL is configured (compo.reporting)."""
+    """The per-iteration reporter when a service URL is configured."""
     if config.oracle_service_url is None and config.oracle.kind != "service":
         return None
-    from compo.reporting import reporter_for  # needs the service extra (httpx)
+    from compo.service_oracle.reporting import reporter_for  # needs the service extra (httpx)
 
     return reporter_for(config, run_id)
 
 
 class ComPOTrainer:
-    """Loads model and data, runs iterations, checkpoints, exports."""
+    """Loads data (and the model, unless a source elsewhere holds it), runs iterations,
+    checkpoints."""
 
     def __init__(self, config: TrainConfig, run_dir: RunDirectory, source: VoteSource | None
                  = None, on_iteration: Callable[[dict], None] | None = None):
+        """`source`: votes computed elsewhere (Ray workers); then only the tokenizer and the
+        checkpoint's output layer are read here, never the whole model."""
         self.config, self.run_dir, self.on_iteration = config, run_dir, on_iteration
         self.tokenizer = load_tokenizer(config.model.path)
-        self.model = load_model(config.model)
         self.pairs, self.load_report = load_tokenized(config.data, self.tokenizer)
-        self.base_weight = output_layer(self.model).weight.detach().float().clone()
         run_id = run_dir.path.name
-        self.source = source or default_source(config, self.model, self.tokenizer, run_id)
+        if source is None:
+            model = load_model(config.model)
+            self.base_weight = output_layer(model).weight.detach().float().clone()
+            source = default_source(config, model, self.tokenizer, run_id)
+        else:
+            self.base_weight = read_output_layer(config.model.path, DTYPES[config.model.dtype])
+        self.source = source
         self.reporter = iteration_reporter(config, run_id)
 
     def run(self, progress: bool = True) -> torch.Tensor:
@@ -224,9 +166,7 @@ class ComPOTrainer:
 
     def close(self) -> None:
         """Release what the vote source holds (Ray: the workers; service: connections)."""
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
+        self.source.close()
 
     def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict:
         """One iteration: update `weight` in place, log and return the metrics row."""
@@ -234,7 +174,7 @@ class ComPOTrainer:
         chosen = [self.pairs[i] for i in batch]
         result = run_iteration(self.source, chosen, weight, self.config, iteration)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
-        row.update(source_metrics(self.source))
+        row.update(self.source.metrics())
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised
             row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)
@@ -263,13 +203,10 @@ def deferred_interrupt():
 
 
 def export_run(trainer: ComPOTrainer, weight: torch.Tensor) -> dict:
-    """final/ (save_pretrained) and delta.safetensors in the run directory."""
-    from compo.export import save_model_with_head, write_delta
-
-    summary = write_delta(trainer.run_dir.path / "delta.safetensors", trainer.base_weight,
-                          weight)
-    save_model_with_head(trainer.model, trainer.tokenizer, weight,
-                         trainer.run_dir.path / "final")
+    """final/ (the checkpoint with its output layer replaced) and delta.safetensors."""
+    config, out = trainer.config, trainer.run_dir.path
+    summary = write_delta(out / "delta.safetensors", trainer.base_weight, weight)
+    copy_with_output_layer(config.model.path, weight, out / "final", DTYPES[config.model.dtype])
     return summary
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from .main import main
+from oracle_service.main import main
 
 sys.exit(main())

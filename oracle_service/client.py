@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from .schemas import (
+from oracle_service.schemas import (
     API_PREFIX,
     ComparisonItem,
     ComparisonRequest,

@@ -12,15 +12,15 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
-from . import __version__, middleware
-from .backends import open_backend
-from .metrics import ServiceMetrics
-from .oracle import ComparisonService
-from .routes import comparisons, health, runs, stats
-from .routes.deps import require_token
-from .settings import InsecureSettingsError, Settings, load_settings
-from .stats import StatsBook
-from .store import SQLiteStore
+from oracle_service import __version__, middleware
+from oracle_service.api import comparisons, health, runs, stats
+from oracle_service.api.deps import require_token
+from oracle_service.backends import open_backend
+from oracle_service.core.comparisons import ComparisonService
+from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.settings import InsecureSettingsError, Settings, load_settings
+from oracle_service.core.stats import StatsBook
+from oracle_service.core.store import SQLiteStore
 
 logger = logging.getLogger("oracle_service")
 

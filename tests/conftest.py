@@ -18,7 +18,7 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from compo.tiny import build_tokenizer
+    from compo.demo.tiny import build_tokenizer
 
     return build_tokenizer(TEXTS * 4, vocab_size=300)
 
@@ -26,7 +26,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny Llama (random weights) with its tokenizer."""
-    from compo.tiny import build_llama, save_model
+    from compo.demo.tiny import build_llama, save_model
 
     path = tmp_path_factory.mktemp("tiny_model")
     return save_model(build_llama(len(tokenizer), hidden=32, layers=2, seed=1), tokenizer, path)

@@ -1,1 +1,1 @@
-"""Ray actors for distributed ComPO: thin wrappers around compo.worker (needs ray)."""
+"""Ray actors for distributed ComPO: thin wrappers around workers.worker (needs ray)."""

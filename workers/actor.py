@@ -1,11 +1,12 @@
-"""The Ray actor: one per GPU (or CPU slot), delegating every call to OracleWorker."""
+"""The Ray actor: one per GPU (or CPU slot), delegating every call to workers.worker.Worker."""
 
 from __future__ import annotations
 
 import ray
 
 from compo.config import ComPOConfig, ModelConfig
-from compo.worker import OracleWorker, ServiceSetup
+from workers.protocol import ServiceSetup
+from workers.worker import Worker
 
 
 def node_label(ip: str, node_id: str) -> str:
@@ -14,16 +15,17 @@ def node_label(ip: str, node_id: str) -> str:
 
 
 @ray.remote
-class OracleActor:
+class WorkerActor:
     """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str,
                  service: ServiceSetup | None = None):
-        node = node_label(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
-        self.worker = OracleWorker(model, compo, name, node, service)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        node = node_label(ray.util.get_node_ip_address(), self.node_id)
+        self.worker = Worker(model, compo, name, node, service)
 
     def describe(self) -> dict:
-        return self.worker.describe()
+        return {**self.worker.describe(), "node_id": self.node_id}
 
     def apply(self, patch) -> int:
         return self.worker.apply(patch)

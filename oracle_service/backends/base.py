@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from ..schemas import ComparisonError, ComparisonItem, ErrorKind, VerdictLabel
+from oracle_service.schemas import ComparisonError, ComparisonItem, ErrorKind, VerdictLabel
 
 
 @dataclass(frozen=True)

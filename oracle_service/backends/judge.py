@@ -13,13 +13,17 @@ import openai
 from openai.types.chat import ChatCompletion
 from openai.types.chat.chat_completion import Choice
 
-from ..metrics import ServiceMetrics
-from ..ratelimit import RateLimits
-from ..retry import classify, judge_retrying
-from ..schemas import ComparisonItem
-from ..settings import Settings
-from .base import Verdict
-from .judge_parsing import content_seeded_swap, render_template, verdict_from_raw
+from oracle_service.backends.base import Verdict
+from oracle_service.backends.judge_parsing import (
+    content_seeded_swap,
+    render_template,
+    verdict_from_raw,
+)
+from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.ratelimit import RateLimits
+from oracle_service.core.retry import classify, judge_retrying
+from oracle_service.core.settings import Settings
+from oracle_service.schemas import ComparisonItem
 
 
 def _first_token_logprobs(choice: Choice) -> dict[str, float] | None:

@@ -8,8 +8,8 @@ import math
 import re
 from typing import Any, Literal
 
-from ..schemas import ComparisonItem, ErrorKind, VerdictLabel
-from .base import Verdict
+from oracle_service.backends.base import Verdict
+from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
 
 OutputFormat = Literal["token", "json"]
 PRESENTED_CHOICES = {"A": VerdictLabel.A, "B": VerdictLabel.B, "TIE": VerdictLabel.TIE}

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..batching import MicroBatcher
-from ..metrics import ServiceMetrics
-from ..schemas import ComparisonItem, ErrorKind, VerdictLabel
-from ..settings import Settings
-from .base import Verdict
+from oracle_service.backends.base import Verdict
+from oracle_service.core.batching import MicroBatcher
+from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.settings import Settings
+from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
 
 logger = logging.getLogger(__name__)
 MS_PER_S = 1000.0

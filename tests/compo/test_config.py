@@ -1,6 +1,7 @@
 import pytest
 
-from compo.config import ConfigError, TrainConfig, load_config
+from compo.config import TrainConfig, load_config
+from compo.errors import ConfigError
 
 
 def write(tmp_path, text):

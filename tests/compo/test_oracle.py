@@ -3,11 +3,11 @@
 import torch
 
 from compo.config import ComPOConfig
-from compo.data import TokenizedPair
-from compo.modeling import output_layer, prepare_model
+from compo.data.formats import TokenizedPair
+from compo.demo.tiny import build_llama
+from compo.model.loading import output_layer, prepare_model
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction, direction_key
-from compo.tiny import build_llama
 
 RADIUS = 5e-4  # the paper's Mistral-7B radius
 

@@ -1,11 +1,14 @@
 """Training loop: determinism, resume, interruption, checkpoints that survive crashes."""
 
+import hashlib
+
 import pytest
 import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig, TrainConfig
-from compo.rundir import RunDirectory, RunError
-from compo.train import ComPOTrainer, start_run
+from compo.errors import RunError
+from compo.rundir import RunDirectory
+from compo.train import ComPOTrainer, export_run, start_run
 
 
 def make_config(model_dir, pairs_file, tmp_path, run_id, **kwargs) -> TrainConfig:
@@ -22,8 +25,13 @@ def train(config: TrainConfig, **kwargs) -> tuple[torch.Tensor, ComPOTrainer]:
 
 def test_same_seed_same_weights_and_metrics_logged(model_dir, pairs_file, tmp_path):
     first, trainer = train(make_config(model_dir, pairs_file, tmp_path, "a"))
-    second, _ = train(make_config(model_dir, pairs_file, tmp_path, "b"))
+    second, again = train(make_config(model_dir, pairs_file, tmp_path, "b"))
     assert torch.equal(first, second)
+    # identical runs export identical bytes: users can checksum the delta and the model
+    export_run(trainer, first), export_run(again, second)
+    for name in ("delta.safetensors", "final/model.safetensors"):
+        a, b = (t.run_dir.path / name for t in (trainer, again))
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     rows = trainer.run_dir.metrics()
     assert len(rows) == 8  # 4 pairs x 2 epochs
     assert any(row["accepted"] for row in rows)
@@ -82,17 +90,15 @@ def test_crash_while_writing_a_checkpoint_keeps_the_last_one(model_dir, pairs_fi
 
     config = make_config(model_dir, pairs_file, tmp_path, "c", checkpoint_every=2)
     calls = {"n": 0}
-    real_save = fileio.save_file
+    real_header = fileio.safetensors_header
 
-    def failing_save(tensors, path, metadata=None):
+    def failing_header(tensors, metadata=None):
         calls["n"] += 1
         if calls["n"] == 2:  # the second checkpoint dies half-way through the write
-            with open(path, "wb") as handle:
-                handle.write(b"partial")
             raise OSError("disk full")
-        real_save(tensors, path, metadata=metadata)
+        return real_header(tensors, metadata)
 
-    monkeypatch.setattr(fileio, "save_file", failing_save)
+    monkeypatch.setattr(fileio, "safetensors_header", failing_header)
     with pytest.raises(OSError):
         train(config)
     checkpoint = RunDirectory(tmp_path / "runs" / "c").load_checkpoint()
@@ -109,7 +115,7 @@ def test_starting_over_an_existing_run_is_refused(model_dir, pairs_file, tmp_pat
 
 
 def test_only_the_output_layer_moves(model_dir, pairs_file, tmp_path):
-    from compo.modeling import load_model
+    from compo.model.loading import load_model
 
     weight, trainer = train(make_config(model_dir, pairs_file, tmp_path, "o", max_iterations=3))
     original = load_model(ModelConfig(path=str(model_dir))).state_dict()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compo.cli import build_parser
+from compo.cli.main import build_parser
 from compo.config import TrainConfig, load_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oracle_service.fake_judge import BackgroundServer, FakeJudge
+from oracle_service.core.settings import Settings
 from oracle_service.main import create_app
-from oracle_service.settings import Settings
+from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge
 
 TOKEN = "test-token-5d41402abc4b"
 JUDGE_KEY = "sk-fake-judge-key"

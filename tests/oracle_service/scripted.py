@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from compo.config import ComPOConfig, DataConfig, ModelConfig, TrainConfig
-from compo.oracle_config import OracleConfig
+from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
 
 TOKEN_ENV = "COMPO_TEST_ORACLE_TOKEN"  # the run reads its token from here
 PERTURBATIONS = 24

@@ -60,7 +60,7 @@ def local_weights(make_config) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def train_ray() -> Callable:
     """Run a config on the connected Ray instance; returns (weights, trainer)."""
-    from compo.distributed import ray_trainer
+    from workers.coordinator import ray_trainer
 
     def train(config: TrainConfig, on_votes: Callable | None = None):
         """on_votes(source, done, total) is called as votes come in."""

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from compo.config import ModelConfig
-from compo.distributed import DistributedError, RayVoteSource
-from compo.tiny import build_llama, save_model
+from compo.demo.tiny import build_llama, save_model
+from compo.errors import DistributedError
 from compo.train import ComPOTrainer, start_run
+from workers.coordinator import RayVoteSource
 
 pytestmark = [
     pytest.mark.gpu,

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from compo.config import ComPOConfig, ConfigError, DataConfig, ModelConfig, TrainConfig
-from compo.encoding import load_tokenized
-from compo.modeling import load_model, load_tokenizer
+from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
+from compo.data.encoding import load_tokenized
+from compo.errors import ConfigError
+from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
-from compo.oracle_config import OracleConfig
-from compo.worker import (
-    OracleWorker,
+from workers.protocol import (
     ServiceSetup,
     StaleVersionError,
     VoteBatch,
@@ -20,6 +19,7 @@ from compo.worker import (
     as_pairs,
     pair_ids,
 )
+from workers.worker import Worker
 
 COMPO = ComPOConfig(num_perturbations=48, radius=1e-2)
 SEED, ITERATION = 5, 2
@@ -32,7 +32,7 @@ def pairs(model_dir, pairs_path):
 
 @pytest.fixture
 def worker(model_dir):
-    return OracleWorker(ModelConfig(path=str(model_dir)), COMPO, "worker-7", "10.0.0.7/abcd")
+    return Worker(ModelConfig(path=str(model_dir)), COMPO, "worker-7", "10.0.0.7/abcd")
 
 
 def stepped(weight: torch.Tensor, positions: list[int], delta: float) -> torch.Tensor:

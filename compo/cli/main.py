@@ -1,0 +1,143 @@
+"""The `compo` command line: demo, split, train, apply-delta, serve (and the pipeline's
+commands from compo/cli/pipeline.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from compo.cli.pipeline import add_pipeline_commands
+from compo.config import SplitConfig, TrainConfig, load_config
+from compo.errors import CompoError, ConfigError
+
+
+def cmd_demo(args) -> int:
+    from compo.demo.run import DemoSettings, run_demo
+
+    run_demo(DemoSettings(workdir=args.workdir, seed=args.seed))
+    return 0
+
+
+def cmd_split(args) -> int:
+    import json
+
+    from compo.data.split import split
+
+    config = load_config(SplitConfig, args.config)
+    report = split(config)
+    print(json.dumps({k: report[k] for k in ("pairs", "noisy", "clean")}))
+    print(f"wrote {config.output_dir}/clean.jsonl, noisy.jsonl, report.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from compo.rundir import RunDirectory
+    from compo.train import ComPOTrainer, export_run, start_run
+
+    if args.resume:
+        run_dir = RunDirectory(args.resume)
+        config = load_config(TrainConfig, run_dir.config_path)
+    elif args.config:
+        config = load_config(TrainConfig, args.config)
+        if args.run_id:
+            config = config.model_copy(update={"run_id": args.run_id})
+        run_dir = start_run(config)
+    else:
+        raise ConfigError("compo train needs --config FILE (new run) or --resume RUN_DIR")
+    if args.ray_address or config.ray is not None:
+        from workers.coordinator import ray_trainer
+
+        trainer = ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
+    else:
+        trainer = ComPOTrainer(config, run_dir)
+    try:
+        weight = trainer.run(progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the run is saved. Continue with: compo train --resume "
+              f"{run_dir.path}", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    summary = export_run(trainer, weight)
+    print(f"run finished: {run_dir.path} (final/, delta.safetensors: {summary['entries']} "
+          f"entries, {summary['fraction']:.2%} of the output layer)")
+    return 0
+
+
+def cmd_apply_delta(args) -> int:
+    from compo.model.export import apply_delta
+
+    out = apply_delta(args.base, args.delta, args.out, args.dtype)
+    print(f"wrote tuned model to {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from oracle_service.main import main as serve_main
+
+    argv = args.service_args[1:] if args.service_args[:1] == ["--"] else args.service_args
+    return serve_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole method on a tiny local model")
+    demo.add_argument("--workdir", default="runs/demo", help="where everything is written")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    split = sub.add_parser("split", help="split pairs into clean/noisy by reference margin")
+    split.add_argument("--config", required=True, help="split YAML (see SplitConfig)")
+    split.set_defaults(func=cmd_split)
+
+    train = sub.add_parser("train", help="run ComPO on (noisy) preference pairs")
+    train.add_argument("--config", help="run YAML (see TrainConfig)")
+    train.add_argument("--run-id", help="override the config's run_id")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a saved run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--ray-address", metavar="ADDRESS",
+                       help="votes on a Ray cluster: auto, ray://host:10001 or host:port "
+                       "(a config with a ray: section uses Ray without it)")
+    train.set_defaults(func=cmd_train)
+
+    delta = sub.add_parser("apply-delta", help="rebuild a tuned model from base + delta")
+    delta.add_argument("--base", required=True, help="the run's base model directory")
+    delta.add_argument("--delta", required=True, help="delta.safetensors of the run")
+    delta.add_argument("--out", required=True, help="output model directory")
+    delta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    delta.set_defaults(func=cmd_apply_delta)
+
+    serve = sub.add_parser("serve", help="start the comparison oracle service")
+    serve.add_argument("service_args", nargs=argparse.REMAINDER,
+                       help="arguments for the service (see compo serve -- --help)")
+    serve.set_defaults(func=cmd_serve)
+
+    add_pipeline_commands(sub)  # pipeline, eval, compare, plot
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_transformers()
+    try:
+        return args.func(args)
+    except CompoError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def quiet_transformers() -> None:
+    """Hide per-file progress bars of transformers (our own bar shows progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""One exception base for everything a user can fix; the CLI prints these without a traceback.
+
+Each message says where the problem is (file, line, field) and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class CompoError(Exception):
+    """Base of every user-facing error of the project."""
+
+
+class ConfigError(CompoError, ValueError):
+    """A configuration problem: where it is and how to fix it."""
+
+
+class DataError(CompoError, ValueError):
+    """A bad row or file, with its location and how to fix it."""
+
+
+class ModelError(CompoError, ValueError):
+    """A model directory that cannot be used, with the reason and the fix."""
+
+
+class DeltaError(CompoError, ValueError):
+    """A delta that does not fit the base model it is applied to."""
+
+
+class RunError(CompoError, RuntimeError):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+class DistributedError(RunError):
+    """A distributed run that cannot go on: which worker, which node, and why."""
+
+
+class JudgeError(CompoError, RuntimeError):
+    """The oracle service could not be reached or refused the comparisons."""

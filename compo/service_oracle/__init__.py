@@ -1,0 +1,1 @@
+"""compo/service_oracle"""

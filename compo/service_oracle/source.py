@@ -1,0 +1,252 @@
+"""The service oracle's VoteSource: responses of perturbed output layers, judged by the
+oracle service.
+
+Per iteration the base response of each prompt is generated with the master weight W and
+each perturbed one with W + r z (compo/service_oracle/generation.py). Pairs (prompt,
+a = base, b = perturbed) go to the service; verdict b is a vote of -1 (perturbed better),
+a or tie +1, abstain 0 (excluded from m and n_minus, counted in the metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import torch
+from torch import nn
+
+from compo.config import TrainConfig
+from compo.data.formats import TokenizedPair
+from compo.errors import ConfigError
+from compo.model.loading import logit_softcap
+from compo.oracle import LikelihoodOracle, combine
+from compo.perturbation import direction_key
+from compo.service_oracle.generation import (
+    BASE_INDEX,
+    PerturbedHead,
+    Prefix,
+    encode_prefix,
+    generate,
+    perturbation_head,
+    sampling_seed,
+)
+from compo.service_oracle.metrics import oracle_metrics
+from compo.service_oracle.reporting import checked_run_id, service_token
+from compo.votes import local_rebuild
+from oracle_service.client import OracleServiceError, SyncOracleClient
+from oracle_service.schemas import (
+    ComparisonError,
+    ComparisonItem,
+    ComparisonResult,
+    ErrorKind,
+    VerdictLabel,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_ERROR = 500  # HTTP statuses from here on are the service's failure: items abstain
+VOTES = {VerdictLabel.B: -1, VerdictLabel.A: 1, VerdictLabel.TIE: 1, VerdictLabel.ABSTAIN: 0}
+
+
+def prompt_text(pair: TokenizedPair, tokenizer) -> str:
+    """The prompt as the service sees it: the row's text, or the decoded conversation."""
+    prompt = pair.row.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.decode(pair.prompt_ids, skip_special_tokens=True)
+
+
+def votes_from_results(results: Sequence[ComparisonResult], count: int, per_index: int,
+                       rule: str) -> torch.Tensor:
+    """One vote per perturbation from its per-prompt verdicts (all abstained: 0)."""
+    votes = []
+    for start in range(0, count * per_index, per_index):
+        answered = [VOTES[r.verdict] for r in results[start : start + per_index]
+                    if r.verdict is not VerdictLabel.ABSTAIN]
+        votes.append(combine(torch.tensor(answered) == -1, rule) if answered else 0)
+    return torch.tensor(votes, dtype=torch.int8)
+
+
+def service_url(config: TrainConfig) -> str:
+    """The comparison service of kind=service: oracle.service_url, else oracle_service_url."""
+    url = config.oracle.service_url or config.oracle_service_url
+    if url is None:
+        raise ConfigError("oracle.kind=service needs oracle.service_url (or "
+                          "oracle_service_url): the comparison service's base URL")
+    return url
+
+
+def failed_results(items: Sequence[ComparisonItem], error: Exception) -> list[ComparisonResult]:
+    """Explicit abstentions for items whose request failed in transit or on the server."""
+    if isinstance(error, httpx.TimeoutException):
+        kind = ErrorKind.TIMEOUT
+    elif isinstance(error, OracleServiceError):
+        kind = ErrorKind.SERVER_ERROR
+    else:
+        kind = ErrorKind.CONNECTION_ERROR
+    failure = ComparisonError(kind=kind, message=f"{type(error).__name__}: {error}")
+    return [ComparisonResult(verdict=VerdictLabel.ABSTAIN, error=failure,
+                             perturbation=item.perturbation) for item in items]
+
+
+class ServiceVoteSource:
+    """VoteSource whose votes are the oracle service's verdicts on generated responses."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str,
+                 token: str | None = None):
+        """`token`: the service's bearer token; default: from oracle.token_env."""
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.run_id = checked_run_id(run_id)
+        self.url = service_url(config)
+        self.token = service_token(config) if token is None else token
+        self.scorer = LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
+                                       config.model.batch_size)  # log-probs for the metrics
+        self.cap = logit_softcap(model)
+        self.state, self.weight = None, None
+        self.prompts: list[str] = []
+        self.prefixes: list[Prefix] = []
+        self.base: dict[tuple[int, int], list[str]] = {}
+        self.counts: Counter = Counter()
+        self.pool: ThreadPoolExecutor | None = None  # request threads, kept between calls
+        self.local = threading.local()  # each request thread's client
+        self.clients: list[SyncOracleClient] = []
+        self.lock = threading.Lock()
+
+    def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> torch.Tensor:
+        """Score the pairs, encode their prompts once; `weight` is the float32 master W."""
+        self.state = self.scorer.prepare(pairs, weight)
+        self.weight = weight
+        self.prompts = [prompt_text(pair, self.tokenizer) for pair in pairs]
+        self.prefixes = [encode_prefix(self.model, pair.prompt_ids) for pair in pairs]
+        self.base, self.counts = {}, Counter()
+        return self.state.base_logprobs
+
+    def logprobs(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.scorer.logprobs(self.state, weight)
+
+    def base_responses(self, seed: int, iteration: int) -> list[str]:
+        """The base response per prompt, generated once per iteration."""
+        if (seed, iteration) not in self.base:
+            head = PerturbedHead(self.weight, None, self.config.compo.radius, self.cap)
+            self.base[seed, iteration] = [
+                self._texts(prefix, head, seed, iteration, [BASE_INDEX], prompt)[0]
+                for prompt, prefix in enumerate(self.prefixes)]
+        return self.base[seed, iteration]
+
+    def use_base(self, seed: int, iteration: int, texts: Sequence[str]) -> None:
+        """Take base responses generated elsewhere (a Ray run generates them once)."""
+        if len(texts) != len(self.prefixes):
+            raise ValueError(f"{len(texts)} base responses for {len(self.prefixes)} prompts")
+        self.base[seed, iteration] = list(texts)
+
+    def responses(self, seed: int, iteration: int, indices: Sequence[int]) -> list[list[str]]:
+        """Perturbed responses [index][prompt], generation_batch_size perturbations at once."""
+        oracle, out = self.config.oracle, []
+        for start in range(0, len(indices), oracle.generation_batch_size):
+            group = list(indices[start : start + oracle.generation_batch_size])
+            keys = [direction_key(seed, iteration, index) for index in group]
+            head = perturbation_head(self.weight, keys, self.config.compo, self.cap)
+            streams = [BASE_INDEX] * len(group) if oracle.noise == "shared" else group
+            per_prompt = [self._texts(prefix, head, seed, iteration, streams, prompt)
+                          for prompt, prefix in enumerate(self.prefixes)]
+            out += [list(texts) for texts in zip(*per_prompt, strict=True)]
+        return out
+
+    def _texts(self, prefix: Prefix, head: PerturbedHead, seed: int, iteration: int,
+               streams: Sequence[int], prompt: int) -> list[str]:
+        """Decoded responses of the head's rows; row i samples from stream streams[i]."""
+        generators = [torch.Generator().manual_seed(sampling_seed(seed, iteration, s, prompt))
+                      for s in streams]
+        out = generate(self.model, prefix, head, self.config.oracle, generators,
+                       self.tokenizer.eos_token_id)
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out.tokens]
+
+    def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
+        """Votes (int8, -1 / +1 / 0 abstain) from the verdicts. Each generation batch goes
+        to the service while the next one is generated (oracle.requests_in_flight)."""
+        oracle, started = self.config.oracle, time.perf_counter()
+        base = self.base_responses(seed, iteration)
+        self.counts["generate_s"] += time.perf_counter() - started
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(oracle.requests_in_flight, "compare")
+        pending = []
+        for first in range(0, len(indices), oracle.generation_batch_size):
+            group = indices[first : first + oracle.generation_batch_size]
+            started = time.perf_counter()
+            texts = self.responses(seed, iteration, group)
+            self.counts["generate_s"] += time.perf_counter() - started
+            pending.append(self.pool.submit(self.request, self.items(base, iteration, group,
+                                                                     texts)))
+        results = [result for future in pending for result in self.counted(future.result())]
+        return votes_from_results(results, len(indices), len(self.prompts),
+                                  self.config.compo.vote_rule)
+
+    def items(self, base: Sequence[str], iteration: int, indices: Sequence[int],
+              texts: Sequence[Sequence[str]]) -> list[ComparisonItem]:
+        """(prompt, base, perturbed) per perturbation and prompt, labelled for the stats."""
+        return [ComparisonItem(prompt=self.prompts[prompt], response_a=base[prompt],
+                               response_b=text, run_id=self.run_id, iteration=iteration,
+                               perturbation=index)
+                for index, row in zip(indices, texts, strict=True)
+                for prompt, text in enumerate(row)]
+
+    def request(self, items: list[ComparisonItem]) -> tuple[list[ComparisonResult], float]:
+        """The service's verdicts and the seconds they took; a request failing in transit
+        or with 5xx abstains, a 4xx (bad token, bad request) raises."""
+        started = time.perf_counter()
+        try:
+            results = self.client().compare(items)
+        except (httpx.TransportError, OracleServiceError) as error:
+            if isinstance(error, OracleServiceError) and error.status_code < SERVER_ERROR:
+                raise
+            log.warning("oracle service %s failed (%s: %s): %d comparisons abstain", self.url,
+                        type(error).__name__, error, len(items))
+            results = failed_results(items, error)
+        return results, time.perf_counter() - started
+
+    def client(self) -> SyncOracleClient:
+        """This thread's client, kept: its connections and the service's limits are reused."""
+        client = getattr(self.local, "client", None)
+        if client is None:
+            oracle = self.config.oracle
+            client = SyncOracleClient(self.url, self.token, timeout_s=oracle.timeout_s,
+                                      batch_size=oracle.request_batch_size)
+            self.local.client = client
+            with self.lock:
+                self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Stop the request threads and close their clients (reopened when used again)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for client in self.clients:
+            client.close()
+        self.pool, self.clients, self.local = None, [], threading.local()
+
+    def counted(self, answer: tuple[list[ComparisonResult], float]) -> list[ComparisonResult]:
+        """Count a request's verdicts, errors and seconds (in the calling thread)."""
+        results, seconds = answer
+        self.counts["compare_s"] += seconds
+        self.counts["comparisons"] += len(results)
+        self.counts.update(f"verdict_{r.verdict.value}" for r in results)
+        self.counts.update(f"error_{r.error.kind.value}" for r in results if r.error)
+        return results
+
+    def take_counts(self) -> dict:
+        """The counts since the last call (or prepare), then start counting afresh."""
+        counts, self.counts = dict(self.counts), Counter()
+        return counts
+
+    def rebuild(self, seed, iteration, indices, votes, weight):
+        return local_rebuild(seed, iteration, indices, votes, weight, self.config.compo)
+
+    def metrics(self) -> dict:
+        return oracle_metrics(self.counts)
+
+

@@ -1,0 +1,56 @@
+"""Shared route dependencies: settings, the service, bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from oracle_service.core.comparisons import ComparisonService
+from oracle_service.core.settings import Settings
+from oracle_service.core.store import SQLiteStore
+
+bearer_scheme = HTTPBearer(auto_error=False, description="COMPO_ORACLE_API_TOKEN")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> ComparisonService:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "service is starting up")
+    return service
+
+
+def get_store(request: Request) -> SQLiteStore:
+    store = getattr(request.app.state, "store", None)
+    if store is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "service is starting up")
+    return store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[ComparisonService, Depends(get_service)]
+StoreDep = Annotated[SQLiteStore, Depends(get_store)]
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """401 unless the request carries `Authorization: Bearer <COMPO_ORACLE_API_TOKEN>`."""
+    settings = get_settings(request)
+    if not settings.auth_enabled:
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if credentials is None or not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

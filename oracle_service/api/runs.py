@@ -1,0 +1,33 @@
+"""POST/GET /v1/runs/{run_id}/iterations: the coordinator's per-iteration summaries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+
+from oracle_service.api.deps import StoreDep
+from oracle_service.schemas import API_PREFIX, RUN_ID_PATTERN, IterationList, IterationSummary
+
+router = APIRouter(prefix=API_PREFIX, tags=["runs"])
+RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="Training run id.")]
+
+
+@router.post(
+    "/runs/{run_id}/iterations",
+    response_model=IterationSummary,
+    status_code=status.HTTP_201_CREATED,
+)
+async def report_iteration(
+    summary: IterationSummary, run_id: RunId, store: StoreDep
+) -> IterationSummary:
+    """Store an iteration summary (re-posting an iteration replaces it)."""
+    await store.put_iteration(run_id, summary.iteration, summary.model_dump(mode="json"))
+    return summary
+
+
+@router.get("/runs/{run_id}/iterations", response_model=IterationList)
+async def list_iterations(run_id: RunId, store: StoreDep) -> IterationList:
+    """All summaries of a run, by iteration (empty for an unknown run)."""
+    rows = await store.list_iterations(run_id)
+    return IterationList(run_id=run_id, iterations=[IterationSummary(**row) for row in rows])

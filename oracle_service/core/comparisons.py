@@ -1,0 +1,157 @@
+"""The comparison service: canonical order, cache, backend call, statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from oracle_service.backends.base import Backend, Verdict
+from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.settings import Settings
+from oracle_service.core.stats import Observation, StatsBook
+from oracle_service.core.store import CachedVerdict, SQLiteStore
+from oracle_service.schemas import DEFAULT_RUN_ID, ComparisonItem, ComparisonResult, VerdictLabel
+
+TOKENS_PER_MTOK = 1_000_000  # prices are per million tokens
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """An item with its responses in sorted order; `flipped` if that swapped them."""
+
+    item: ComparisonItem
+    flipped: bool
+    key: str
+
+    @property
+    def identical(self) -> bool:
+        return self.item.response_a == self.item.response_b
+
+
+def cache_key(identity: str, params: dict, item: ComparisonItem) -> str:
+    """sha256 over backend identity, model/template/decoding params and the sorted pair."""
+    payload = {
+        "backend": identity,
+        "params": params,
+        "prompt": item.prompt,
+        "responses": sorted((item.response_a, item.response_b)),
+    }
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+class ComparisonService:
+    """Answers batches of comparisons; every item gets a verdict or an explicit abstention."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        store: SQLiteStore,
+        stats: StatsBook,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._store = store
+        self._stats = stats
+        self._metrics = metrics
+
+    def _canonical(self, item: ComparisonItem) -> _Canonical:
+        flipped = item.response_a > item.response_b
+        if flipped:
+            item = item.model_copy(
+                update={"response_a": item.response_b, "response_b": item.response_a}
+            )
+        key = cache_key(self._backend.identity, self._backend.cache_params, item)
+        return _Canonical(item, flipped, key)
+
+    async def compare(self, items: Sequence[ComparisonItem]) -> list[ComparisonResult]:
+        started = time.perf_counter()
+        canonical = [self._canonical(item) for item in items]
+        pending = {c.key: c.item for c in canonical if not c.identical}
+        hits: dict[str, CachedVerdict] = {}
+        if self._settings.cache_enabled:
+            hits = await self._store.get_verdicts(list(pending))
+        hit_latency = time.perf_counter() - started
+        misses = {key: item for key, item in pending.items() if key not in hits}
+        fresh = dict(zip(misses, await self._backend.compare(list(misses.values())), strict=True))
+        if self._settings.cache_enabled:
+            await self._store.put_verdicts(
+                {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
+            )
+        miss_latency = time.perf_counter() - started
+        results = []
+        usage_counted: set[str] = set()
+        for original, c in zip(items, canonical, strict=True):
+            cached = c.key in hits
+            verdict = self._lookup(c, hits, fresh)
+            if c.flipped:
+                verdict = verdict.flipped()
+            counts_usage = c.key in fresh and c.key not in usage_counted
+            usage_counted.add(c.key)
+            latency = hit_latency if cached or c.identical else miss_latency
+            self._observe(original, verdict, cached, latency, counts_usage)
+            results.append(self._to_result(original, verdict, cached))
+        return results
+
+    @staticmethod
+    def _lookup(
+        c: _Canonical, hits: dict[str, CachedVerdict], fresh: dict[str, Verdict]
+    ) -> Verdict:
+        if c.identical:
+            return Verdict(VerdictLabel.TIE, probability=0.5, raw={"identical": True})
+        if c.key in hits:
+            hit = hits[c.key]
+            return Verdict(
+                hit.label,
+                hit.probability,
+                raw=hit.raw,
+                position_inconsistent=hit.position_inconsistent,
+            )
+        return fresh[c.key]
+
+    @staticmethod
+    def _to_cached(verdict: Verdict) -> CachedVerdict:
+        return CachedVerdict(
+            verdict.label, verdict.probability, verdict.position_inconsistent, verdict.raw
+        )
+
+    @staticmethod
+    def _to_result(item: ComparisonItem, verdict: Verdict, cached: bool) -> ComparisonResult:
+        return ComparisonResult(
+            verdict=verdict.label,
+            probability=verdict.probability,
+            cached=cached,
+            error=verdict.error,
+            perturbation=item.perturbation,
+        )
+
+    def _cost_usd(self, verdict: Verdict) -> float | None:
+        input_price = self._settings.judge_input_usd_per_mtok
+        output_price = self._settings.judge_output_usd_per_mtok
+        if input_price is None or output_price is None:
+            return None
+        spent = verdict.prompt_tokens * input_price + verdict.completion_tokens * output_price
+        return spent / TOKENS_PER_MTOK
+
+    def _observe(
+        self, item: ComparisonItem, verdict: Verdict, cached: bool, latency: float, usage: bool
+    ) -> None:
+        obs = Observation(
+            run_id=item.run_id or DEFAULT_RUN_ID,
+            iteration=item.iteration,
+            label=verdict.label,
+            cached=cached,
+            position_inconsistent=verdict.position_inconsistent,
+            error_kind=verdict.error.kind.value if verdict.error is not None else None,
+            latency_s=latency,
+            prompt_tokens=verdict.prompt_tokens if usage else 0,
+            completion_tokens=verdict.completion_tokens if usage else 0,
+            cost_usd=self._cost_usd(verdict) if usage else None,
+        )
+        self._stats.record(obs)
+        self._metrics.observe(obs)

@@ -1,0 +1,191 @@
+"""HTTP surface: auth, limits, validation errors, health, metrics, OpenAPI, iterations."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from oracle_service.core.settings import InsecureSettingsError
+from oracle_service.main import create_app
+
+
+def item(prompt: str, a: str, b: str, **extra: object) -> dict:
+    return {"prompt": prompt, "response_a": a, "response_b": b, **extra}
+
+
+def test_auth_required_everywhere_but_health(make_settings, running_service):
+    with running_service(make_settings()) as http:
+        for path in ("/v1/limits", "/v1/stats", "/metrics", "/openapi.json"):
+            anonymous = http.get(path, headers={"Authorization": ""})
+            assert anonymous.status_code == 401, path
+            assert anonymous.headers["www-authenticate"] == "Bearer"
+            wrong = http.get(path, headers={"Authorization": "Bearer not-the-token"})
+            assert wrong.status_code == 401, path
+            assert http.get(path).status_code == 200, path
+        body = {"items": [item("p", "x", "y")]}
+        assert (
+            http.post("/v1/comparisons", json=body, headers={"Authorization": ""}).status_code
+            == 401
+        )
+        for path in ("/healthz", "/readyz"):
+            assert http.get(path, headers={"Authorization": ""}).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["", "changeme", "CHANGEME", "placeholder"])
+def test_refuses_to_start_with_a_placeholder_token(make_settings, token):
+    with pytest.raises(InsecureSettingsError, match="COMPO_ORACLE_API_TOKEN"):
+        create_app(make_settings(api_token=token))
+    create_app(make_settings(api_token=token, dev_mode=True))  # allowed in dev mode
+
+
+def test_dev_mode_without_token_has_no_auth(make_settings, running_service):
+    with running_service(make_settings(api_token="", dev_mode=True)) as http:
+        assert http.get("/v1/limits", headers={"Authorization": ""}).status_code == 200
+
+
+def test_batch_size_limit_is_413_with_a_clear_message(make_settings, running_service):
+    with running_service(make_settings(max_batch_size=2)) as http:
+        assert http.get("/v1/limits").json()["max_batch_size"] == 2
+        response = http.post("/v1/comparisons", json={"items": [item("p", "x", "y")] * 3})
+        assert response.status_code == 413
+        assert "batch of 3 items exceeds max_batch_size=2" in response.json()["detail"]
+
+
+def test_body_size_limit_is_413(make_settings, running_service):
+    with running_service(make_settings(max_body_bytes=2_000)) as http:
+        big = {"items": [item("p" * 5_000, "x", "y")]}
+        response = http.post("/v1/comparisons", json=big)
+        assert response.status_code == 413
+        assert "max_body_bytes=2000" in response.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit applies while streaming
+            yield b'{"items": [{"prompt": "'
+            yield b"p" * 5_000
+            yield b'", "response_a": "x", "response_b": "y"}]}'
+
+        streamed = http.post(
+            "/v1/comparisons", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/v1/comparisons", {"items": [{"prompt": "p", "response_a": "x"}]}, "items.0.response_b"),
+        ("/v1/comparisons", {"items": []}, "items"),
+        ("/v1/comparisons", {"items": [item("p", "x", "y", iteration=-1)]}, "iteration"),
+        ("/v1/comparisons", {"items": [item("p", "x", "y", run_id="a b")]}, "run_id"),
+        (
+            "/v1/runs/r1/iterations",
+            {"iteration": 0, "m": 4, "n_minus": 5, "accepted": True},
+            "n_minus (5) cannot exceed m (4)",
+        ),
+        (
+            "/v1/runs/r1/iterations",
+            {"iteration": 0, "m": 4, "n_minus": 1, "accepted": True, "note": "text"},
+            "extra field 'note' must be a number",
+        ),
+        (
+            "/v1/runs/bad%20id/iterations",
+            {"iteration": 0, "m": 4, "n_minus": 1, "accepted": True},
+            "run_id",
+        ),
+    ],
+)
+def test_validation_errors_are_clear_422s(make_settings, running_service, path, body, expected):
+    with running_service(make_settings()) as http:
+        response = http.post(path, json=body)
+        assert response.status_code == 422
+        payload = response.json()
+        assert payload["detail"].startswith("invalid request: ")
+        assert expected in payload["detail"]
+        assert payload["errors"]
+
+
+def test_identical_responses_tie_without_a_judge_call(
+    make_settings, running_service, post_compare, fake_judge
+):
+    with running_service(make_settings()) as http:
+        [result] = post_compare(http, [item("p", "same text", "same text", perturbation=7)])
+    assert result == {
+        "verdict": "tie",
+        "probability": 0.5,
+        "cached": False,
+        "error": None,
+        "perturbation": 7,
+    }
+    assert fake_judge.judge.requests == []
+
+
+def test_iterations_round_trip_and_survive_restart(make_settings, running_service):
+    settings = make_settings()
+    summary = {
+        "iteration": 3,
+        "m": 1600,
+        "n_minus": 400,
+        "accepted": True,
+        "step": 0.00875,
+        "kept_fraction": 0.03,
+        "logp_chosen_change": 0.2,
+        "logp_rejected_change": -0.4,
+        "grad_norm": 12.5,
+    }
+    with running_service(settings) as http:
+        assert http.post("/v1/runs/r1/iterations", json=summary).status_code == 201
+        skipped = {"iteration": 1, "m": 1600, "n_minus": 100, "accepted": False}
+        assert http.post("/v1/runs/r1/iterations", json=skipped).status_code == 201
+        replaced = {**skipped, "n_minus": 120}
+        assert http.post("/v1/runs/r1/iterations", json=replaced).status_code == 201
+    with running_service(settings) as http:
+        listed = http.get("/v1/runs/r1/iterations").json()
+        assert http.get("/v1/runs/other/iterations").json()["iterations"] == []
+    assert listed["run_id"] == "r1"
+    assert [it["iteration"] for it in listed["iterations"]] == [1, 3]
+    assert listed["iterations"][0]["n_minus"] == 120
+    assert listed["iterations"][1]["grad_norm"] == 12.5
+    assert listed["iterations"][1]["kept_fraction"] == 0.03
+
+
+def test_openapi_documents_the_versioned_api(make_settings, running_service):
+    with running_service(make_settings()) as http:
+        schema = http.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/v1/comparisons",
+        "/v1/stats",
+        "/v1/runs/{run_id}/stats",
+        "/v1/runs/{run_id}/iterations",
+        "/v1/limits",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in paths, path
+    assert set(paths["/v1/runs/{run_id}/iterations"]) == {"get", "post"}
+    assert "ComparisonResult" in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_metrics_count_comparisons(make_settings, running_service, post_compare):
+    with running_service(make_settings()) as http:
+        post_compare(http, [item("p1", "longer answer", "short"), item("p2", "x", "x")])
+        post_compare(http, [item("p1", "longer answer", "short")])
+        text = http.get("/metrics").text
+    assert 'oracle_comparisons_total{cached="false",verdict="a"} 1.0' in text
+    assert 'oracle_comparisons_total{cached="true",verdict="a"} 1.0' in text
+    assert 'oracle_comparisons_total{cached="false",verdict="tie"} 1.0' in text
+    assert 'oracle_backend_attempts_total{outcome="ok"} 1.0' in text
+
+
+def test_readyz_reports_ready_only_while_running(make_settings):
+    app = create_app(make_settings())
+    transport = httpx.ASGITransport(app=app)
+
+    async def probe() -> int:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/readyz")).status_code
+
+    import asyncio
+
+    assert asyncio.run(probe()) == 503  # lifespan not run: nothing opened yet

@@ -1,0 +1,144 @@
+"""The LLM-judge backend against a fake OpenAI-compatible server, through the real openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from oracle_service.backends.base import Verdict
+from oracle_service.backends.judge import JudgeBackend
+from oracle_service.core.settings import Settings
+from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
+from oracle_service.testing.fake_judge import FakeReply
+
+LONG, SHORT = "a long and detailed answer", "short"
+
+
+def run_judge(settings: Settings, items: Sequence[ComparisonItem]) -> list[Verdict]:
+    async def go() -> list[Verdict]:
+        backend = JudgeBackend(settings)
+        try:
+            return await backend.compare(items)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def one(prompt: str = "Explain caching.", a: str = LONG, b: str = SHORT) -> ComparisonItem:
+    return ComparisonItem(prompt=prompt, response_a=a, response_b=b)
+
+
+def assert_abstained(verdict: Verdict, kind: ErrorKind) -> None:
+    assert verdict.label is VerdictLabel.ABSTAIN
+    assert verdict.probability is None
+    assert verdict.error is not None and verdict.error.kind is kind
+
+
+def test_verdicts_and_probabilities_map_back_through_the_order_swap(make_settings, fake_judge):
+    items = [one(f"prompt {i}", LONG, SHORT) for i in range(6)]
+    items += [one(f"prompt {i}", SHORT, LONG) for i in range(6, 12)]
+    verdicts = run_judge(make_settings(judge_logprobs=True), items)
+
+    expected = [VerdictLabel.A] * 6 + [VerdictLabel.B] * 6
+    assert [v.label for v in verdicts] == expected
+    assert [round(v.probability, 6) for v in verdicts] == [0.9] * 6 + [0.1] * 6
+    shown_long_first = [r.shown[0] == LONG for r in fake_judge.judge.requests]
+    assert any(shown_long_first) and not all(shown_long_first)  # both orders were used
+    assert all(v.prompt_tokens > 0 and v.completion_tokens == 1 for v in verdicts)
+
+
+def test_json_output_format(make_settings, fake_judge):
+    [verdict] = run_judge(make_settings(judge_output_format="json"), [one(a=SHORT, b=LONG)])
+    assert verdict.label is VerdictLabel.B
+    [request] = fake_judge.judge.requests
+    assert request.body["response_format"] == {"type": "json_object"}
+
+
+def test_retry_after_is_honoured_without_multiplied_attempts(make_settings, fake_judge):
+    fake_judge.judge.enqueue(FakeReply(status=429, headers={"Retry-After": "1"}))
+    [verdict] = run_judge(make_settings(retry_initial_wait_s=0.01), [one()])
+
+    assert verdict.label is VerdictLabel.A
+    first, second = fake_judge.judge.requests  # exactly two attempts: no hidden client retries
+    assert 0.95 <= second.at - first.at < 3.0
+
+
+def test_server_errors_retry_then_succeed(make_settings, fake_judge):
+    fake_judge.judge.enqueue(FakeReply(status=500), FakeReply(status=503))
+    [verdict] = run_judge(make_settings(retry_max_attempts=3), [one()])
+    assert verdict.label is VerdictLabel.A
+    assert len(fake_judge.judge.requests) == 3
+
+
+def test_server_errors_exhaust_retries_into_an_abstention(make_settings, fake_judge):
+    fake_judge.judge.enqueue(*[FakeReply(status=500)] * 3)
+    [verdict] = run_judge(make_settings(retry_max_attempts=3), [one()])
+    assert_abstained(verdict, ErrorKind.SERVER_ERROR)
+    assert "500" in verdict.error.message
+    assert len(fake_judge.judge.requests) == 3
+
+
+def test_timeouts_retry_then_abstain(make_settings, fake_judge):
+    fake_judge.judge.enqueue(FakeReply(delay_s=2.0), FakeReply(delay_s=2.0))
+    settings = make_settings(judge_timeout_s=0.3, retry_max_attempts=2)
+    started = time.monotonic()
+    [verdict] = run_judge(settings, [one()])
+    assert_abstained(verdict, ErrorKind.TIMEOUT)
+    assert len(fake_judge.judge.requests) == 2
+    assert time.monotonic() - started < 1.5
+
+
+def test_malformed_output_abstains_and_is_not_retried(make_settings, fake_judge):
+    fake_judge.judge.enqueue(FakeReply(content="Response A is clearly better."))
+    [verdict] = run_judge(make_settings(), [one()])
+    assert_abstained(verdict, ErrorKind.MALFORMED_OUTPUT)
+    assert "Response A is clearly better." in verdict.error.message
+    assert len(fake_judge.judge.requests) == 1
+
+
+def test_malformed_json_output_abstains(make_settings, fake_judge):
+    fake_judge.judge.enqueue(FakeReply(content='{"winner": "first"}'), FakeReply(content="A"))
+    verdicts = run_judge(make_settings(judge_output_format="json"), [one("p1"), one("p2")])
+    for verdict in verdicts:
+        assert_abstained(verdict, ErrorKind.MALFORMED_OUTPUT)
+
+
+@pytest.mark.parametrize(
+    ("reply", "api_key", "kind"),
+    [
+        (None, "sk-wrong-key", ErrorKind.AUTH_ERROR),
+        (FakeReply(status=400), None, ErrorKind.BAD_REQUEST),
+        (
+            FakeReply(status=429, error_code="insufficient_quota"),
+            None,
+            ErrorKind.INSUFFICIENT_QUOTA,
+        ),
+    ],
+)
+def test_non_retryable_errors_fail_fast(make_settings, fake_judge, reply, api_key, kind):
+    if reply is not None:
+        fake_judge.judge.enqueue(reply)
+    overrides = {"judge_api_key": api_key} if api_key else {}
+    [verdict] = run_judge(make_settings(retry_max_attempts=5, **overrides), [one()])
+    assert_abstained(verdict, kind)
+    assert len(fake_judge.judge.requests) == 1
+
+
+def test_concurrency_is_bounded(make_settings, fake_judge):
+    fake_judge.judge.latency_s = 0.1
+    items = [one(f"prompt {i}") for i in range(12)]
+    verdicts = run_judge(make_settings(judge_max_concurrency=3), items)
+    assert all(v.label is VerdictLabel.A for v in verdicts)
+    assert fake_judge.judge.max_in_flight == 3
+
+
+def test_requests_per_minute_limit_spaces_calls(make_settings, fake_judge):
+    settings = make_settings(judge_requests_per_minute=600, rate_limit_burst_s=0.1)  # 10/s, burst 1
+    run_judge(settings, [one(f"prompt {i}") for i in range(5)])
+    arrivals = sorted(r.at for r in fake_judge.judge.requests)
+    assert len(arrivals) == 5
+    assert 0.35 <= arrivals[-1] - arrivals[0] < 1.5  # 4 gaps of 0.1 s (unlimited: ~0.01 s)

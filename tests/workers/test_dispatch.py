@@ -1,0 +1,98 @@
+"""The chunk queue without a cluster: fixed chunks, hand-back, re-dispatch, stragglers."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from compo.config import RayConfig
+from compo.errors import DistributedError
+from workers.dispatch import ChunkQueue, make_chunks
+
+
+@dataclass(eq=False)
+class FakeWorker:
+    name: str
+    in_flight: int = 0
+    last_heard: float = 0.0
+
+
+class Calls:
+    """send(worker, chunk) -> a fresh handle, remembered."""
+
+    def __init__(self):
+        self.sent = []
+
+    def __call__(self, worker, chunk):
+        self.sent.append((worker.name, list(chunk.indices)))
+        return f"ref-{len(self.sent)}"
+
+
+def test_chunks_are_fixed_whatever_the_worker_count():
+    chunks = make_chunks(range(40), 16)
+    assert [(c.first, c.indices) for c in chunks] == [
+        (0, range(0, 16)), (16, range(16, 32)), (32, range(32, 40))]
+    scattered = make_chunks([7, 3, 9, 10], 3)
+    assert [c.indices for c in scattered] == [[7, 3, 9], range(10, 11)]
+
+
+def test_each_worker_gets_at_most_tasks_in_flight_chunks():
+    queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=2))
+    queue.reset(range(24))  # six chunks
+    a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
+    queue.assign([a, b], send, now=1.0)
+    assert [name for name, _ in send.sent] == ["a", "a", "b", "b"]
+    assert (a.in_flight, b.in_flight, len(queue.queue)) == (2, 2, 2)
+    chunk, worker = queue.take("ref-1")
+    assert worker is a and list(chunk.indices) == [0, 1, 2, 3] and a.in_flight == 1
+    assert queue.take("ref-1") is None  # not ours any more
+
+
+def test_a_failed_worker_hands_back_every_chunk_it_held_first_in_line():
+    queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=2))
+    queue.reset(range(16))
+    a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
+    queue.assign([a, b], send, now=0.0)
+    failed, _ = queue.take("ref-1")
+    queue.hand_back(a, failed, "actor died")
+    assert [list(c.indices) for c in queue.queue] == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert queue.redispatched == 2 and queue.refs() == ["ref-3", "ref-4"]
+    b.in_flight = 0
+    queue.assign([b], send, now=0.0)
+    assert send.sent[-2:] == [("b", [4, 5, 6, 7]), ("b", [0, 1, 2, 3])]
+
+
+def test_a_chunk_that_keeps_failing_stops_the_run_naming_it():
+    queue = ChunkQueue(RayConfig(chunk_size=4, max_redispatch=1))
+    queue.reset(range(4))
+    worker, send = FakeWorker("a"), Calls()
+    for attempt in range(2):
+        queue.assign([worker], send, now=0.0)
+        chunk, _ = queue.take(f"ref-{attempt + 1}")
+        if attempt == 0:
+            queue.requeue(chunk, "boom")
+    with pytest.raises(DistributedError, match=r"perturbations 0.. failed 2 times "
+                       r"\(ray.max_redispatch=1\); last: boom again"):
+        queue.requeue(chunk, "boom again")
+
+
+def test_a_done_chunk_is_never_sent_again():
+    queue = ChunkQueue(RayConfig(chunk_size=4))
+    queue.reset(range(8))
+    worker, send = FakeWorker("a", in_flight=0), Calls()
+    queue.assign([worker], send, now=0.0)
+    chunk, _ = queue.take("ref-1")
+    chunk.done = True
+    queue.requeue(chunk, "late duplicate")
+    assert list(queue.queue) == [] and queue.redispatched == 0
+
+
+def test_a_silent_worker_is_a_straggler_and_its_chunks_go_elsewhere():
+    queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=1, straggler_timeout_s=10))
+    queue.reset(range(8))
+    slow, quick, send = FakeWorker("slow"), FakeWorker("quick"), Calls()
+    queue.assign([slow, quick], send, now=100.0)
+    assert queue.stragglers([slow, quick], now=105.0) == []
+    quick.last_heard = 109.0
+    found = queue.stragglers([slow, quick], now=111.0)
+    assert found == [(slow, "ref-1")] and [list(c.indices) for c in queue.queue] == [[0, 1, 2, 3]]
+    assert "ref-1" in queue.refs()  # its late answer still counts

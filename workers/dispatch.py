@@ -1,0 +1,120 @@
+"""The chunk queue of one iteration's votes: fixed chunks of perturbation indices, which
+are queued and which worker holds which, re-dispatch of the chunks of failed or straggling
+workers within ray.max_redispatch. Plain Python: sending a chunk is a function it is given
+(the coordinator's Ray call), so it is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from compo.config import RayConfig
+from compo.errors import DistributedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Chunk:
+    """Perturbation indices answered by one task; `first` is its place in the request."""
+
+    first: int
+    indices: Sequence[int]  # a range() when contiguous: a few bytes on the wire
+    sent: int = 0
+    done: bool = False
+
+
+def make_chunks(indices: Sequence[int], size: int) -> list[Chunk]:
+    """Fixed chunks of the index list, independent of the number of workers."""
+    chunks = []
+    for first in range(0, len(indices), size):
+        part = [int(i) for i in indices[first : first + size]]
+        run = range(part[0], part[-1] + 1)
+        chunks.append(Chunk(first, run if part == list(run) else part))
+    return chunks
+
+
+# send(worker, chunk) -> a handle of the call (a Ray object ref) that `take` gets back
+Send = Callable[[Any, Chunk], Any]
+
+
+class ChunkQueue:
+    """Queued chunks and the calls that hold the others. A worker is any object with the
+    fields `name`, `in_flight` (chunks it holds) and `last_heard` (monotonic seconds)."""
+
+    def __init__(self, settings: RayConfig):
+        self.settings = settings
+        self.queue: deque[Chunk] = deque()
+        self.tasks: dict[Any, tuple[Chunk, Any]] = {}
+        self.redispatched = 0
+
+    def reset(self, indices: Sequence[int]) -> None:
+        """A new request: all its chunks queued, nothing held."""
+        self.queue = deque(make_chunks(indices, self.settings.chunk_size))
+        self.tasks = {}
+
+    def refs(self) -> list:
+        return list(self.tasks)
+
+    def assign(self, workers: Sequence[Any], send: Send, now: float) -> None:
+        """Queued chunks to `workers`, up to ray.tasks_in_flight each."""
+        for worker in workers:
+            while self.queue and worker.in_flight < self.settings.tasks_in_flight:
+                chunk = self.queue.popleft()
+                if chunk.done:
+                    continue
+                self.tasks[send(worker, chunk)] = (chunk, worker)
+                if worker.in_flight == 0:
+                    worker.last_heard = now
+                worker.in_flight += 1
+                chunk.sent += 1
+
+    def take(self, ref) -> tuple[Chunk, Any] | None:
+        """The chunk and worker of a finished call (None: not one of ours)."""
+        if ref not in self.tasks:
+            return None
+        chunk, worker = self.tasks.pop(ref)
+        worker.in_flight = max(0, worker.in_flight - 1)
+        return chunk, worker
+
+    def requeue(self, chunk: Chunk, reason: str) -> None:
+        """Put a chunk back at the front of the queue, within ray.max_redispatch."""
+        if chunk.done:
+            return
+        if chunk.sent > self.settings.max_redispatch:
+            raise DistributedError(f"perturbations {chunk.indices[0]}.. failed {chunk.sent} "
+                                   f"times (ray.max_redispatch={self.settings.max_redispatch})"
+                                   f"; last: {reason}")
+        self.redispatched += 1
+        self.queue.appendleft(chunk)
+
+    def hand_back(self, worker: Any, chunk: Chunk | None, reason: str) -> None:
+        """The chunks a failed worker held (and the one that failed) go back to the queue."""
+        lost = [chunk] if chunk else []
+        for ref, (other, owner) in list(self.tasks.items()):
+            if owner is worker:
+                del self.tasks[ref]
+                lost.append(other)
+        for item in lost:
+            self.requeue(item, reason)
+
+    def stragglers(self, workers: Sequence[Any], now: float) -> list[tuple[Any, Any]]:
+        """Workers silent past ray.straggler_timeout_s while holding chunks: their chunks
+        are queued again (kept as tasks: a late answer still counts); (worker, a ref of
+        theirs) for each."""
+        found = []
+        for worker in workers:
+            if not worker.in_flight or now - worker.last_heard <= self.settings.straggler_timeout_s:
+                continue
+            log.warning("%s: no answer for %.0f s; re-dispatching its chunks", worker.name,
+                        now - worker.last_heard)
+            held = [(ref, chunk) for ref, (chunk, owner) in self.tasks.items() if owner is worker]
+            for _, chunk in held:
+                self.requeue(chunk, f"{worker.name} straggling")
+            if held:
+                found.append((worker, held[0][0]))
+        return found

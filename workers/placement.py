@@ -1,0 +1,149 @@
+"""Reserve a placement group (one bundle per worker), start the worker actors in it, and
+wait for them to load the model."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from compo.config import RayConfig, TrainConfig
+from compo.errors import DistributedError
+from workers.actor import WorkerActor, node_label
+from workers.protocol import ServiceSetup
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")  # "ValueError: ..."
+
+
+def failure_reason(error: Exception) -> str:
+    """The original exception of a Ray error ('ModelError: ...'), from its last raise on."""
+    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines() if line.strip()]
+    raised = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    return " ".join(lines[raised[-1] if raised else -1:]) if lines else type(error).__name__
+
+
+def alive_nodes() -> set[str]:
+    """Ids of the nodes Ray reports alive."""
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
+def plan_workers(total: dict, free: dict, settings: RayConfig) -> tuple[int, bool]:
+    """(number of workers, one GPU each?): GPUs if the cluster has any (use_gpu auto), one
+    worker per free GPU (or per cpus_per_worker free CPUs) unless num_workers says."""
+    use_gpu = total.get("GPU", 0) > 0 if settings.use_gpu == "auto" else settings.use_gpu
+    if use_gpu and not total.get("GPU", 0):
+        raise DistributedError("ray.use_gpu is true but the cluster has no GPUs; set "
+                               "use_gpu: auto (CPU workers) or start GPU nodes")
+    gpus, cpus = int(free.get("GPU", 0)), free.get("CPU", 0)
+    count = settings.num_workers or (gpus if use_gpu else int(cpus // settings.cpus_per_worker))
+    if count < 1:
+        what = "GPUs" if use_gpu else f"CPUs (ray.cpus_per_worker={settings.cpus_per_worker:g})"
+        raise DistributedError(f"no free {what} for a worker; set ray.num_workers or add nodes")
+    return count, use_gpu
+
+
+def connect(settings: RayConfig, address: str | None = None) -> None:
+    """Join the cluster at `address` (or settings.address); without one, start a local
+    instance sized by the local_* settings, or else do what ray.init() does: join the
+    cluster in RAY_ADDRESS (set inside `ray job submit`) or on this machine, or start one."""
+    if ray.is_initialized():
+        return
+    address = address or settings.address
+    local = {name: value for name, value in (("num_cpus", settings.local_num_cpus),
+             ("object_store_memory", settings.local_object_store_bytes)) if value is not None}
+    if address:
+        ray.init(address=address)
+    elif local:
+        ray.init(address="local", include_dashboard=False, **local)
+    else:
+        ray.init()
+
+
+@dataclass
+class ActorPool:
+    """The actors of one run and the placement group that holds their resources."""
+
+    group: Any
+    actors: list[Any]
+    names: list[str]
+    loading: dict[Any, int] = field(default_factory=dict)  # describe() ref -> worker
+
+    def node_of(self, index: int) -> str:
+        """"ip/node id" of the node that holds bundle `index` (where the worker runs)."""
+        node_id = ray.util.placement_group_table(self.group)["bundles_to_node_id"].get(index)
+        for node in ray.nodes():
+            if node["NodeID"] == node_id:
+                return node_label(node["NodeManagerAddress"], node_id)
+        return f"an unplaced bundle (node {node_id})"
+
+    def wait_loaded(self, timeout_s: float, model_path: str) -> list[dict]:
+        """What every worker says of itself (Worker.describe) once it has loaded the model;
+        fails fast on the first worker that cannot, naming it and its node."""
+        described: dict[int, dict] = {}
+        deadline = time.monotonic() + timeout_s
+        while self.loading:
+            ready, _ = ray.wait(list(self.loading), num_returns=1,
+                                timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = ", ".join(f"{self.names[i]} on {self.node_of(i)}"
+                                 for i in sorted(self.loading.values()))
+                raise DistributedError(f"{late}: model {model_path} not loaded within "
+                                       f"{timeout_s:g} s (ray.load_timeout_s)")
+            index = self.loading.pop(ready[0])
+            try:
+                described[index] = ray.get(ready[0])
+            except RayActorError as error:
+                raise DistributedError(
+                    f"{self.names[index]} on node {self.node_of(index)} could not load the "
+                    f"model {model_path}: {failure_reason(error)}") from None
+        return [described[i] for i in range(len(self.actors))]
+
+    def shutdown(self) -> None:
+        """Kill the actors and give the reserved resources back."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.group)
+        self.actors, self.loading = [], {}
+
+
+def reserve(count: int, use_gpu: bool, settings: RayConfig):
+    """A placement group of `count` bundles, or a clear error when the cluster is short."""
+    bundle = {"CPU": settings.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    group = placement_group([dict(bundle) for _ in range(count)],
+                            strategy=settings.placement_strategy)
+    ready, _ = ray.wait([group.ready()], timeout=settings.placement_timeout_s)
+    if not ready:
+        free = ray.available_resources()
+        remove_placement_group(group)
+        raise DistributedError(
+            f"could not reserve {count} x {bundle} ({settings.placement_strategy}) within "
+            f"{settings.placement_timeout_s:g} s; free now: CPU {free.get('CPU', 0):g}, "
+            f"GPU {free.get('GPU', 0):g}. Lower ray.num_workers or add nodes")
+    return group
+
+
+def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
+               service: ServiceSetup | None = None) -> ActorPool:
+    """Reserve the bundles and start one actor in each; loading runs in the background.
+    `service`: the service oracle's settings (oracle.kind=service)."""
+    group = reserve(count, use_gpu, settings)
+    model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+    names = [f"worker-{i}" for i in range(count)]
+    actors = [
+        WorkerActor.options(
+            num_cpus=settings.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+            max_restarts=settings.max_restarts, max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=i),
+        ).remote(model, config.compo, names[i], service)
+        for i in range(count)
+    ]
+    loading = {actor.describe.remote(): i for i, actor in enumerate(actors)}
+    return ActorPool(group, actors, names, loading)

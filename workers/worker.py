@@ -1,0 +1,163 @@
+"""One device's part of a distributed run: a plain class (no Ray) that holds the model.
+
+workers/actor.py wraps it in a Ray actor. Per iteration it applies the coordinator's
+weights patch, computes the hidden-state cache once, then answers chunks of perturbation
+indices (workers/protocol.py). With the service oracle (oracle.kind=service) the votes are
+the comparison service's verdicts on responses this worker generates; one worker generates
+the base responses of an iteration and the coordinator hands them to all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from compo.config import ComPOConfig, ModelConfig
+from compo.estimator import RowShards
+from compo.model.export import fingerprint
+from compo.model.loading import load_model, load_tokenizer
+from compo.oracle import LikelihoodOracle
+from compo.votes import LocalVoteSource, VoteSource, step_rows
+from workers.protocol import (
+    INDEX_DTYPE,
+    REBUILD_METHODS,
+    VOTE_DTYPE,
+    PairIds,
+    ServiceSetup,
+    StaleVersionError,
+    VoteBatch,
+    WeightPatch,
+    as_pairs,
+)
+
+
+class Worker:
+    """Holds the model, a float32 master output layer and its version number."""
+
+    def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str = "worker",
+                 node: str = "local", service: ServiceSetup | None = None):
+        started = time.perf_counter()
+        self.name, self.node = name, node
+        network = load_model(model)  # first: its errors say what is wrong with the path
+        tokenizer = load_tokenizer(model.path)
+        self.source: VoteSource = (
+            service_source(network, tokenizer, service) if service is not None else
+            LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
+                                             model.batch_size)))
+        self.generative = service is not None
+        self.weight = self.likelihood_oracle().master_weight()
+        self.head_sha256 = fingerprint(self.weight)  # the coordinator checks it is its own
+        self.compo = compo
+        self.version = 0  # 0: the output layer as loaded
+        self.prepared: tuple[int, int] | None = None  # (round, version) prepared
+        self.shards: tuple[tuple[int, int, int], RowShards] | None = None  # rebuild rows
+        self.load_seconds = time.perf_counter() - started
+
+    def describe(self) -> dict:
+        """Who and where this worker is, and what it holds."""
+        return {"name": self.name, "node": self.node, "pid": os.getpid(),
+                "device": str(self.weight.device), "version": self.version,
+                "shape": list(self.weight.shape), "head_sha256": self.head_sha256,
+                "load_seconds": self.load_seconds}
+
+    def apply(self, patch: WeightPatch) -> int:
+        """Bring the output layer to patch.version; returns the version now held."""
+        if self.version == patch.version:
+            return self.version
+        if patch.base is None:
+            self.weight = self.likelihood_oracle().master_weight()
+        elif patch.base != self.version:
+            raise StaleVersionError(f"{self.name}: holds version {self.version}, the patch "
+                                    f"goes from {patch.base} to {patch.version}")
+        flat = self.weight.view(-1)
+        positions = torch.tensor(patch.indices, dtype=torch.int64, device=flat.device)
+        flat[positions] = torch.tensor(patch.values, dtype=flat.dtype, device=flat.device)
+        self.version = patch.version
+        return self.version
+
+    def prepare(self, round_id: int, version: int, pairs: Sequence[PairIds],
+                patch: WeightPatch | None = None) -> tuple[int, np.ndarray]:
+        """Apply `patch`, run the body once for `pairs`; (version, base log-probs [S])."""
+        if patch is not None:
+            self.apply(patch)
+        self._check_version(version)
+        base = self.source.prepare(as_pairs(pairs), self.weight)
+        self.prepared = (round_id, version)
+        return self.version, base.cpu().numpy()
+
+    def base_responses(self, round_id: int, version: int, seed: int,
+                       iteration: int) -> list[str]:
+        """Service oracle: the iteration's base response per prompt, generated here."""
+        self._check_prepared(round_id, version)
+        if not self.generative:
+            raise TypeError(f"{self.name}: the likelihood oracle has no base responses")
+        return self.source.base_responses(seed, iteration)
+
+    def evaluate(self, round_id: int, version: int, seed: int, iteration: int,
+                 indices: Sequence[int], base: Sequence[str] | None = None) -> VoteBatch:
+        """Votes of these perturbation indices under the prepared round and version;
+        `base`: the iteration's base responses (service oracle)."""
+        self._check_prepared(round_id, version)
+        started = time.perf_counter()
+        indices = list(indices)
+        if base is not None:
+            self.source.use_base(seed, iteration, base)
+        votes = self.source.votes(seed, iteration, indices)
+        counts = self.source.take_counts() if self.generative else None
+        return VoteBatch(round_id, version, np.asarray(indices, INDEX_DTYPE).tobytes(),
+                         votes.numpy().astype(VOTE_DTYPE).tobytes(),
+                         time.perf_counter() - started, counts)
+
+    def logprobs(self, round_id: int, version: int) -> np.ndarray:
+        """Log-probs [S] of the round's pairs under the output layer this worker holds."""
+        self._check_version(version)
+        if self.prepared is None or self.prepared[0] != round_id:
+            raise StaleVersionError(f"{self.name} on {self.node}: prepared round "
+                                    f"{self.prepared and self.prepared[0]}, asked for {round_id}")
+        return self.source.logprobs(self.weight).cpu().numpy()
+
+    def rebuild(self, round_id: int, version: int, seed: int, iteration: int,
+                kept: Sequence[tuple[int, int]], method: str, rows: range, *args):
+        """One shard's part of the accepted step: RowShards.<method> on rows of
+        sum y_i z_i (computed once per round, then kept until its `step`)."""
+        self._check_prepared(round_id, version)
+        if method not in REBUILD_METHODS:
+            raise ValueError(f"unknown rebuild method {method!r}; one of {REBUILD_METHODS}")
+        key = (round_id, seed, iteration)
+        if self.shards is None or self.shards[0] != key:
+            self.shards = (key, step_rows(seed, iteration, kept, self.weight, self.compo))
+        result = getattr(self.shards[1], method)(rows, *args)
+        if isinstance(result, tuple):  # (positions, values): positions as int32 if they fit
+            positions, values = result
+            small = self.weight.numel() <= np.iinfo(np.int32).max
+            return positions.numpy().astype(np.int32 if small else np.int64), values.numpy()
+        return result.numpy()
+
+    def likelihood_oracle(self) -> LikelihoodOracle:
+        """The likelihood oracle inside the vote source (it holds the loaded layer)."""
+        return self.source.scorer if self.generative else self.source.oracle
+
+    def _check_prepared(self, round_id: int, version: int) -> None:
+        self._check_version(version)
+        if self.prepared != (round_id, version):
+            raise StaleVersionError(f"{self.name} on {self.node}: prepared (round, version) "
+                                    f"{self.prepared}, asked for {(round_id, version)}")
+
+    def _check_version(self, version: int) -> None:
+        if self.version != version:
+            raise StaleVersionError(f"{self.name} on {self.node}: holds weights version "
+                                    f"{self.version}, asked for {version}")
+
+
+def service_source(network, tokenizer, service: ServiceSetup) -> VoteSource:
+    """The service oracle's vote source; the token from this process's environment first."""
+    from compo.service_oracle.reporting import service_token
+    from compo.service_oracle.source import ServiceVoteSource  # needs the service extra (httpx)
+
+    passed = service.token.get_secret_value() if service.token is not None else None
+    token = service_token(service.config) or passed
+    return ServiceVoteSource(network, tokenizer, service.config, service.run_id, token)
