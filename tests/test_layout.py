@@ -133,6 +133,14 @@ def test_every_compo_module_imports_with_the_server_side_missing():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_every_module_of_every_package_imports():
+    names = [module_name(p) for p in sources() if p.name != "__main__.py"]
+    code = f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_files_stay_under_the_size_limit():
     files = [*sources(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]
     long = {str(p.relative_to(ROOT)): n for p in files
