@@ -12,8 +12,8 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
-from oracle_service import __version__, middleware
-from oracle_service.api import comparisons, health, runs, stats
+from oracle_service import __version__
+from oracle_service.api import comparisons, health, middleware, runs, stats
 from oracle_service.api.deps import require_token
 from oracle_service.backends import open_backend
 from oracle_service.core.comparisons import ComparisonService
