@@ -5,7 +5,8 @@
 //             stack: true (bars stacked on the bars of earlier stacked series; a chart has
 //             one series of bars, or stacked ones)}],
 //   hlines: [{name, label, y, color}],   // e.g. the skip threshold
-//   yLabel, percent (y values are shares, shown as %) }
+//   yLabel, percent (y values are shares, shown as %),
+//   xExtent: [first, last] x the axis spans at least (charts of one run line up) }
 // Every data mark carries data-series, data-x and data-y with the exact numbers it shows
 // (String(number) round-trips a double), so a test can read the chart back.
 "use strict";
@@ -58,7 +59,8 @@ const Charts = (() => {
   }
 
   function xDomain(spec) {
-    const xs = spec.series.flatMap((s) => s.points.map(([x]) => x));
+    const xs = [...spec.series.flatMap((s) => s.points.map(([x]) => x)),
+                ...(spec.xExtent || [])];
     if (!xs.length) return [-0.5, 0.5];
     return [Math.min(...xs) - 0.5, Math.max(...xs) + 0.5];
   }

@@ -109,9 +109,11 @@ function rayCharts(rows) {
   }};
 }
 
-function drawAll(charts) {
+// Draw each chart; all span the run's iterations, so their x axes line up.
+function drawAll(charts, rows) {
+  const xExtent = rows.length ? [rows[0].iteration, rows[rows.length - 1].iteration] : [];
   for (const [name, spec] of Object.entries(charts)) {
-    Charts.draw(document.querySelector(`svg[data-chart="${name}"]`), spec);
+    Charts.draw(document.querySelector(`svg[data-chart="${name}"]`), {xExtent, ...spec});
   }
 }
 
@@ -169,7 +171,7 @@ function judgeSection(runId, rows, stats) {
     }
     return row;
   }));
-  drawAll(judgeCharts(rows, stats));
+  drawAll(judgeCharts(rows, stats), rows);
 }
 
 function runList(ids, current) {
@@ -202,11 +204,11 @@ async function refresh() {
   const data = JSON.stringify([runId, rows, stats]);
   if (data !== shown) {
     runCards(runId, rows);
-    drawAll(voteCharts(rows));
+    drawAll(voteCharts(rows), rows);
     judgeSection(runId, rows, stats);
     const ray = rayCharts(rows);
     document.getElementById("ray").hidden = !ray.workers.length;
-    if (ray.workers.length) drawAll(ray.charts);
+    if (ray.workers.length) drawAll(ray.charts, rows);
     shown = data;
     document.body.dataset.run = runId;
     document.body.dataset.iterations = String(rows.length);

@@ -19,7 +19,7 @@ REQUIRE_ENV = "COMPO_REQUIRE_BROWSER"  # set by .ci/run: a missing browser fails
 # a closed network: no background connections, no QUIC, a fresh profile every time
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,2200")
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1460")
 WAIT_S = 30.0
 POLL_S = 0.05
 
@@ -88,22 +88,24 @@ def shown_iterations(driver) -> int:
     return int(value) if value else 0
 
 
+def marks(driver, chart: str, selector: str, *attributes: str) -> list[list[str]]:
+    """The given attributes of each element of a chart matching a CSS selector."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(`svg[data-chart='${arguments[0]}'] "
+        "${arguments[1]}`)].map(e => arguments[2].map(name => e.getAttribute(name)));",
+        chart, selector, list(attributes))
+
+
 def points(driver, chart: str, series: str) -> list[tuple[float, float]]:
     """(x, y) of a chart's data marks of one series, as the page wrote them."""
-    marks = driver.execute_script(
-        "return [...document.querySelectorAll(`svg[data-chart='${arguments[0]}'] "
-        "[data-series='${arguments[1]}']`)].map(e => [e.dataset.x, e.dataset.y]);",
-        chart, series)
-    return [(float(x), float(y)) for x, y in marks]
+    found = marks(driver, chart, f"[data-series='{series}']", "data-x", "data-y")
+    return [(float(x), float(y)) for x, y in found]
 
 
 def positions(driver, chart: str, series: str) -> list[tuple[float, float]]:
     """(data y, drawn y in SVG units) of a chart's circles of one series."""
-    marks = driver.execute_script(
-        "return [...document.querySelectorAll(`svg[data-chart='${arguments[0]}'] "
-        "circle[data-series='${arguments[1]}']`)].map(e => [e.dataset.y, e.getAttribute('cy')]);",
-        chart, series)
-    return [(float(y), float(cy)) for y, cy in marks]
+    found = marks(driver, chart, f"circle[data-series='{series}']", "data-y", "cy")
+    return [(float(y), float(cy)) for y, cy in found]
 
 
 def line_value(driver, chart: str, series: str) -> float | None:
