@@ -31,6 +31,14 @@ class Checkpoint:
     weight: torch.Tensor  # float32 master output layer [V, d]
 
 
+def mean_change(before: list[float], after: list[float]) -> float | None:
+    """Mean log-prob change of a metrics row's sequences (None when there are none): the
+    one formula of `compo plot` and of the summaries the dashboard draws."""
+    if not before:
+        return None
+    return sum(b - a for a, b in zip(before, after, strict=True)) / len(before)
+
+
 def new_run_id() -> str:
     """A sortable id from the local time."""
     return time.strftime("%Y%m%d-%H%M%S")

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
 from oracle_service import __version__
-from oracle_service.api import comparisons, health, middleware, runs, stats
+from oracle_service.api import comparisons, dashboard, health, middleware, runs, stats
 from oracle_service.api.deps import require_token
 from oracle_service.backends import open_backend
 from oracle_service.core.comparisons import ComparisonService
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.protected_router, dependencies=protected)
     for module in (comparisons, stats, runs):
         app.include_router(module.router, dependencies=protected)
+    app.include_router(dashboard.router)  # its page checks the session itself (login form)
     return app
 
 

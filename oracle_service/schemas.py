@@ -159,3 +159,16 @@ class IterationSummary(BaseModel):
 class IterationList(BaseModel):
     run_id: str
     iterations: list[IterationSummary]
+
+
+class RunInfo(BaseModel):
+    """A run that has posted iteration summaries."""
+
+    run_id: str
+    iterations: int = Field(ge=0, description="Summaries stored.")
+    last_iteration: int = Field(ge=0)
+    updated_at: float = Field(description="Unix time of the latest summary received.")
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo]

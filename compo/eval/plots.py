@@ -14,6 +14,7 @@ import yaml
 
 from compo import fileio
 from compo.data.ches import OVERLAP_GROUPS
+from compo.rundir import mean_change
 
 DPI = 110
 WIDE = (10, 4)
@@ -38,10 +39,6 @@ def save(figure, path: Path) -> Path:
     return fileio.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def iteration_axis(*axes) -> None:
     """Whole-number ticks on the iteration axis."""
     from matplotlib.ticker import MaxNLocator
@@ -50,15 +47,51 @@ def iteration_axis(*axes) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+# -- the series drawn (the dashboard, oracle_service/dashboard/, draws the same numbers) --
+
+def vote_points(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(iteration, vote ratio n-/m) of the accepted and of the skipped iterations."""
+    return {state: [(row["iteration"], row["ratio"]) for row in rows
+                    if row["accepted"] == accepted]
+            for state, accepted in (("accepted", True), ("skipped", False))}
+
+
+def step_points(rows: list[dict]) -> list[tuple[int, float]]:
+    """(iteration, step size); 0 for a skipped iteration."""
+    return [(row["iteration"], row["step"] or 0.0) for row in rows]
+
+
+def kept_points(rows: list[dict]) -> list[tuple[int, float]]:
+    """(iteration, fraction of entries kept) of the applied updates."""
+    return [(row["iteration"], row["kept_fraction"]) for row in rows if row["accepted"]]
+
+
+def logp_points(rows: list[dict], side: str) -> tuple[list[tuple[int, float]],
+                                                      list[tuple[int, float]]]:
+    """Mean change of log pi(y+) (side "chosen") or log pi(y-) ("rejected"): per accepted
+    iteration, and its running sum over all iterations (skipped ones add 0)."""
+    changes = [(row["iteration"], mean_change(row[f"logp_{side}_before"],
+                                              row[f"logp_{side}_after"])) for row in rows]
+    total, running = [], 0.0
+    for iteration, change in changes:
+        running += change
+        total.append((iteration, running))
+    accepted = [point for point, row in zip(changes, rows, strict=True) if row["accepted"]]
+    return accepted, total
+
+
+def xs_ys(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    return [x for x, _ in points], [y for _, y in points]
+
+
 def plot_votes(rows: list[dict], threshold: float, path: Path) -> Path:
     """Vote ratio per iteration, the accept threshold, accepted and skipped iterations."""
     figure, (ax,) = new_figure()
-    its = [row["iteration"] for row in rows]
-    ax.plot(its, [row["ratio"] for row in rows], color="grey", linewidth=0.8)
-    for state, accepted in (("accepted", True), ("skipped", False)):
-        chosen = [row for row in rows if row["accepted"] == accepted]
-        ax.scatter([r["iteration"] for r in chosen], [r["ratio"] for r in chosen],
-                   color=COLORS[state], label=f"{state} ({len(chosen)})", zorder=3)
+    ax.plot([row["iteration"] for row in rows], [row["ratio"] for row in rows], color="grey",
+            linewidth=0.8)
+    for state, points in vote_points(rows).items():
+        ax.scatter(*xs_ys(points), color=COLORS[state], label=f"{state} ({len(points)})",
+                   zorder=3)
     ax.axhline(threshold, color=COLORS["threshold"], linestyle="--",
                label=f"skip threshold lambda = {threshold}")
     ax.set(xlabel="iteration", ylabel="vote ratio n- / m",
@@ -72,14 +105,11 @@ def plot_votes(rows: list[dict], threshold: float, path: Path) -> Path:
 def plot_updates(rows: list[dict], path: Path) -> Path:
     """Step size (0 when skipped) and the kept fraction of the sparse update."""
     figure, (left, right) = new_figure(2)
-    its = [row["iteration"] for row in rows]
-    left.bar(its, [row["step"] or 0.0 for row in rows],
+    left.bar(*xs_ys(step_points(rows)),
              color=[COLORS["accepted" if row["accepted"] else "skipped"] for row in rows])
     left.set(xlabel="iteration", ylabel="step size gamma * n-/m",
              title="Step size (skipped iterations: no step)")
-    applied = [row for row in rows if row["accepted"]]
-    right.plot([row["iteration"] for row in applied],
-               [row["kept_fraction"] for row in applied], marker=".", linestyle="")
+    right.plot(*xs_ys(kept_points(rows)), marker=".", linestyle="")
     right.set(xlabel="iteration", ylabel="fraction of entries kept",
               title="Sparsity of each applied update", ylim=(0, None))
     iteration_axis(left, right)
@@ -89,19 +119,11 @@ def plot_updates(rows: list[dict], path: Path) -> Path:
 def plot_logprobs(rows: list[dict], path: Path) -> Path:
     """Change of log pi(y+) and log pi(y-) of each iteration's pair, and its running sum."""
     figure, (left, right) = new_figure(2)
-    its = [row["iteration"] for row in rows]
     for side, marker in (("chosen", "o"), ("rejected", "v")):
-        change = [mean(row[f"logp_{side}_after"]) - mean(row[f"logp_{side}_before"])
-                  for row in rows]
-        total, running = [], 0.0
-        for value in change:
-            running += value
-            total.append(running)
+        accepted, total = logp_points(rows, side)
         label = "log pi(y+)" if side == "chosen" else "log pi(y-)"
-        shown = [(i, c) for i, c, row in zip(its, change, rows, strict=True) if row["accepted"]]
-        left.scatter([i for i, _ in shown], [c for _, c in shown], color=COLORS[side],
-                     marker=marker, label=label)
-        right.plot(its, total, color=COLORS[side], label=label)
+        left.scatter(*xs_ys(accepted), color=COLORS[side], marker=marker, label=label)
+        right.plot(*xs_ys(total), color=COLORS[side], label=label)
     left.axhline(0.0, color="grey", linewidth=0.8)
     right.axhline(0.0, color="grey", linewidth=0.8)
     left.set(xlabel="iteration", ylabel="change (nats)",

@@ -8,9 +8,10 @@ from oracle_service.schemas import VerdictLabel
 
 
 def oracle_metrics(counts: Counter) -> dict:
-    """An iteration's comparisons: verdicts, abstentions by error kind, seconds."""
+    """An iteration's comparisons: verdicts, abstentions by error kind, perturbed responses
+    identical to the base one (a tie without a judge call), seconds."""
     return {"oracle": {
-        "comparisons": counts["comparisons"],
+        "comparisons": counts["comparisons"], "identical": counts["identical"],
         "verdicts": {label.value: counts[f"verdict_{label.value}"] for label in VerdictLabel},
         "errors": {key.removeprefix("error_"): value for key, value in counts.items()
                    if key.startswith("error_")},

@@ -1,4 +1,6 @@
-"""Per-iteration summaries posted to the oracle service (GET /v1/runs/{run_id}/iterations).
+"""Per-iteration summaries posted to the oracle service (GET /v1/runs/{run_id}/iterations):
+the metrics row's figures, the skip threshold, and the service oracle's and Ray's figures
+flattened to numbers; the dashboard (/dashboard) draws them.
 
 A failed post is a logged warning counted in the metrics row (`report_failures`), and the
 summary is posted again with the next iteration; reporting never stops a run. The bearer
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 
 from compo.config import DEFAULT_TOKEN_ENV, TrainConfig
 from compo.errors import ConfigError
+from compo.rundir import mean_change
 from oracle_service.client import OracleServiceError, SyncOracleClient
 from oracle_service.schemas import RUN_ID_PATTERN, IterationSummary
 
@@ -23,6 +26,11 @@ log = logging.getLogger(__name__)
 
 # metrics-row figures posted as numeric extras of the summary, when present
 EXTRA_FIELDS = ("abstained", "ratio", "update_norm", "seconds", "perturbations_per_s")
+# figures of the row's "oracle" (service oracle) and "ray" entries, posted as oracle_<name>
+# and ray_<name>; each Ray worker's work as worker_per_s.<name>, worker_perturbations.<name>
+ORACLE_FIELDS = ("comparisons", "identical", "generate_s", "compare_s")
+RAY_FIELDS = ("workers", "dead", "unavailable", "redispatched", "failures", "rejected")
+WORKER_FIELDS = ("per_s", "perturbations")
 # what a failed post can raise: transport problems, HTTP errors, a response that is not valid
 REPORT_ERRORS = (httpx.TransportError, OracleServiceError, ValidationError)
 
@@ -47,23 +55,29 @@ def report_url(config: TrainConfig) -> str | None:
     return config.oracle.service_url if config.oracle.kind == "service" else None
 
 
-def mean_change(before: list[float], after: list[float]) -> float | None:
-    """Mean log-prob change over the iteration's sequences (None when there are none)."""
-    if not before:
-        return None
-    return sum(b - a for a, b in zip(before, after, strict=True)) / len(before)
+def nested_extras(row: dict) -> dict:
+    """The row's "oracle" and "ray" figures as flat numbers (what the dashboard shows)."""
+    oracle, ray = row.get("oracle") or {}, row.get("ray") or {}
+    extras = {f"oracle_{name}": oracle[name] for name in ORACLE_FIELDS if name in oracle}
+    extras |= {f"ray_{name}": ray[name] for name in RAY_FIELDS if name in ray}
+    for worker, work in (ray.get("per_worker") or {}).items():
+        extras |= {f"worker_{name}.{worker}": work[name] for name in WORKER_FIELDS}
+    return extras
 
 
-def iteration_summary(row: dict) -> IterationSummary:
-    """A metrics row as the service's IterationSummary (m and n_minus exclude abstentions)."""
+def iteration_summary(row: dict, accept_ratio: float | None = None) -> IterationSummary:
+    """A metrics row as the service's IterationSummary (m and n_minus exclude abstentions);
+    `accept_ratio`: the run's skip threshold, posted with every summary."""
     extras = {name: row[name] for name in EXTRA_FIELDS if row.get(name) is not None}
+    if accept_ratio is not None:
+        extras["accept_ratio"] = accept_ratio
     return IterationSummary(
         iteration=row["iteration"], m=row["m"], n_minus=row["n_minus"],
         accepted=row["accepted"], step=row["step"], kept_fraction=row["kept_fraction"],
         logp_chosen_change=mean_change(row["logp_chosen_before"], row["logp_chosen_after"]),
         logp_rejected_change=mean_change(row["logp_rejected_before"],
                                          row["logp_rejected_after"]),
-        **extras,
+        **extras, **nested_extras(row),
     )
 
 
@@ -71,8 +85,9 @@ class IterationReporter:
     """Posts each iteration's summary; failures are warnings, counted, and retried later."""
 
     def __init__(self, base_url: str, run_id: str, token: str | None, timeout_s: float,
-                 token_env: str = DEFAULT_TOKEN_ENV):
+                 token_env: str = DEFAULT_TOKEN_ENV, accept_ratio: float | None = None):
         self.base_url, self.run_id = base_url, checked_run_id(run_id)
+        self.accept_ratio = accept_ratio
         self._token, self._timeout_s = token, timeout_s
         self.pending: list[IterationSummary] = []
         self.posted = 0
@@ -83,7 +98,7 @@ class IterationReporter:
     def report(self, row: dict) -> dict:
         """Post this row's summary (and any earlier unsent ones); figures for the row."""
         try:
-            self.pending.append(iteration_summary(row))
+            self.pending.append(iteration_summary(row, self.accept_ratio))
             with SyncOracleClient(self.base_url, self._token, timeout_s=self._timeout_s) as client:
                 while self.pending:
                     client.report_iteration(self.run_id, self.pending[0])
@@ -104,4 +119,4 @@ def reporter_for(config: TrainConfig, run_id: str) -> IterationReporter | None:
     if url is None:
         return None
     return IterationReporter(url, run_id, service_token(config), config.oracle.report_timeout_s,
-                             config.oracle.token_env)
+                             config.oracle.token_env, config.compo.accept_ratio)

@@ -180,6 +180,8 @@ class ServiceVoteSource:
             started = time.perf_counter()
             texts = self.responses(seed, iteration, group)
             self.counts["generate_s"] += time.perf_counter() - started
+            self.counts["identical"] += sum(text == base[prompt] for row in texts
+                                            for prompt, text in enumerate(row))
             pending.append(self.pool.submit(self.request, self.items(base, iteration, group,
                                                                      texts)))
         results = [result for future in pending for result in self.counted(future.result())]

@@ -1,13 +1,15 @@
-"""Shared route dependencies: settings, the service, bearer-token auth."""
+"""Shared route dependencies: settings, the service, auth (bearer token or dashboard session)."""
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from oracle_service.core import session
 from oracle_service.core.comparisons import ComparisonService
 from oracle_service.core.settings import Settings
 from oracle_service.core.store import SQLiteStore
@@ -38,17 +40,33 @@ ServiceDep = Annotated[ComparisonService, Depends(get_service)]
 StoreDep = Annotated[SQLiteStore, Depends(get_store)]
 
 
+SECONDS_PER_HOUR = 3600.0
+
+
+def has_session(request: Request, settings: Settings) -> bool:
+    """A read (GET/HEAD) carrying a valid dashboard session cookie (core/session.py)."""
+    if request.method not in session.READ_METHODS:
+        return False
+    max_age_s = settings.dashboard_session_hours * SECONDS_PER_HOUR
+    cookie = request.cookies.get(session.COOKIE_NAME)
+    return session.valid_session(cookie, settings.api_token.get_secret_value(), time.time(),
+                                 max_age_s)
+
+
 def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
-    """401 unless the request carries `Authorization: Bearer <COMPO_ORACLE_API_TOKEN>`."""
+    """401 unless the request carries `Authorization: Bearer <COMPO_ORACLE_API_TOKEN>`,
+    or is a read with the dashboard's session cookie."""
     settings = get_settings(request)
     if not settings.auth_enabled:
         return
     expected = settings.api_token.get_secret_value().encode()
     given = credentials.credentials.encode() if credentials is not None else b""
-    if credentials is None or not hmac.compare_digest(given, expected):
+    if credentials is not None and hmac.compare_digest(given, expected):
+        return
+    if not has_session(request, settings):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or invalid bearer token",

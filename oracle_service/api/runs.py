@@ -1,4 +1,5 @@
-"""POST/GET /v1/runs/{run_id}/iterations: the coordinator's per-iteration summaries."""
+"""GET /v1/runs and POST/GET /v1/runs/{run_id}/iterations: the coordinator's per-iteration
+summaries."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from oracle_service.api.deps import StoreDep
-from oracle_service.schemas import API_PREFIX, RUN_ID_PATTERN, IterationList, IterationSummary
+from oracle_service.schemas import (
+    API_PREFIX,
+    RUN_ID_PATTERN,
+    IterationList,
+    IterationSummary,
+    RunInfo,
+    RunList,
+)
 
 router = APIRouter(prefix=API_PREFIX, tags=["runs"])
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="Training run id.")]
@@ -31,3 +39,9 @@ async def list_iterations(run_id: RunId, store: StoreDep) -> IterationList:
     """All summaries of a run, by iteration (empty for an unknown run)."""
     rows = await store.list_iterations(run_id)
     return IterationList(run_id=run_id, iterations=[IterationSummary(**row) for row in rows])
+
+
+@router.get("/runs", response_model=RunList)
+async def list_runs(store: StoreDep) -> RunList:
+    """Runs that posted iteration summaries, the most recently updated first."""
+    return RunList(runs=[RunInfo(**row) for row in await store.list_runs()])

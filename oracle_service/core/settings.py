@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     reward_max_batch_size: int = Field(16, ge=1, description="Pairs per forward pass.")
     reward_max_wait_ms: float = Field(5.0, ge=0, description="Wait to fill a micro-batch.")
 
+    # --- dashboard (/dashboard) ---
+    dashboard_refresh_s: float = Field(2.0, gt=0, description="How often the page polls.")
+    dashboard_session_hours: float = Field(
+        12.0, gt=0, description="A dashboard login lasts this long (then log in again)."
+    )
+
     @model_validator(mode="after")
     def _check_backend_config(self) -> Settings:
         template = self.judge_template

@@ -154,3 +154,15 @@ class SQLiteStore:
             "SELECT summary FROM iterations WHERE run_id = ? ORDER BY iteration", (run_id,)
         )
         return [json.loads(summary) for (summary,) in rows]
+
+    async def list_runs(self) -> list[dict[str, Any]]:
+        """Runs with iteration summaries: counts, last iteration, time of the latest post."""
+        return await self._run(self._list_runs_sync)
+
+    def _list_runs_sync(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT run_id, COUNT(*), MAX(iteration), MAX(received_at) FROM iterations "
+            "GROUP BY run_id ORDER BY MAX(received_at) DESC, run_id"
+        )
+        keys = ("run_id", "iterations", "last_iteration", "updated_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -68,6 +68,7 @@ def test_judge_votes_on_two_workers_equal_the_single_process_run(
                                                  url, workers=2))
         rows = run_dir.metrics()
         stats = check_against_service(http, "gen-ray", rows)  # every comparison via the API
+        posted = http.get("/v1/runs/gen-ray/iterations").json()["iterations"]
     assert torch.equal(weights, local)
     assert len(rows) == ITERATIONS and any(row["accepted"] for row in rows)
     for row, expected in zip(rows, local_rows, strict=True):
@@ -78,6 +79,13 @@ def test_judge_votes_on_two_workers_equal_the_single_process_run(
         assert row["m"] + row["abstained"] == PERTURBATIONS
         assert len(row["ray"]["per_worker"]) == 2  # both workers generated and compared
         assert row["ray"]["seconds"]["base"] > 0
+        assert row["oracle"]["identical"] == expected["oracle"]["identical"]
+    for summary, row in zip(posted, rows, strict=True):  # what the dashboard draws for Ray
+        assert {key: value for key, value in summary.items() if key.startswith("worker_")} == {
+            f"worker_{name}.{worker}": work[name] for worker, work in
+            row["ray"]["per_worker"].items() for name in ("per_s", "perturbations")}
+        assert summary["ray_redispatched"] == row["ray"]["redispatched"]
+        assert summary["oracle_identical"] == row["oracle"]["identical"]
     assert sum(row["abstained"] for row in rows) == stats["votes"]["abstain"] > 0
     written = "".join(p.read_text() for p in run_dir.path.rglob("*") if p.suffix in
                       (".json", ".jsonl", ".yaml"))

@@ -169,3 +169,17 @@ def test_oracle_config_is_strict_and_selects_the_source(loaded, model_dir, pairs
     assert isinstance(default_source(service, model, tokenizer, "r"), ServiceVoteSource)
     with pytest.raises(ConfigError, match="cannot be used with the oracle service"):
         default_source(service, model, tokenizer, "my run")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_perturbed_responses_identical_to_the_base_are_counted(loaded, tmp_path, pairs_file,
+                                                               temperature):
+    url = f"http://127.0.0.1:{free_port()}"  # votes abstain; what was generated is counted
+    source = prepared(service_source(loaded, tmp_path, pairs_file, url=url,
+                                     temperature=temperature), loaded[1], pairs_file)
+    source.votes(5, 0, list(range(4)))
+    base = source.base_responses(5, 0)[0]
+    same = sum(row[0] == base for row in source.responses(5, 0, range(4)))
+    assert source.metrics()["oracle"]["identical"] == same
+    # radius ~0: greedy responses all equal the base one; sampled ones mostly do not
+    assert same == 4 if temperature == 0.0 else same < 4
