@@ -24,7 +24,8 @@ from compo.data.formats import TokenizedPair
 from compo.estimator import UpdateDecision, decide_from_shards
 from compo.model.checkpoint import copy_with_output_layer, read_output_layer
 from compo.model.export import write_delta
-from compo.model.loading import DTYPES, load_model, load_tokenizer, output_layer
+from compo.model.head import output_layer
+from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
 from compo.votes import LocalVoteSource, VoteSource

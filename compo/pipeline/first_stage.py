@@ -13,7 +13,6 @@ from pathlib import Path
 from compo import fileio
 from compo.config import DataConfig, ModelConfig
 from compo.data.encoding import load_tokenized
-from compo.data.formats import TokenizedPair, render, to_pair
 from compo.errors import ConfigError
 from compo.model.loading import DTYPES, load_tokenizer
 from compo.pipeline.config import FirstStage
@@ -98,25 +97,13 @@ def trl_arguments(stage: FirstStage, model: ModelConfig, output_dir: str | Path,
                           f"{error}") from None
 
 
-def trl_row(pair: TokenizedPair, tokenizer) -> dict:
-    """Text row for TRL whose tokens match compo's encoding (one BOS before the prompt)."""
-    prompt, chosen, rejected = render(to_pair(pair.row, pair.source), tokenizer)
-    bos = tokenizer.bos_token
-    if bos:
-        adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-        if adds_bos and prompt.startswith(bos):
-            prompt = prompt[len(bos):]
-        elif not adds_bos and not prompt.startswith(bos):
-            prompt = bos + prompt
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
 def preference_dataset(data: DataConfig, tokenizer):
-    """The pairs as a datasets.Dataset of text rows (same validation and skips as scoring)."""
+    """The pairs as TRL's rows: the prompt, chosen and rejected compo validated (an implicit
+    prompt already split off), which TRL tokenizes into compo's ids (compo/data/encoding.py)."""
     import datasets
 
     pairs, _ = load_tokenized(data, tokenizer)
-    return datasets.Dataset.from_list([trl_row(pair, tokenizer) for pair in pairs])
+    return datasets.Dataset.from_list([dict(pair.row) for pair in pairs])
 
 
 def load_trainable(model: ModelConfig):
