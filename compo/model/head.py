@@ -49,16 +49,18 @@ class Head:
     scale: float
     cap: float | None
 
-    def pre_cap(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """scale * (h W^T + b) in float32: [N, V] for hidden [N, d], weight [V, d]."""
-        logits = hidden.float() @ weight.float().T
+    def pre_cap(self, hidden: torch.Tensor, weight: torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """scale * (h W^T + b): [N, V] for hidden [N, d], weight [V, d], in `dtype`."""
+        logits = hidden.to(dtype) @ weight.to(dtype).T
         if self.bias is not None:
-            logits += self.bias.to(logits.device)
+            logits += self.bias.to(logits.device, dtype)
         return logits * self.scale if self.scale != 1.0 else logits
 
-    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [N, V], as the model computes them (in float32)."""
-        return softcap(self.pre_cap(hidden, weight), self.cap)
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Logits [N, V] as the model computes them, in `dtype` (float32 by default)."""
+        return softcap(self.pre_cap(hidden, weight, dtype), self.cap)
 
 
 PLAIN = Head(None, 1.0, None)

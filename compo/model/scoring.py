@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compo.data.formats import TokenizedPair
+from compo.errors import DataError
 from compo.model.head import Head, head_input, head_of, output_layer
 from compo.model.loading import model_device
 
@@ -61,6 +62,9 @@ def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -
         ids, mask = _pad_batch(batch, pad_id, device)
         states = head_input(model, input_ids=ids, attention_mask=mask)
         for offset, (prompt, completion) in enumerate(batch):
+            if not prompt:  # compo/data/encoding.py refuses such pairs, naming the row
+                raise DataError("a sequence without prompt tokens: nothing predicts its "
+                                "first completion token")
             first = len(prompt) - 1  # position whose output predicts completion[0]
             hidden.append(states[offset, first : first + len(completion)])
             targets.append(torch.tensor(completion, device=device))
@@ -68,12 +72,14 @@ def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -
     return HeadInputs(torch.cat(hidden), torch.cat(targets), torch.cat(segment), len(sequences))
 
 
-def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, head: Head):
-    """log pi(completion | prompt) per sequence [S], float64, for output weight [V, d]."""
+def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, head: Head,
+                      dtype: torch.dtype = torch.float32):
+    """log pi(completion | prompt) per sequence [S], float64, for output weight [V, d]
+    (the head's math in `dtype`)."""
     totals = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
     for start in range(0, inputs.targets.numel(), TOKEN_CHUNK):
         rows = slice(start, start + TOKEN_CHUNK)
-        logprobs = head.logits(inputs.hidden[rows], weight).log_softmax(-1)
+        logprobs = head.logits(inputs.hidden[rows], weight, dtype).log_softmax(-1)
         picked = logprobs.gather(1, inputs.targets[rows, None]).squeeze(1)
         totals.index_add_(0, inputs.segment[rows], picked.double())
     return totals

@@ -10,6 +10,8 @@ import importlib
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from compo import fileio
 from compo.config import DataConfig, ModelConfig
 from compo.data.encoding import load_tokenized
@@ -86,6 +88,7 @@ def trl_arguments(stage: FirstStage, model: ModelConfig, output_dir: str | Path,
         "max_steps": stage.max_steps or -1, "max_length": stage.max_length,
         "save_strategy": "steps", "save_steps": stage.save_steps,
         "save_total_limit": SAVE_TOTAL_LIMIT, "logging_steps": stage.logging_steps,
+        # float32 master weights (load_trainable) with bf16/fp16 autocast
         "bf16": model.dtype == "bfloat16", "fp16": model.dtype == "float16",
         "use_cpu": model.device == "cpu", "disable_tqdm": not progress,
         **loss_settings(stage, config_cls), **stage.trl_args,
@@ -106,12 +109,14 @@ def preference_dataset(data: DataConfig, tokenizer):
     return datasets.Dataset.from_list([dict(pair.row) for pair in pairs])
 
 
-def load_trainable(model: ModelConfig):
-    """The causal LM in training dtype (local files only)."""
+def load_trainable(model: ModelConfig, master: bool = True):
+    """The causal LM from local files: with `master`, float32 weights (the trainer's
+    bf16/fp16 setting then means autocast, and small AdamW steps are not rounded away, as
+    they are in bf16 weights); else in model.dtype (the frozen reference)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model.path, dtype=DTYPES[model.dtype],
-                                                local_files_only=True)
+    dtype = torch.float32 if master else DTYPES[model.dtype]
+    return AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype, local_files_only=True)
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -127,7 +132,7 @@ def build_trainer(stage: FirstStage, model: ModelConfig, data: DataConfig, out_d
     args = trl_arguments(stage, model, out_dir / "trl", seed, progress)
     _, trainer_cls = trl_classes(stage.trainer)
     tokenizer = load_tokenizer(model.path)
-    extra = {"ref_model": load_trainable(model)} if stage.trainer == "dpo" else {}
+    extra = {"ref_model": load_trainable(model, master=False)} if stage.trainer == "dpo" else {}
     return trainer_cls(model=load_trainable(model), args=args, processing_class=tokenizer,
                        train_dataset=preference_dataset(data, tokenizer), **extra)
 
