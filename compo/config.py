@@ -175,6 +175,17 @@ class OracleConfig(StrictModel):
         "a warning, retried with the next iteration)")
 
 
+class ExportConfig(StrictModel):
+    """How final/ stores the tuned output layer (delta.safetensors is always exact)."""
+
+    dtype: Literal["float32", "model"] = Field(
+        "float32", description="float32: the output layer in float32 and the checkpoint "
+        "marked float32, so from_pretrained(final, dtype='auto') keeps the update (loads the "
+        "model in float32: 2x the memory of bf16; the files grow by the output layer only); "
+        "model: stored in model.dtype (a bf16 export rounds paper-scale steps away; "
+        "export_report.json says how much is kept)")
+
+
 class TrainConfig(StrictModel):
     """A ComPO run: model, noisy pairs, algorithm, bookkeeping."""
 
@@ -199,6 +210,8 @@ class TrainConfig(StrictModel):
         default_factory=OracleConfig, description="the oracle behind the votes (see "
         "OracleConfig): likelihood, or generated responses judged by the oracle service"
     )
+    export: ExportConfig = Field(default_factory=ExportConfig,
+                                 description="how final/ is written (see ExportConfig)")
 
     @model_validator(mode="after")
     def _chunks_hold_whole_generation_batches(self) -> TrainConfig:

@@ -1,12 +1,14 @@
 """The likelihood comparison oracle (Definition 3.1), exact and cheap per perturbation.
 
 Only the output layer W is perturbed, so the body runs once per iteration (HeadInputs)
-and perturbed logits are base logits + r * (h z^T). The vote hinges on the tiny change
+and perturbed logits are base logits + s * r * (h z^T), s the family's logit scale
+(compo/model/head.py; the lm_head bias does not move). The vote hinges on the tiny change
 of each sequence's log-prob, so it is computed directly, never as a difference of two
 large sums:
-  change(token) = r*delta[target] - log sum_v p_v exp(r*delta_v)
-               = r*delta[target] - log1p(sum_v p_v * expm1(r*delta_v))
-with delta = h z^T in float32 and p = softmax(base logits).
+  change(token) = e[target] - log sum_v p_v exp(e_v)
+               = e[target] - log1p(sum_v p_v * expm1(e_v))
+with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
+p = softmax(base logits).
 """
 
 from __future__ import annotations
@@ -18,14 +20,9 @@ import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
-from compo.model.loading import DTYPES, logit_softcap, output_layer
-from compo.model.scoring import (
-    HeadInputs,
-    head_inputs,
-    head_logits,
-    pair_sequences,
-    sequence_logprobs,
-)
+from compo.model.head import Head, head_of, output_layer
+from compo.model.loading import DTYPES
+from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
 from compo.perturbation import direction_chunks, direction_key, plan_blocks
 
 
@@ -38,21 +35,25 @@ class OracleState:
     probs: torch.Tensor  # [N, V] float32 softmax of the base logits
     base_logits: torch.Tensor | None  # [N, V] float32 capped logits (soft-capped models only)
     base_logprobs: torch.Tensor  # [S] float64
-    cap: float | None
+    head: Head  # bias, logit scale and soft-cap of the model family
     shape: tuple[int, int]  # (V, d) of the output layer
 
+    @property
+    def cap(self) -> float | None:
+        return self.head.cap
 
-def build_state(inputs: HeadInputs, weight: torch.Tensor, cap: float | None,
+
+def build_state(inputs: HeadInputs, weight: torch.Tensor, head: Head,
                 direction_dtype: torch.dtype) -> OracleState:
     """Base logits under the float32 master weight [V, d], softmax, base log-probs."""
-    logits = head_logits(inputs.hidden, weight, cap)  # [N, V] float32
+    logits = head.logits(inputs.hidden, weight)  # [N, V] float32
     logprobs = logits.log_softmax(-1)
     picked = logprobs.gather(1, inputs.targets[:, None]).squeeze(1).double()
     base = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
     base.index_add_(0, inputs.segment, picked)
     return OracleState(
         inputs=inputs, direction_dtype=direction_dtype, probs=logprobs.exp_(),
-        base_logits=logits if cap is not None else None, base_logprobs=base, cap=cap,
+        base_logits=logits if head.cap is not None else None, base_logprobs=base, head=head,
         shape=tuple(weight.shape),
     )
 
@@ -128,19 +129,20 @@ class LikelihoodOracle:
     def __init__(self, model, config: ComPOConfig, pad_id: int, batch_size: int = 8):
         self.model, self.config = model, config
         self.pad_id, self.batch_size = pad_id, batch_size
-        self.cap = logit_softcap(model)
+        self.head = head_of(model)
         self.direction_dtype = DTYPES[config.direction_dtype]
 
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> OracleState:
         """Run the model body once for these pairs; `weight` is the float32 master W."""
         inputs = head_inputs(self.model, pair_sequences(pairs), self.pad_id, self.batch_size)
-        return build_state(inputs, weight, self.cap, self.direction_dtype)
+        return build_state(inputs, weight, self.head, self.direction_dtype)
 
     def changes(self, state: OracleState, seed: int, iteration: int,
                 indices: Sequence[int]) -> torch.Tensor:
         """Log-prob change per sequence [P, S] for the given perturbation indices."""
         keys = [direction_key(seed, iteration, index) for index in indices]
-        return logprob_changes(state, keys, self.config.radius, self.chunk_rows(state))
+        step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)
+        return logprob_changes(state, keys, step, self.chunk_rows(state))
 
     def votes(self, state: OracleState, seed: int, iteration: int,
               indices: Sequence[int]) -> torch.Tensor:
@@ -159,7 +161,7 @@ class LikelihoodOracle:
 
     def logprobs(self, state: OracleState, weight: torch.Tensor) -> torch.Tensor:
         """Log-probs [S] of the prepared sequences under another output weight."""
-        return sequence_logprobs(state.inputs, weight, state.cap)
+        return sequence_logprobs(state.inputs, weight, state.head)
 
     def master_weight(self) -> torch.Tensor:
         """A float32 copy of the model's output layer (the update is applied to it)."""

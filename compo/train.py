@@ -18,13 +18,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from compo import fileio
 from compo.config import TrainConfig
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
 from compo.estimator import UpdateDecision, decide_from_shards
-from compo.model.checkpoint import copy_with_output_layer, read_output_layer
+from compo.model.checkpoint import read_output_layer
 from compo.model.export import write_delta
-from compo.model.loading import DTYPES, load_model, load_tokenizer, output_layer
+from compo.model.exported import check_kept, export_dtype, measure_export, write_final
+from compo.model.head import output_layer
+from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
 from compo.votes import LocalVoteSource, VoteSource
@@ -124,14 +127,21 @@ class ComPOTrainer:
         self.tokenizer = load_tokenizer(config.model.path)
         self.pairs, self.load_report = load_tokenized(config.data, self.tokenizer)
         run_id = run_dir.path.name
+        self.model = None  # the model, when this process holds it
         if source is None:
-            model = load_model(config.model)
-            self.base_weight = output_layer(model).weight.detach().float().clone()
-            source = default_source(config, model, self.tokenizer, run_id)
+            self.model = load_model(config.model)
+            self.base_weight = output_layer(self.model).weight.detach().float().clone()
+            source = default_source(config, self.model, self.tokenizer, run_id)
         else:
             self.base_weight = read_output_layer(config.model.path, DTYPES[config.model.dtype])
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
+        self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
+
+    def trained_pairs(self) -> list[TokenizedPair]:
+        """The pairs of the iterations run so far (each once)."""
+        batches = schedule(len(self.pairs), self.config)[: len(self.run_dir.metrics())]
+        return [self.pairs[i] for i in sorted({i for batch in batches for i in batch})]
 
     def run(self, progress: bool = True) -> torch.Tensor:
         """Run (or continue) to the end of the schedule; returns the master weight."""
@@ -203,10 +213,17 @@ def deferred_interrupt():
 
 
 def export_run(trainer: ComPOTrainer, weight: torch.Tensor) -> dict:
-    """final/ (the checkpoint with its output layer replaced) and delta.safetensors."""
+    """delta.safetensors, final/ (the checkpoint with its output layer replaced) and
+    export_report.json (what final/ keeps of the change, measured on it)."""
     config, out = trainer.config, trainer.run_dir.path
     summary = write_delta(out / "delta.safetensors", trainer.base_weight, weight)
-    copy_with_output_layer(config.model.path, weight, out / "final", DTYPES[config.model.dtype])
+    dtype = export_dtype(config.export.dtype, config.model)
+    write_final(config.model.path, weight, out / "final", dtype)
+    report = trainer.measure_export(config.model, out / "final", trainer.trained_pairs(),
+                                    trainer.tokenizer.pad_token_id, trainer.base_weight,
+                                    weight, network=trainer.model)
+    fileio.write_json(out / "export_report.json", report)
+    summary.update(export=report, export_keeps=check_kept(report, config.export.dtype))
     return summary
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
 from compo.estimator import kept_votes, plan_shards
+from compo.model.exported import measure_export
 from compo.rundir import RunDirectory
 from compo.service_oracle.metrics import oracle_metrics
 from compo.train import ComPOTrainer
@@ -213,6 +214,20 @@ class RayVoteSource:
         return count
 
 
+def remote_measure(settings: RayConfig, use_gpu: bool) -> Callable[..., dict]:
+    """measure_export as a Ray task with one worker's resources (after the workers are
+    gone): the coordinator never loads the model. final/ must be on a shared volume."""
+    resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
+
+    def measure(model, final, pairs, pad_id, base_weight, master, network=None) -> dict:
+        task = ray.remote(**resources)(measure_export)
+        model = model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+        return ray.get(task.remote(model, str(final), pairs, pad_id, base_weight.cpu(),
+                                   master.cpu()))
+
+    return measure
+
+
 def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None = None,
                 progress: bool = True, **source_options) -> ComPOTrainer:
     """A ComPOTrainer whose votes come from Ray workers (they load while it reads the
@@ -221,6 +236,7 @@ def ray_trainer(config: TrainConfig, run_dir: RunDirectory, address: str | None 
                            **source_options)
     try:
         trainer = ComPOTrainer(config, run_dir, source=source)
+        trainer.measure_export = remote_measure(source.settings, source.use_gpu)
         source.start(trainer.base_weight)
     except BaseException:
         source.close()

@@ -11,6 +11,19 @@ from compo.cli.pipeline import add_pipeline_commands
 from compo.config import SplitConfig, TrainConfig, load_config
 from compo.errors import CompoError, ConfigError
 
+CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
+
+Made by `compo conformance --out docs/conformance.md` (tiny random float32 models of each
+family, compo/demo/families.py; r = 5e-4). Base error: the largest difference between
+ComPO's log pi(y|x) and the one from the model's own logits, in nats. Perturbed error: the
+largest relative error of ComPO's log-prob change against a float64 full forward pass with
+W + r z. Votes agree: perturbations whose vote equals the float64 one. A family whose
+forward does something after the output layer that ComPO does not reproduce is refused at
+load time (compo/model/head.py) and listed as refused. Check your own checkpoint with
+`compo conformance --model PATH`.
+
+"""
+
 
 def cmd_demo(args) -> int:
     from compo.demo.run import DemoSettings, run_demo
@@ -73,6 +86,25 @@ def cmd_apply_delta(args) -> int:
     return 0
 
 
+def cmd_conformance(args) -> int:
+    from compo import fileio
+    from compo.config import ModelConfig
+    from compo.model.conformance import check, family_table, markdown
+    from compo.model.loading import load_model
+
+    if args.model:
+        rows = [check(load_model(ModelConfig(path=path)), path, args.perturbations)
+                for path in args.model]
+    else:
+        rows = family_table(args.perturbations)
+    table = markdown(rows)
+    print(table, end="")
+    if args.out:
+        fileio.write_text(args.out, CONFORMANCE_HEADER + table)
+        print(f"wrote {args.out}")
+    return 0 if all(row.refused is None for row in rows) or not args.model else 1
+
+
 def cmd_serve(args) -> int:
     from oracle_service.main import main as serve_main
 
@@ -110,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     delta.add_argument("--out", required=True, help="output model directory")
     delta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     delta.set_defaults(func=cmd_apply_delta)
+
+    conform = sub.add_parser(
+        "conformance", help="check that ComPO reproduces a model's log-probs exactly",
+        description="Base log-probs against the model's own forward and perturbed changes "
+        "against a float64 forward with W + r z: for every decoder family (tiny random "
+        "models), or for your checkpoints with --model (needs a float64 copy in memory).")
+    conform.add_argument("--model", action="append", metavar="PATH",
+                         help="a local checkpoint to check (repeatable)")
+    conform.add_argument("--perturbations", type=int, default=200)
+    conform.add_argument("--out", help="also write the table (markdown) to this file")
+    conform.set_defaults(func=cmd_conformance)
 
     serve = sub.add_parser("serve", help="start the comparison oracle service")
     serve.add_argument("service_args", nargs=argparse.REMAINDER,

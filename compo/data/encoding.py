@@ -1,36 +1,74 @@
-"""Turn validated preference pairs into token ids with the configured limits."""
+"""Token ids of validated preference pairs, by TRL's rule, with the configured limits.
+
+The rule is TRL's DPO tokenization (trl.DPOTrainer, 1.x), so the split, the oracle, the
+first stage, evaluation and generation prompts all see the tokens TRL trains on:
+  text:     prompt, prompt + chosen (+ EOS) and prompt + rejected (+ EOS) are tokenized
+            as the tokenizer does by default (its BOS, if it adds one, included);
+  messages: the chat template renders the prompt (with the generation prompt) and each
+            whole conversation;
+the prompt is the longest common prefix of the three token lists, each completion what
+follows it. Tokenizing a completion on its own would differ under SentencePiece-style
+tokenizers (a stray '▁' token at its start).
+"""
 
 from __future__ import annotations
 
 from compo.config import DataConfig
-from compo.data.formats import LoadReport, PreferencePair, TokenizedPair, load_pairs, render
+from compo.data.formats import LoadReport, PreferencePair, TokenizedPair, load_pairs
 from compo.errors import DataError
 
 
-def encode_prompt(text: str, tokenizer) -> list[int]:
-    """Prompt ids; BOS is prepended when the tokenizer has one and the text lacks it."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids
+def common_prefix_length(ids: list[int], other: list[int]) -> int:
+    """How many leading tokens two lists share."""
+    length = 0
+    for token, other_token in zip(ids, other, strict=False):
+        if token != other_token:
+            break
+        length += 1
+    return length
 
 
-def encode_completion(text: str, tokenizer, append_eos: bool) -> list[int]:
-    """Completion ids, tokenized on their own so they are exactly those after the prompt."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if append_eos and eos is not None and (not ids or ids[-1] != eos):
-        ids = [*ids, eos]
-    return ids
+def tokenize(tokenizer, value: str | list, generation_prompt: bool = False) -> list[int]:
+    """Ids of a text (special tokens as the tokenizer adds them) or of messages (through
+    the chat template), as TRL tokenizes each part."""
+    if isinstance(value, list):
+        rendered = tokenizer.apply_chat_template(value, tokenize=True, return_dict=True,
+                                                 add_generation_prompt=generation_prompt)
+        return list(rendered["input_ids"])
+    return list(tokenizer(value)["input_ids"])
+
+
+def with_eos(text: str, tokenizer, append_eos: bool) -> str:
+    """TRL ends each text response with the EOS token (messages: the template does)."""
+    eos = tokenizer.eos_token
+    if append_eos and eos and not text.endswith(eos):
+        return text + eos
+    return text
+
+
+def pair_ids(pair: PreferencePair, tokenizer, append_eos: bool
+             ) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) ids of a pair by TRL's rule."""
+    if isinstance(pair.chosen, list) and getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{pair.source}: conversational row but the tokenizer has no chat "
+                        "template; use a chat model's tokenizer or plain-text rows")
+    prompt = tokenize(tokenizer, pair.prompt, generation_prompt=True)
+    if isinstance(pair.chosen, list):
+        whole = [tokenize(tokenizer, pair.prompt + r) for r in (pair.chosen, pair.rejected)]
+    else:
+        whole = [tokenize(tokenizer, pair.prompt + with_eos(r, tokenizer, append_eos))
+                 for r in (pair.chosen, pair.rejected)]
+    cut = min(common_prefix_length(prompt, ids) for ids in whole)
+    if cut == 0:
+        raise DataError(f"{pair.source}: no prompt tokens (an empty prompt and a tokenizer "
+                        "that adds no BOS): the first response token has nothing to be "
+                        "predicted from; give the row a prompt or set data.bad_rows: skip")
+    return prompt[:cut], whole[0][cut:], whole[1][cut:]
 
 
 def encode_pair(pair: PreferencePair, tokenizer, config: DataConfig) -> TokenizedPair | None:
     """Token ids of a pair; None when it is too long and config says skip."""
-    prompt, chosen, rejected = render(pair, tokenizer)
-    prompt_ids = encode_prompt(prompt, tokenizer)
-    chosen_ids = encode_completion(chosen, tokenizer, config.append_eos)
-    rejected_ids = encode_completion(rejected, tokenizer, config.append_eos)
+    prompt_ids, chosen_ids, rejected_ids = pair_ids(pair, tokenizer, config.append_eos)
     if not chosen_ids or not rejected_ids:
         raise DataError(f"{pair.source}: a response has no tokens after tokenization")
     if chosen_ids == rejected_ids:

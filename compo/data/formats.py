@@ -3,8 +3,10 @@
 Formats (detected per row):
   explicit prompt   {"prompt": str, "chosen": str, "rejected": str}
   conversational    prompt/chosen/rejected as lists of {"role", "content"} messages
-  implicit prompt   only "chosen"/"rejected"; the prompt is their shared prefix
-Completion tokens are exactly the tokens after the prompt's tokens.
+  implicit prompt   only "chosen"/"rejected"; the prompt is their shared prefix (messages:
+                    the shared turns; also when a text "prompt" sits next to whole
+                    conversations, as in HuggingFaceH4/ultrafeedback_binarized)
+Token ids follow TRL's rule (compo/data/encoding.py).
 """
 
 from __future__ import annotations
@@ -103,7 +105,10 @@ def to_pair(row: dict, source: str) -> PreferencePair:
                             "'rejected' (and optionally 'prompt')")
     chosen, rejected = row["chosen"], row["rejected"]
     prompt = row.get("prompt")
-    if prompt is None:
+    # implicit prompt; a text prompt next to whole conversations (UltraFeedback as
+    # HuggingFaceH4 ships it) repeats their first turn, so the shared turns are the prompt
+    whole_conversations = isinstance(chosen, list) and isinstance(rejected, list)
+    if prompt is None or (isinstance(prompt, str) and whole_conversations):
         prompt, chosen, rejected = split_shared_prefix(chosen, rejected, source)
     _check_kind(prompt, chosen, rejected, source)
     if _is_empty(chosen) or _is_empty(rejected):
@@ -176,22 +181,3 @@ def _reason(message: str) -> str:
     """Short skip reason for the report, from an error message."""
     text = message.split(": ", 1)[-1]
     return text.split(";")[0].split("(")[0].strip()
-
-
-def render(pair: PreferencePair, tokenizer) -> tuple[str, str, str]:
-    """Text of prompt, chosen and rejected; messages go through the chat template."""
-    if isinstance(pair.chosen, str):
-        return pair.prompt, pair.chosen, pair.rejected
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"{pair.source}: conversational row but the tokenizer has no chat "
-                        "template; use a chat model's tokenizer or plain-text rows")
-    prompt = tokenizer.apply_chat_template(pair.prompt, tokenize=False,
-                                           add_generation_prompt=True)
-    completions = []
-    for response in (pair.chosen, pair.rejected):
-        full = tokenizer.apply_chat_template(pair.prompt + response, tokenize=False)
-        if not full.startswith(prompt):
-            raise DataError(f"{pair.source}: the chat template does not render the prompt "
-                            "as a prefix of the conversation; cannot locate the completion")
-        completions.append(full[len(prompt):])
-    return prompt, completions[0], completions[1]

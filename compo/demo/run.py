@@ -17,7 +17,8 @@ import torch
 
 from compo import fileio
 from compo.config import ComPOConfig, DataConfig, ModelConfig, SplitConfig, TrainConfig
-from compo.data.encoding import encode_completion, encode_prompt
+from compo.data.encoding import pair_ids
+from compo.data.formats import PreferencePair
 from compo.data.split import split
 from compo.demo.pairs import ASSET
 from compo.demo.tiny import build_llama, build_tokenizer, save_model
@@ -51,8 +52,8 @@ def fit(model, tokenizer, rows: list[dict], settings: DemoSettings) -> list[floa
     """Brief supervised fit on prompt + chosen (loss on the response tokens only)."""
     sequences = []
     for row in rows:
-        prompt = encode_prompt(row["prompt"], tokenizer)
-        chosen = encode_completion(row["chosen"], tokenizer, append_eos=True)
+        pair = PreferencePair(row["prompt"], row["chosen"], row["rejected"], "fit")
+        prompt, chosen, _ = pair_ids(pair, tokenizer, append_eos=True)
         sequences.append((prompt + chosen, len(prompt)))
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.fit_lr)

@@ -16,8 +16,9 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on `texts` (seconds), as a HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer trained on `texts` (seconds) that adds BOS, as a HF fast
+    tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -28,6 +29,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     core.train_from_iterator(list(texts), trainer)
+    bos = ("<s>", core.token_to_id("<s>"))  # like Llama's tokenizers: BOS by default
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                        special_tokens=[bos])
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
         unk_token="<unk>", chat_template=CHAT_TEMPLATE,

@@ -10,6 +10,7 @@ from torch import nn
 
 from compo.config import ModelConfig
 from compo.errors import ModelError
+from compo.model.head import output_layer, verified_head
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ def load_model(config: ModelConfig) -> nn.Module:
         raise ModelError(f"model.path={path}: the checkpoint has no output layer "
                          f"({head_name} missing; it would be random). Use a causal LM "
                          "checkpoint (*ForCausalLM), not a bare base model")
-    return prepare_model(model.to(config.device), str(path))
+    model = prepare_model(model.to(config.device), str(path))
+    verified_head(model, f"model.path={path}")
+    return model
 
 
 def _output_param_name(model: nn.Module, name: str) -> str:
@@ -65,15 +68,6 @@ def prepare_model(model: nn.Module, name: str = "model") -> nn.Module:
     return model
 
 
-def output_layer(model: nn.Module, name: str = "model") -> nn.Linear:
-    """The lm_head; a clear error for models without a linear output layer."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear):
-        raise ModelError(f"{name}: no linear output layer (get_output_embeddings() returned "
-                         f"{type(head).__name__}); ComPO needs a causal LM with an lm_head, "
-                         "e.g. a *ForCausalLM model")
-    return head
-
 
 def is_tied(model: nn.Module) -> bool:
     """Whether the output layer shares its weight with the input embedding."""
@@ -92,11 +86,6 @@ def untie_output_layer(model: nn.Module) -> bool:
     if hasattr(model, "all_tied_weights_keys"):  # transformers 5 keeps the tie mapping here
         model.all_tied_weights_keys = {}
     return True
-
-
-def logit_softcap(model: nn.Module) -> float | None:
-    """Final logit soft-capping (Gemma-2 style: cap * tanh(logits / cap)), if any."""
-    return getattr(model.config, "final_logit_softcapping", None)
 
 
 def model_device(model: nn.Module) -> torch.device:

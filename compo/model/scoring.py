@@ -1,8 +1,9 @@
 """Sequence log-probs of completions, and the hidden states that feed the output layer.
 
 log pi(y|x) = sum over completion tokens of log softmax(logits)[token]; prompt tokens
-do not count. The body of the network runs once; everything after it (the output
-layer, log-softmax) is done here in float32 so the output layer can be swapped cheaply.
+do not count. The body of the network runs once and what the output layer receives is
+captured (compo/model/head.py); everything after it (the head, log-softmax) is done here
+in float32 so the output layer can be swapped cheaply.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from compo.data.formats import TokenizedPair
-from compo.model.loading import logit_softcap, model_device, output_layer
+from compo.errors import DataError
+from compo.model.head import Head, head_input, head_of, output_layer
+from compo.model.loading import model_device
 
 TOKEN_CHUNK = 1024  # positions per float32 logits block: bounds memory at chunk * V floats
 
@@ -50,21 +53,18 @@ def _pad_batch(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tens
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
-def _body_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (what the output layer consumes): [B, L, d]."""
-    out = model.base_model(input_ids=ids, attention_mask=mask)
-    return out.last_hidden_state
-
-
 def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -> HeadInputs:
     """Run the body once per sequence; keep the hidden states at completion positions."""
     device = model_device(model)
     hidden, targets, segment = [], [], []
     for start in range(0, len(sequences), batch_size):
         batch = sequences[start : start + batch_size]
-        states = _body_hidden(model, *_pad_batch(batch, pad_id, device))
+        ids, mask = _pad_batch(batch, pad_id, device)
+        states = head_input(model, input_ids=ids, attention_mask=mask)
         for offset, (prompt, completion) in enumerate(batch):
+            if not prompt:  # compo/data/encoding.py refuses such pairs, naming the row
+                raise DataError("a sequence without prompt tokens: nothing predicts its "
+                                "first completion token")
             first = len(prompt) - 1  # position whose output predicts completion[0]
             hidden.append(states[offset, first : first + len(completion)])
             targets.append(torch.tensor(completion, device=device))
@@ -72,22 +72,14 @@ def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -
     return HeadInputs(torch.cat(hidden), torch.cat(targets), torch.cat(segment), len(sequences))
 
 
-def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """Gemma-2 style final soft-capping; identity when cap is None."""
-    return logits if cap is None else cap * torch.tanh(logits / cap)
-
-
-def head_logits(hidden: torch.Tensor, weight: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """Float32 logits [N, V] of hidden states [N, d] under an output weight [V, d]."""
-    return softcap(hidden.float() @ weight.float().T, cap)
-
-
-def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, cap: float | None = None):
-    """log pi(completion | prompt) per sequence [S], float64, for output weight [V, d]."""
+def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, head: Head,
+                      dtype: torch.dtype = torch.float32):
+    """log pi(completion | prompt) per sequence [S], float64, for output weight [V, d]
+    (the head's math in `dtype`)."""
     totals = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
     for start in range(0, inputs.targets.numel(), TOKEN_CHUNK):
         rows = slice(start, start + TOKEN_CHUNK)
-        logprobs = head_logits(inputs.hidden[rows], weight, cap).log_softmax(-1)
+        logprobs = head.logits(inputs.hidden[rows], weight, dtype).log_softmax(-1)
         picked = logprobs.gather(1, inputs.targets[rows, None]).squeeze(1)
         totals.index_add_(0, inputs.segment[rows], picked.double())
     return totals
@@ -96,13 +88,13 @@ def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, cap: float | Non
 def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], pad_id: int,
                 batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y+|x) and log pi(y-|x) for every pair, scored in batches: two tensors [K]."""
-    weight, cap = output_layer(model).weight, logit_softcap(model)
+    weight, head = output_layer(model).weight, head_of(model)
     chosen, rejected = [], []
     pairs_per_batch = max(1, batch_size // 2)
     for start in range(0, len(pairs), pairs_per_batch):
         sequences = pair_sequences(pairs[start : start + pairs_per_batch])
         totals = sequence_logprobs(head_inputs(model, sequences, pad_id, batch_size),
-                                   weight, cap)
+                                   weight, head)
         chosen.append(totals[0::2])
         rejected.append(totals[1::2])
     return torch.cat(chosen).cpu(), torch.cat(rejected).cpu()

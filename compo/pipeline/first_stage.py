@@ -10,10 +10,11 @@ import importlib
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from compo import fileio
 from compo.config import DataConfig, ModelConfig
 from compo.data.encoding import load_tokenized
-from compo.data.formats import TokenizedPair, render, to_pair
 from compo.errors import ConfigError
 from compo.model.loading import DTYPES, load_tokenizer
 from compo.pipeline.config import FirstStage
@@ -87,6 +88,7 @@ def trl_arguments(stage: FirstStage, model: ModelConfig, output_dir: str | Path,
         "max_steps": stage.max_steps or -1, "max_length": stage.max_length,
         "save_strategy": "steps", "save_steps": stage.save_steps,
         "save_total_limit": SAVE_TOTAL_LIMIT, "logging_steps": stage.logging_steps,
+        # float32 master weights (load_trainable) with bf16/fp16 autocast
         "bf16": model.dtype == "bfloat16", "fp16": model.dtype == "float16",
         "use_cpu": model.device == "cpu", "disable_tqdm": not progress,
         **loss_settings(stage, config_cls), **stage.trl_args,
@@ -98,33 +100,23 @@ def trl_arguments(stage: FirstStage, model: ModelConfig, output_dir: str | Path,
                           f"{error}") from None
 
 
-def trl_row(pair: TokenizedPair, tokenizer) -> dict:
-    """Text row for TRL whose tokens match compo's encoding (one BOS before the prompt)."""
-    prompt, chosen, rejected = render(to_pair(pair.row, pair.source), tokenizer)
-    bos = tokenizer.bos_token
-    if bos:
-        adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-        if adds_bos and prompt.startswith(bos):
-            prompt = prompt[len(bos):]
-        elif not adds_bos and not prompt.startswith(bos):
-            prompt = bos + prompt
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
 def preference_dataset(data: DataConfig, tokenizer):
-    """The pairs as a datasets.Dataset of text rows (same validation and skips as scoring)."""
+    """The pairs as TRL's rows: the prompt, chosen and rejected compo validated (an implicit
+    prompt already split off), which TRL tokenizes into compo's ids (compo/data/encoding.py)."""
     import datasets
 
     pairs, _ = load_tokenized(data, tokenizer)
-    return datasets.Dataset.from_list([trl_row(pair, tokenizer) for pair in pairs])
+    return datasets.Dataset.from_list([dict(pair.row) for pair in pairs])
 
 
-def load_trainable(model: ModelConfig):
-    """The causal LM in training dtype (local files only)."""
+def load_trainable(model: ModelConfig, master: bool = True):
+    """The causal LM from local files: with `master`, float32 weights (the trainer's
+    bf16/fp16 setting then means autocast, and small AdamW steps are not rounded away, as
+    they are in bf16 weights); else in model.dtype (the frozen reference)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model.path, dtype=DTYPES[model.dtype],
-                                                local_files_only=True)
+    dtype = torch.float32 if master else DTYPES[model.dtype]
+    return AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype, local_files_only=True)
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -140,7 +132,7 @@ def build_trainer(stage: FirstStage, model: ModelConfig, data: DataConfig, out_d
     args = trl_arguments(stage, model, out_dir / "trl", seed, progress)
     _, trainer_cls = trl_classes(stage.trainer)
     tokenizer = load_tokenizer(model.path)
-    extra = {"ref_model": load_trainable(model)} if stage.trainer == "dpo" else {}
+    extra = {"ref_model": load_trainable(model, master=False)} if stage.trainer == "dpo" else {}
     return trainer_cls(model=load_trainable(model), args=args, processing_class=tokenizer,
                        train_dataset=preference_dataset(data, tokenizer), **extra)
 

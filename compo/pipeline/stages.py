@@ -163,6 +163,12 @@ def validate(config: PipelineConfig) -> Plan:
     if not config.first_stage.skip:
         from compo.pipeline.first_stage import trl_arguments
 
+        if not config.data.append_eos:
+            raise ConfigError("data.append_eos: false, but TRL's trainers end every text "
+                              "response with EOS, so the first stage would train on other "
+                              "tokens than the split and ComPO score; keep append_eos: true "
+                              "or set first_stage.skip: true")
+
         trl_arguments(config.first_stage, config.model, out / "first_stage" / "trl",
                       config.seed)
     elif config.first_stage.checkpoint is not None:

@@ -8,16 +8,18 @@ Sampling streams are functions of (run seed, iteration, perturbation, prompt) on
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from compo.config import ComPOConfig, OracleConfig
+from compo.model.head import PLAIN, Head, head_input, softcap
 from compo.model.loading import DTYPES, model_device
-from compo.model.scoring import softcap
 from compo.perturbation import GOLDEN, MASK64, direction_key, direction_rows, mix64_int
 
 BASE_INDEX = -1  # sampling stream of the base response (perturbation indices are >= 0)
@@ -41,12 +43,13 @@ class Prefix:
 
 @dataclass
 class PerturbedHead:
-    """Output layer W (float32 master) plus r * z per row: logits = h W^T + r h z^T."""
+    """Output layer W (float32 master) plus r * z per row, with the family's head:
+    logits = softcap(s * (h W^T + b) + s * r * h z^T)."""
 
     weight: torch.Tensor  # [V, d]
     directions: torch.Tensor | None  # [P, V, d] float32; None: the base (one row)
     radius: float
-    cap: float | None = None
+    head: Head = PLAIN
 
     @property
     def rows(self) -> int:
@@ -55,10 +58,11 @@ class PerturbedHead:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [P, V] of hidden states [P, d]."""
         hidden = hidden.float()
-        logits = hidden @ self.weight.float().T
+        logits = self.head.pre_cap(hidden, self.weight)
         if self.directions is not None:
-            logits += self.radius * torch.einsum("pvd,pd->pv", self.directions, hidden)
-        return softcap(logits, self.cap)
+            step = self.radius * self.head.scale
+            logits += step * torch.einsum("pvd,pd->pv", self.directions, hidden)
+        return softcap(logits, self.head.cap)
 
 
 @dataclass
@@ -70,13 +74,25 @@ class Generation:
 
 
 @torch.no_grad()
+def cache_argument(model: nn.Module) -> str:
+    """The name under which the model's forward takes a KV cache (transformers renames it)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def step_hidden(model: nn.Module, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """The output layer's input at the last position [B, d]; `cache` is filled in place."""
+    kwargs = {cache_argument(model): cache}
+    return head_input(model, input_ids=ids, use_cache=True, **kwargs)[:, -1]
+
+
 def encode_prefix(model: nn.Module, prompt_ids: Sequence[int]) -> Prefix:
     """Run the body once over the prompt, keeping the KV cache."""
     if not prompt_ids:
         raise ValueError("cannot generate from an empty prompt")
     ids = torch.tensor([list(prompt_ids)], device=model_device(model))
-    out = model.base_model(input_ids=ids, use_cache=True)
-    return Prefix(out.past_key_values, out.last_hidden_state[:, -1])
+    cache = DynamicCache(config=model.config)
+    return Prefix(cache, step_hidden(model, ids, cache))
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -122,8 +138,7 @@ def generate(model: nn.Module, prefix: Prefix, head: PerturbedHead, config: Orac
         steps.append(tokens)
         if bool(done.all()) or step + 1 == config.max_new_tokens:
             break
-        out = model.base_model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        hidden = step_hidden(model, tokens[:, None], cache)
     return Generation([until_eos(row, eos_id) for row in torch.stack(steps, 1).tolist()], kept)
 
 
@@ -135,9 +150,9 @@ def until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
 
 
 def perturbation_head(weight: torch.Tensor, keys: Sequence[int], compo: ComPOConfig,
-                      cap: float | None) -> PerturbedHead:
+                      head: Head) -> PerturbedHead:
     """The head of several perturbations, directions rounded like the estimator's."""
     rows, cols = weight.shape
     directions = direction_rows(keys, 0, rows, cols, weight.device,
                                 DTYPES[compo.direction_dtype]).float()
-    return PerturbedHead(weight, directions, compo.radius, cap)
+    return PerturbedHead(weight, directions, compo.radius, head)

@@ -23,7 +23,7 @@ from torch import nn
 from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ConfigError
-from compo.model.loading import logit_softcap
+from compo.model.head import head_of
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction_key
 from compo.service_oracle.generation import (
@@ -106,7 +106,7 @@ class ServiceVoteSource:
         self.token = service_token(config) if token is None else token
         self.scorer = LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
                                        config.model.batch_size)  # log-probs for the metrics
-        self.cap = logit_softcap(model)
+        self.head = head_of(model)
         self.state, self.weight = None, None
         self.prompts: list[str] = []
         self.prefixes: list[Prefix] = []
@@ -132,7 +132,7 @@ class ServiceVoteSource:
     def base_responses(self, seed: int, iteration: int) -> list[str]:
         """The base response per prompt, generated once per iteration."""
         if (seed, iteration) not in self.base:
-            head = PerturbedHead(self.weight, None, self.config.compo.radius, self.cap)
+            head = PerturbedHead(self.weight, None, self.config.compo.radius, self.head)
             self.base[seed, iteration] = [
                 self._texts(prefix, head, seed, iteration, [BASE_INDEX], prompt)[0]
                 for prompt, prefix in enumerate(self.prefixes)]
@@ -150,7 +150,7 @@ class ServiceVoteSource:
         for start in range(0, len(indices), oracle.generation_batch_size):
             group = list(indices[start : start + oracle.generation_batch_size])
             keys = [direction_key(seed, iteration, index) for index in group]
-            head = perturbation_head(self.weight, keys, self.config.compo, self.cap)
+            head = perturbation_head(self.weight, keys, self.config.compo, self.head)
             streams = [BASE_INDEX] * len(group) if oracle.noise == "shared" else group
             per_prompt = [self._texts(prefix, head, seed, iteration, streams, prompt)
                           for prompt, prefix in enumerate(self.prefixes)]

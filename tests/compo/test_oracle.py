@@ -5,7 +5,8 @@ import torch
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
 from compo.demo.tiny import build_llama
-from compo.model.loading import output_layer, prepare_model
+from compo.model.head import output_layer
+from compo.model.loading import prepare_model
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction, direction_key
 

@@ -4,7 +4,7 @@ import pytest
 
 from compo.config import DataConfig
 from compo.data.encoding import encode_pair, load_tokenized
-from compo.data.formats import load_pairs, render, split_shared_prefix
+from compo.data.formats import load_pairs, split_shared_prefix
 from compo.errors import DataError
 from tests.conftest import write_jsonl
 
@@ -29,12 +29,15 @@ def test_conversational_rows_use_the_chat_template(tmp_path, tokenizer):
     row = {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
            "chosen": [{"role": "assistant", "content": "5"}],
            "rejected": [{"role": "assistant", "content": "6"}]}
-    pairs, _ = load_pairs(config_for(write_jsonl(tmp_path / "c.jsonl", [row])))
-    prompt, chosen, rejected = render(pairs[0], tokenizer)
+    config = config_for(write_jsonl(tmp_path / "c.jsonl", [row]))
+    pair = load_tokenized(config, tokenizer)[0][0]
+    prompt = tokenizer.decode(pair.prompt_ids)
     assert prompt.endswith("<|assistant|>") and "What is 2 plus 3?" in prompt
-    assert chosen.startswith(" 5") and rejected.startswith(" 6")
-    full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
-    assert full == prompt + chosen
+    assert tokenizer.decode(pair.chosen_ids).startswith(" 5")
+    assert tokenizer.decode(pair.rejected_ids).startswith(" 6")
+    full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=True,
+                                         return_dict=True)["input_ids"]
+    assert list(full) == pair.prompt_ids + pair.chosen_ids
 
 
 def test_implicit_prompt_hh_transcript(tmp_path, tokenizer):

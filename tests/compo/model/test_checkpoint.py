@@ -8,7 +8,8 @@ from compo.config import ModelConfig
 from compo.demo.tiny import build_llama, save_model
 from compo.errors import ModelError
 from compo.model.checkpoint import copy_with_output_layer, read_output_layer, weight_files
-from compo.model.loading import load_model, output_layer
+from compo.model.head import output_layer
+from compo.model.loading import load_model
 
 
 def loaded(path, dtype="float32"):

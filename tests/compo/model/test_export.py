@@ -4,7 +4,8 @@ import torch
 from compo.config import ModelConfig
 from compo.errors import DeltaError, ModelError
 from compo.model.export import apply_delta, apply_delta_to, read_delta, write_delta
-from compo.model.loading import load_model, output_layer, prepare_model
+from compo.model.head import output_layer
+from compo.model.loading import load_model, prepare_model
 
 
 def test_delta_roundtrip_rebuilds_the_tuned_model(model_dir, tmp_path):

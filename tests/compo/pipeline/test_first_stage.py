@@ -101,3 +101,32 @@ def test_an_interrupted_first_stage_resumes_from_its_checkpoint(tmp_path, model_
     full = read_tensors(tmp_path / "full/model/model.safetensors")[HEAD]
     resumed = read_tensors(tmp_path / "cut/model/model.safetensors")[HEAD]
     assert torch.allclose(full, resumed, atol=1e-6)
+
+
+def logprob_change(start, trained, pairs_file, tokenizer) -> torch.Tensor:
+    """Mean change of log pi(y+), log pi(y-) over the pairs, both models read in float32."""
+    from compo.model.loading import load_model
+    from compo.model.scoring import score_pairs
+
+    pairs, _ = load_tokenized(DataConfig(path=str(pairs_file)), tokenizer)
+    scores = [score_pairs(load_model(ModelConfig(path=str(path))), pairs,
+                          tokenizer.pad_token_id) for path in (start, trained)]
+    return torch.stack([(scores[1][i] - scores[0][i]).mean() for i in (0, 1)])
+
+
+def test_a_bf16_first_stage_moves_log_probs_like_a_float32_one(tmp_path, tokenizer,
+                                                                pairs_file):
+    from compo.demo.tiny import build_llama, save_model
+
+    start = save_model(build_llama(len(tokenizer), hidden=32, layers=2, seed=2).bfloat16(),
+                       tokenizer, tmp_path / "bf16-start")
+    small_steps = stage(learning_rate=5e-6, max_steps=10, save_steps=10)
+    moved = {}
+    for dtype in ("float32", "bfloat16"):
+        summary = first_stage.train_first_stage(
+            small_steps, ModelConfig(path=str(start), dtype=dtype),
+            DataConfig(path=str(pairs_file)), tmp_path / dtype, seed=0, progress=False)
+        moved[dtype] = logprob_change(start, summary["model"], pairs_file, tokenizer)
+    assert moved["float32"].abs().min() > 1e-4  # the steps are small but visible
+    relative = (moved["bfloat16"] - moved["float32"]).abs() / moved["float32"].abs()
+    assert float(relative.max()) < 0.1, moved

@@ -15,7 +15,8 @@ from compo.config import (
     parse_config,
 )
 from compo.errors import ConfigError
-from compo.model.loading import load_model, load_tokenizer, output_layer
+from compo.model.head import head_of, output_layer
+from compo.model.loading import load_model, load_tokenizer
 from compo.perturbation import direction, direction_key
 from compo.service_oracle.generation import (
     PerturbedHead,
@@ -57,8 +58,8 @@ def test_delta_head_generation_equals_a_model_whose_weight_is_w_plus_rz(loaded):
     prompt, eos = prompt_ids(tokenizer), tokenizer.eos_token_id
     keys = [direction_key(3, 1, index) for index in range(3)]
     config = OracleConfig(max_new_tokens=NEW_TOKENS)
-    ours = generate(model, encode_prefix(model, prompt),
-                    perturbation_head(weight, keys, ComPOConfig(radius=RADIUS), None), config,
+    perturbed = perturbation_head(weight, keys, ComPOConfig(radius=RADIUS), head_of(model))
+    ours = generate(model, encode_prefix(model, prompt), perturbed, config,
                     [torch.Generator()] * 3, eos, keep_logits=True)
     base = generate(model, encode_prefix(model, prompt), PerturbedHead(weight, None, RADIUS),
                     config, [torch.Generator()], eos)
