@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from oracle_service.core.settings import load_settings
 from oracle_service.main import main
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_yaml_file_with_environment_override(tmp_path, monkeypatch):
