@@ -1,6 +1,8 @@
-"""Request body size limit and clear validation errors."""
+"""Request body size limit, and errors as one safe line: 422, 503 (store), 500 (a bug)."""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,9 +10,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from oracle_service.core.sanitize import safe_message
+from oracle_service.core.store import StoreError
+
+logger = logging.getLogger(__name__)
 # Numeric on purpose: the constant names differ between Starlette versions.
 HTTP_413_TOO_LARGE = 413
 HTTP_422_INVALID = 422
+HTTP_500_INTERNAL = 500
+HTTP_503_UNAVAILABLE = 503
+MAX_PROBLEMS = 20  # validation problems listed in one 422
 
 
 def _too_large(max_bytes: int) -> str:
@@ -52,11 +61,11 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
-            "loc": [str(part) for part in error.get("loc", ())],
-            "msg": str(error.get("msg", "")),
-            "type": str(error.get("type", "")),
+            "loc": [safe_message(part) for part in error.get("loc", ())],
+            "msg": safe_message(error.get("msg", "")),
+            "type": safe_message(error.get("type", "")),
         }
-        for error in exc.errors()
+        for error in exc.errors()[:MAX_PROBLEMS]
     ]
     lines = [f"{'.'.join(error['loc'])}: {error['msg']}" for error in errors]
     return JSONResponse(
@@ -65,6 +74,19 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     )
 
 
+async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503: the store failed, so nothing of this request was recorded (or answered)."""
+    logger.error("store failure: %s", exc)
+    return JSONResponse({"detail": f"store unavailable: {exc}"}, HTTP_503_UNAVAILABLE)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """500 without internals (the traceback goes to the service log)."""
+    return JSONResponse({"detail": "internal error; see the service log"}, HTTP_500_INTERNAL)
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StoreError, store_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)

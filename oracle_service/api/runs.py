@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from oracle_service.api.deps import StoreDep
+from oracle_service.api.deps import INVALID, UNAVAILABLE, StoreDep
 from oracle_service.schemas import API_PREFIX, RUN_ID_PATTERN, IterationList, IterationSummary
 
-router = APIRouter(prefix=API_PREFIX, tags=["runs"])
+router = APIRouter(prefix=API_PREFIX, tags=["runs"], responses={**INVALID, **UNAVAILABLE})
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="Training run id.")]
 
 

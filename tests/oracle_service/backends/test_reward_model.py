@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrained
 from oracle_service.client import OracleClient
 from oracle_service.core.settings import Settings
 
+TOKEN = "reward-test-token-9f8e7d6c5b4a"
 WORDS = "the a cat dog sat on mat ran fast slow red blue big small good bad answer question".split()
 PROMPTS = ["the cat sat", "a dog ran", "the big red mat", "a small blue dog"]
 RESPONSES = [
@@ -70,7 +71,7 @@ def pairs() -> list[tuple[str, str, str]]:
 
 def reward_settings(path: Path, tmp_path: Path, **overrides: object) -> Settings:
     values = {
-        "api_token": "reward-test-token",
+        "api_token": TOKEN,
         "backend": "reward_model",
         "reward_model_path": path,
         "reward_device": "cpu",
@@ -108,7 +109,7 @@ def test_verdicts_follow_score_differences(reward_model_dir, tmp_path, running_s
     items = [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in pairs()]
 
     with running_service(settings) as http:
-        http.headers["Authorization"] = "Bearer reward-test-token"
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
         results = http.post("/v1/comparisons", json={"items": items}).json()["results"]
 
     for diff, result in zip(diffs, results, strict=True):
@@ -128,7 +129,7 @@ def test_concurrent_requests_are_coalesced_into_micro_batches(
         base_url = str(http.base_url)
 
         async def fire() -> list:
-            async with OracleClient(base_url, "reward-test-token", batch_size=1) as client:
+            async with OracleClient(base_url, TOKEN, batch_size=1) as client:
                 calls = [
                     client.compare([{"prompt": p, "response_a": a, "response_b": b}])
                     for p, a, b in pairs()
@@ -136,7 +137,7 @@ def test_concurrent_requests_are_coalesced_into_micro_batches(
                 return await asyncio.gather(*calls)
 
         answers = asyncio.run(fire())
-        metrics = http.get("/metrics", headers={"Authorization": "Bearer reward-test-token"}).text
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
 
     assert all(result.verdict.value in ("a", "b", "tie") for [result] in answers)
     batches = float(re.search(r"^oracle_backend_batch_size_count (\S+)$", metrics, re.M)[1])

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from oracle_service.core.settings import load_settings
 from oracle_service.main import main
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CLI_TOKEN = "cli-token-8b1d4f9a2c7e5d3b"
 
 
 def test_yaml_file_with_environment_override(tmp_path, monkeypatch):
@@ -73,7 +74,7 @@ def cli_env(tmp_path: Path, **values: str) -> dict[str, str]:
 
 def test_python_m_oracle_service_serves(tmp_path):
     port = free_port()
-    env = cli_env(tmp_path, api_token="cli-token-abc", port=str(port))
+    env = cli_env(tmp_path, api_token=CLI_TOKEN, port=str(port))
     process = subprocess.Popen(
         [sys.executable, "-m", "oracle_service"],
         cwd=REPO_ROOT,
@@ -92,7 +93,7 @@ def test_python_m_oracle_service_serves(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, "did not start"
             time.sleep(0.2)
         limits = httpx.get(
-            f"http://127.0.0.1:{port}/v1/limits", headers={"Authorization": "Bearer cli-token-abc"}
+            f"http://127.0.0.1:{port}/v1/limits", headers={"Authorization": f"Bearer {CLI_TOKEN}"}
         )
         assert limits.json()["backend"] == "judge"
     finally:
