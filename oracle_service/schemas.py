@@ -7,12 +7,22 @@ import re
 from enum import Enum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
 API_PREFIX = "/v1"
 DEFAULT_RUN_ID = "default"
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-MAX_INT64 = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT hold at most this
+# Counts and indices: at most 2**53 - 1, the largest integer every JSON reader (a float64)
+# holds exactly; well inside SQLite INTEGER and PostgreSQL BIGINT (2**63 - 1).
+MAX_SAFE_INT = 2**53 - 1
 MAX_ERROR_CHARS = 300  # an abstention's message is at most this long (sanitised)
 EXTRA_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"  # extra fields of a summary
 EXCERPT_CHARS = 80  # how much of a bad value an error message quotes
@@ -30,8 +40,17 @@ def valid_unicode(value: str) -> str:
     return value
 
 
+def not_a_bool(value: object) -> object:
+    """JSON true/false is not a number (pydantic would read it as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 Text = Annotated[str, AfterValidator(valid_unicode)]
-Int64 = Annotated[int, Field(ge=0, le=MAX_INT64)]
+Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INT), BeforeValidator(not_a_bool)]
+Float = Annotated[float, BeforeValidator(not_a_bool)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(not_a_bool)]
 
 
 class VerdictLabel(str, Enum):
@@ -75,8 +94,8 @@ class ComparisonItem(BaseModel):
     response_a: Text
     response_b: Text
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run.")
-    iteration: Int64 | None = Field(None, description="Coordinator iteration.")
-    perturbation: Int64 | None = Field(
+    iteration: Count | None = Field(None, description="Coordinator iteration.")
+    perturbation: Count | None = Field(
         None, description="Perturbation index within the iteration; echoed back."
     )
 
@@ -190,14 +209,14 @@ class IterationSummary(BaseModel):
         extra="allow", allow_inf_nan=False, json_schema_extra=EXTRA_FIELDS_SCHEMA
     )
 
-    iteration: Int64
-    m: Int64 = Field(description="Perturbations that voted (abstentions excluded).")
-    n_minus: Int64 = Field(description="Perturbations that improved the pair; <= m.")
-    accepted: bool = Field(description="False when the update was skipped.")
-    step: float | None = Field(None, description="Step size applied (gamma * n_minus / m).")
-    kept_fraction: float | None = Field(None, ge=0.0, le=1.0, description="Entries kept by clip.")
-    logp_chosen_change: float | None = None
-    logp_rejected_change: float | None = None
+    iteration: Count
+    m: Count = Field(description="Perturbations that voted (abstentions excluded).")
+    n_minus: Count = Field(description="Perturbations that improved the pair; <= m.")
+    accepted: StrictBool = Field(description="False when the update was skipped.")
+    step: Float | None = Field(None, description="Step size applied (gamma * n_minus / m).")
+    kept_fraction: Fraction | None = Field(None, description="Entries kept by clip.")
+    logp_chosen_change: Float | None = None
+    logp_rejected_change: Float | None = None
 
     @model_validator(mode="after")
     def _check_counts_and_extras(self) -> IterationSummary:

@@ -10,11 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 
-from oracle_service.api.deps import UNAVAILABLE, StoreDep
+from oracle_service.api.deps import INVALID, UNAVAILABLE, StoreDep
 from oracle_service.core.stats import run_stats, service_stats
 from oracle_service.schemas import API_PREFIX, RUN_ID_PATTERN, ErrorBody, RunStats, ServiceStats
 
-router = APIRouter(prefix=API_PREFIX, tags=["stats"], responses=UNAVAILABLE)
+router = APIRouter(prefix=API_PREFIX, tags=["stats"], responses={**INVALID, **UNAVAILABLE})
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No comparisons recorded for the run"}}
 
 
