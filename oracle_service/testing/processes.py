@@ -24,6 +24,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_until_ready(
+    url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Poll GET /readyz until 200; RuntimeError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not is_ready(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become ready (exit code {process.poll()})")
+        time.sleep(POLL_S)
+
+
 def service_env(settings: Mapping[str, object], port: int) -> dict[str, str]:
     """This process's environment without COMPO_ORACLE_*, plus the given settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPO_ORACLE_")}
@@ -53,19 +71,12 @@ class ServiceProcess:
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()  # the child has its own copy
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"replica on port {self.port} did not start (log: {self._log})")
-            time.sleep(POLL_S)
-        return self
-
-    def _ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
-        except httpx.TransportError:
-            return False
+            wait_until_ready(self.url, self.process)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; log: {self._log}") from None
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown at all, as when a machine dies."""

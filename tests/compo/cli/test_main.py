@@ -98,7 +98,7 @@ def test_ctrl_c_leaves_a_resumable_run_that_matches(tmp_path, model_dir, pairs_f
 @pytest.mark.parametrize("dashes", [[], ["--"]])
 def test_serve_takes_the_service_options_directly(tmp_path, dashes):
     """`compo serve --port N` (and the older `compo serve -- --port N`)."""
-    from oracle_service.testing.processes import free_port, service_env
+    from oracle_service.testing.processes import free_port, service_env, wait_until_ready
 
     port = free_port()
     settings = {"api_token": "cli-serve-token-4e8a1c7b9d2f", "judge_api_key": "unused"}
@@ -108,17 +108,7 @@ def test_serve_takes_the_service_options_directly(tmp_path, dashes):
          "--db-path", str(tmp_path / "oracle.sqlite3")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.2)
+        wait_until_ready(f"http://127.0.0.1:{port}", process)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from oracle_service.core.settings import (
     load_settings,
 )
 from oracle_service.main import main
+from oracle_service.testing.processes import free_port, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CLI_TOKEN = "cli-token-8b1d4f9a2c7e5d3b"
@@ -65,12 +64,6 @@ def test_client_and_schemas_import_without_fastapi():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cli_env(tmp_path: Path, **values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPO_ORACLE_")}
     env.update({f"COMPO_ORACLE_{k.upper()}": v for k, v in values.items()})
@@ -89,15 +82,7 @@ def test_python_m_oracle_service_serves(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            assert process.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.2)
+        wait_until_ready(f"http://127.0.0.1:{port}", process)
         limits = httpx.get(
             f"http://127.0.0.1:{port}/v1/limits", headers={"Authorization": f"Bearer {CLI_TOKEN}"}
         )
