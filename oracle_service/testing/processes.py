@@ -42,22 +42,28 @@ def wait_until_ready(
         time.sleep(POLL_S)
 
 
-def service_env(settings: Mapping[str, object], port: int) -> dict[str, str]:
-    """This process's environment without COMPO_ORACLE_*, plus the given settings."""
+def service_env(
+    settings: Mapping[str, object], port: int, root: Path = REPO_ROOT
+) -> dict[str, str]:
+    """This process's environment without COMPO_ORACLE_*, plus the given settings; the
+    service's code is imported from `root` (another checkout, for A/B benchmarks)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPO_ORACLE_")}
     env.update({f"COMPO_ORACLE_{name.upper()}": str(value) for name, value in settings.items()})
     env["COMPO_ORACLE_PORT"] = str(port)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env
 
 
 class ServiceProcess:
     """One replica on 127.0.0.1; `url` once `start()` returns (the service is ready)."""
 
-    def __init__(self, settings: Mapping[str, object], log: Path | None = None) -> None:
+    def __init__(
+        self, settings: Mapping[str, object], log: Path | None = None, root: Path = REPO_ROOT
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._env = service_env(settings, self.port)
+        self._env = service_env(settings, self.port, root)
+        self._root = root
         self._log = log
         self.process: subprocess.Popen | None = None
 
@@ -65,7 +71,7 @@ class ServiceProcess:
         output = subprocess.DEVNULL if self._log is None else self._log.open("ab")
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "oracle_service"], cwd=REPO_ROOT, env=self._env,
+                [sys.executable, "-m", "oracle_service"], cwd=self._root, env=self._env,
                 stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
         finally:
