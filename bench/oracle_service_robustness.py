@@ -25,7 +25,7 @@ from oracle_service.testing.hostile_judge import HostileJudge, HostileTiming
 from oracle_service.testing.postgres import ThrowawayPostgres
 from oracle_service.testing.processes import REPO_ROOT, ServiceProcess
 
-PHASES = ["deadlines", "starvation", "shutdown", "restart", "memory", "replicas"]
+PHASES = ["retry_after", "trickle", "starvation", "shutdown", "restart", "memory", "replicas"]
 CAP_S = 600.0  # the longest any one measurement may take
 OVERSIZED_ITEMS = 12_000  # ~7 MB bodies, far over max_batch_size (256)
 BODIES_AT_ONCE = 10
@@ -70,18 +70,24 @@ def hostile(kind: str, **timing) -> HostileJudge:
                         timing=HostileTiming(**timing))  # fmt: skip
 
 
-def deadlines(root: Path, workdir: Path, args) -> dict:
-    """Worst-case request time: a 429 asking for an hour after a long wait; a byte trickle."""
-    out = {}
+def verdict_of(result: object) -> object:
+    return result[0]["verdict"] if isinstance(result, list) else result
+
+
+def retry_after(root: Path, workdir: Path, args) -> dict:
+    """Worst-case request time when every call waits, then answers 429 Retry-After: 3600."""
     judge = hostile("retry_after_huge", retry_after_delay_s=args.retry_after_delay_s)
     with Stack(judge, root, workdir, "retry-after", judge_timeout_s=args.judge_timeout_s) as r:
-        out["retry_after_s"], result = post(r.url, make_items("retry_after_huge", 1))
-        out["retry_after_outcome"] = result[0]["verdict"] if isinstance(result, list) else result
+        seconds, result = post(r.url, make_items("retry_after_huge", 1))
+    return {"request_s": seconds, "outcome": verdict_of(result), "calls": len(judge.served)}
+
+
+def trickle(root: Path, workdir: Path, args) -> dict:
+    """Worst-case request time when every reply trickles in a byte at a time."""
     judge = hostile("trickle", trickle_interval_s=args.trickle_interval_s)
     with Stack(judge, root, workdir, "trickle", judge_timeout_s=args.trickle_timeout_s) as r:
-        out["trickle_s"], result = post(r.url, make_items("trickle", 1))
-        out["trickle_outcome"] = result[0]["verdict"] if isinstance(result, list) else result
-    return out
+        seconds, result = post(r.url, make_items("trickle", 1))
+    return {"request_s": seconds, "outcome": verdict_of(result), "calls": len(judge.served)}
 
 
 def starvation(root: Path, workdir: Path, args) -> dict:
@@ -96,7 +102,7 @@ def starvation(root: Path, workdir: Path, args) -> dict:
             time.sleep(0.05)
         seconds, result = post(r.url, make_items("healthy", 1), timeout=CAP_S)
     return {"hung_calls": args.hung_calls, "healthy_item_s": seconds,
-            "healthy_outcome": result[0]["verdict"] if isinstance(result, list) else result}
+            "healthy_outcome": verdict_of(result)}
 
 
 def shutdown(root: Path, workdir: Path, args) -> dict:

@@ -26,22 +26,23 @@ class CallSlots:
         self.moved = 0
 
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Await `call()` in a slot; cancelling the caller cancels the call."""
+        """Await `call()` in a slot (in the caller's task: cancelling it cancels the call)."""
         await self._regular.acquire()
-        holds_regular = True
-        task = asyncio.ensure_future(call())
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self._slow_after_s)
-            if not done and self.slow_in_use < self._slow_limit:
+        held = {"regular": True, "slow": False}
+
+        def move_to_a_slow_slot() -> None:
+            if self.slow_in_use < self._slow_limit:
                 self.slow_in_use += 1
                 self.moved += 1
                 self._regular.release()
-                holds_regular = False
-            return await task
+                held.update(regular=False, slow=True)
+
+        timer = asyncio.get_running_loop().call_later(self._slow_after_s, move_to_a_slow_slot)
+        try:
+            return await call()
         finally:
-            if not task.done():
-                task.cancel()
-            if holds_regular:
+            timer.cancel()
+            if held["regular"]:
                 self._regular.release()
-            else:
+            if held["slow"]:
                 self.slow_in_use -= 1
