@@ -1,9 +1,9 @@
 """The comparison service: canonical order, cache, backend call, statistics.
 
-A request's items are answered together: cache hits, then the backend for the misses
-(each item isolated, all bounded by the item deadline), then one store transaction with
-the new verdicts and the request's counters, then the answer. A failed store write is a
-503 for the request, never an answer that the statistics do not hold.
+A request's items are answered together: cache hits (bounded by request_deadline_s), then
+the backend for the misses (each item isolated, all bounded by item_deadline_s), then one
+store transaction with the new verdicts and the request's counters, then the answer. A
+failed store is a 503 for the request, never an answer that the statistics do not hold.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from oracle_service.backends.base import Backend, Verdict
 from oracle_service.core.metrics import ServiceMetrics
 from oracle_service.core.settings import Settings
 from oracle_service.core.stats import Observation, counter_deltas
-from oracle_service.core.store import CachedVerdict, Store
+from oracle_service.core.store import CachedVerdict, Store, StoreError
 from oracle_service.schemas import (
     DEFAULT_RUN_ID,
     ComparisonItem,
@@ -93,7 +93,7 @@ class ComparisonService:
         pending = {c.key: c.item for c in canonical if not c.identical}
         hits: dict[str, CachedVerdict] = {}
         if self._settings.cache_enabled:
-            hits = await self._store.get_verdicts(list(pending))
+            hits = await self._cached(list(pending), arrived + self._settings.request_deadline_s)
         hit_latency = time.perf_counter() - started
         misses = [key for key in pending if key not in hits]
         deadline = arrived + self._settings.item_deadline_s
@@ -131,6 +131,16 @@ class ComparisonService:
             observations.append(self._observation(original, verdict, cached, latency, counts_usage))
             results.append(self._to_result(original, verdict, cached))
         return results, observations
+
+    async def _cached(self, keys: list[str], deadline: float) -> dict[str, CachedVerdict]:
+        """Cache hits, or StoreError (a 503) if the store does not answer by `deadline`."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._store.get_verdicts(keys), max(0.0, remaining))
+        except asyncio.TimeoutError:
+            limit = self._settings.request_deadline_s
+            message = f"the store did not answer within request_deadline_s={limit}"
+            raise StoreError(message) from None
 
     async def _ask_backend(self, items: list[ComparisonItem], deadline: float) -> list[Verdict]:
         """The backend's verdicts; if it breaks its promise and raises, every item abstains."""
