@@ -179,10 +179,40 @@ def replicas(root: Path, workdir: Path, args) -> dict:
                     "comparisons_per_s": round(len(items) / seconds, 1),
                     "stats_equal_on_both": stats[0] == stats[1],
                     "stats_comparisons": stats[0]["comparisons"],
-                    "cached_on_the_other": all(r["cached"] for r in again)}  # fmt: skip
+                    "cached_on_the_other": all(r["cached"] for r in again),
+                    "kill": kill_mid_load(one, two, args)}  # fmt: skip
         finally:
             one.kill()
             two.kill()
+
+
+def kill_mid_load(victim: ServiceProcess, survivor: ServiceProcess, args) -> dict:
+    """SIGKILL one replica under load; is everything it answered counted and cached?"""
+    items, answered = make_items("kill", args.replica_items, run_id="kill"), []
+
+    def load(worker: int) -> None:
+        for start in range(worker * 8, len(items), 8 * args.kill_clients):
+            _, result = post(victim.url, items[start : start + 8], timeout=60)
+            if not isinstance(result, list):
+                return  # the replica is gone
+            answered.extend(result)
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in range(args.kill_clients)]
+    for thread in threads:
+        thread.start()
+    while len(answered) < args.kill_after:
+        time.sleep(0.01)
+    victim.kill()
+    for thread in threads:
+        thread.join()
+    counted = httpx.get(f"{survivor.url}/v1/runs/kill/stats", headers=HEADERS).json()
+    ids = {r["perturbation"] for r in answered}
+    replay = [item for item in items if item["perturbation"] in ids]
+    cached = [r["cached"] for at in range(0, len(replay), 200)
+              for r in post(survivor.url, replay[at : at + 200])[1]]  # fmt: skip
+    return {"answered_before_kill": len(answered), "counted": counted["comparisons"],
+            "answered_not_cached": cached.count(False),
+            "lost": len(answered) - min(len(answered), counted["comparisons"])}  # fmt: skip
 
 
 async def both(url_one: str, url_two: str, first: list, second: list, clients: int) -> None:
@@ -201,6 +231,8 @@ def main() -> None:
     parser.add_argument("--shutdown-cap-s", type=float, default=120.0)
     parser.add_argument("--replica-items", type=int, default=4000)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--kill-clients", type=int, default=8, help="load threads at the kill")
+    parser.add_argument("--kill-after", type=int, default=400, help="answered items, then kill")
     parser.add_argument("--latency", type=float, default=0.2, help="fake judge seconds/reply")
     args = parser.parse_args()
     root = Path(args.service_root).resolve()
