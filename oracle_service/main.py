@@ -138,8 +138,8 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
         settings = load_settings(args.config, **cli.overrides(args))
     except ValidationError as exc:
         problem: str | None = settings_error_line(exc)
-    except (FileNotFoundError, yaml.YAMLError) as exc:
-        problem = f"settings file: {exc}".replace("\n", " ")
+    except (FileNotFoundError, yaml.YAMLError, StartupError) as exc:
+        problem = " ".join(f"settings file: {exc}".split())
     else:
         problem = startup_problem(settings)
     if problem is not None:

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -250,6 +251,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"settings file not found: {path}")
+    with path.open(encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle)  # a YAMLError names the file and line
+    if loaded is not None and not isinstance(loaded, dict):
+        kind = type(loaded).__name__
+        raise StartupError(f"{path}: settings must be a mapping (name: value), not a {kind}")
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(yaml_file=path)

@@ -154,6 +154,12 @@ def test_a_judge_needs_a_key_a_reward_model_does_not(monkeypatch, tmp_path):
 
 def test_main_reports_configuration_errors(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "settings file not found" in capsys.readouterr().err
+    for name, text in (("list.yaml", "- a\n- b\n"), ("broken.yaml", "port: [unclosed\n")):
+        (tmp_path / name).write_text(text)
+        assert main(["--config", str(tmp_path / name)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and name in error
     bad = tmp_path / "bad.yaml"
     bad.write_text("api_token: a-real-token-123\nmax_batch_size: 0\n")
     assert main(["--config", str(bad)]) == 2
