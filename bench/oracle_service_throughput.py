@@ -1,8 +1,10 @@
-"""Oracle service benchmark (not a test): throughput, cache-hit latency, faults; loopback only.
+"""Oracle service benchmark (not a test): throughput, cache-hit latency, a hostile fault run.
 
-Starts the fake OpenAI-compatible judge (200 ms per reply) and one service replica (uvicorn)
-as subprocesses on 127.0.0.1, fires comparisons from concurrent clients and prints one JSON
-line. Usage: python bench/oracle_service_throughput.py [--items 4000] [--clients 50]
+Loopback only. The fake judge (200 ms per reply) runs as a subprocess, one service replica
+(`python -m oracle_service`, uvicorn) as another; 50 concurrent clients in this process.
+`--service-root DIR` runs the service from another checkout (the same load, judge and
+clients), which is how the ratio to the previous code is measured in one session.
+Prints one JSON line. Usage: python bench/oracle_service_throughput.py [--phases ...]
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,102 +25,94 @@ from pathlib import Path
 
 import httpx
 
-from oracle_service.client import OracleClient
-from oracle_service.core.stats import percentile
-from oracle_service.schemas import ComparisonItem, ComparisonResult
+from oracle_service.testing.fake_judge import BackgroundServer
+from oracle_service.testing.hostile_judge import HostileJudge, HostileTiming
+from oracle_service.testing.processes import REPO_ROOT, ServiceProcess, free_port
 
-TOKEN = "bench-token-3f9c2e"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_S = 60.0
-TARGET_COMPARISONS_PER_S = 250.0
-TARGET_HIT_P95_MS = 5.0
+TOKEN = "bench-token-3f9c2e-8d7a6b5c4e"
+MS = 1000.0
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+CLIENT_TIMEOUT_S = 300.0  # compo's own oracle.timeout_s
+BASE_SETTINGS = {  # as in the previous benchmark, so figures compare
+    "api_token": TOKEN, "log_level": "warning", "judge_api_key": "sk-bench",
+    "judge_model": "fake-judge", "judge_max_concurrency": 256, "judge_timeout_s": 1.0,
+    "retry_max_attempts": 5, "retry_initial_wait_s": 0.1, "retry_max_wait_s": 2.0,
+    "retry_jitter_s": 0.1,
+}  # fmt: skip
+# The fault run: calls are cut at 2 s and items at 20 s (settings the old code ignores).
+FAULT_SETTINGS = {"judge_timeout_s": 2.0, "item_deadline_s": 20.0, "request_deadline_s": 30.0}
+FAULT_TIMING = HostileTiming(retry_after_delay_s=1.0, trickle_interval_s=0.5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {STARTUP_TIMEOUT_S} s")
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1])."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 @contextmanager
-def stack(latency_s: float, fault_rate: float, workdir: Path) -> Iterator[str]:
-    """Fake judge + one service replica as subprocesses; yields the service URL."""
-    judge_port, service_port = free_port(), free_port()
+def fake_judge(latency_s: float) -> Iterator[str]:
+    port = free_port()
     judge = subprocess.Popen(
-        [sys.executable, "-m", "oracle_service.testing.fake_judge", "--port", str(judge_port),
-         "--latency", str(latency_s), "--fault-rate", str(fault_rate), "--fault-timeout-s", "5"],
-        cwd=REPO_ROOT,
-    )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPO_ORACLE_")}
-    env.update(
-        COMPO_ORACLE_API_TOKEN=TOKEN,
-        COMPO_ORACLE_PORT=str(service_port),
-        COMPO_ORACLE_LOG_LEVEL="warning",
-        COMPO_ORACLE_DB_PATH=str(workdir / f"cache-{service_port}.sqlite3"),
-        COMPO_ORACLE_JUDGE_BASE_URL=f"http://127.0.0.1:{judge_port}/v1",
-        COMPO_ORACLE_JUDGE_API_KEY="sk-bench",
-        COMPO_ORACLE_JUDGE_MODEL="fake-judge",
-        COMPO_ORACLE_JUDGE_MAX_CONCURRENCY="256",
-        COMPO_ORACLE_JUDGE_TIMEOUT_S="1.0",
-        COMPO_ORACLE_RETRY_MAX_ATTEMPTS="5",
-        COMPO_ORACLE_RETRY_INITIAL_WAIT_S="0.1",
-        COMPO_ORACLE_RETRY_MAX_WAIT_S="2.0",
-        COMPO_ORACLE_RETRY_JITTER_S="0.1",
-    )
-    service = subprocess.Popen([sys.executable, "-m", "oracle_service"], cwd=REPO_ROOT, env=env)
+        [sys.executable, "-m", "oracle_service.testing.fake_judge", "--port", str(port),
+         "--latency", str(latency_s)], cwd=REPO_ROOT)  # fmt: skip
     try:
-        wait_until_up(f"http://127.0.0.1:{judge_port}/", judge)
-        wait_until_up(f"http://127.0.0.1:{service_port}/readyz", service)
-        yield f"http://127.0.0.1:{service_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+                break
+            except httpx.TransportError:
+                if judge.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("fake judge did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
-        for process in (service, judge):
-            process.terminate()
-            process.wait(timeout=30)
+        judge.terminate()
+        judge.wait(timeout=30)
 
 
-def make_items(tag: str, count: int) -> list[ComparisonItem]:
-    """Distinct pairs; the longer response is the 'right' answer for the fake judge."""
+def make_items(tag: str, count: int, run_id: str | None = None) -> list[dict]:
+    """Distinct pairs; the longer response is the 'right' answer for the judges."""
     items = []
     for i in range(count):
         short = f"{tag} answer {i}: " + "concise point. " * 8
         long = short + "extra supporting detail. " * 6
         a, b = (long, short) if i % 2 else (short, long)
         prompt = f"{tag} question {i}: explain the trade-offs of approach {i % 97}."
-        items.append(ComparisonItem(prompt=prompt, response_a=a, response_b=b, perturbation=i))
+        item = {"prompt": prompt, "response_a": a, "response_b": b, "perturbation": i}
+        items.append(item if run_id is None else {**item, "run_id": run_id})
     return items
 
 
-async def fire(
-    url: str, items: list[ComparisonItem], clients: int, batch: int
-) -> tuple[list[list[ComparisonResult]], list[list[ComparisonItem]], list[float], float]:
-    """`clients` concurrent clients, each sending its share in requests of `batch` items.
+async def fire(url: str, items: list[dict], clients: int, batch: int) -> dict:
+    """`clients` concurrent connections, each posting its share in requests of `batch` items.
 
-    Returns answers and batches (same order), per-request latencies and the wall time.
-    Clients are built before the clock starts (each one builds an SSL context: ~20 ms).
+    A request that fails (non-200, connection error) loses its items; they are counted.
     """
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
-    answers: list[list[ComparisonResult]] = [[] for _ in batches]
+    answers: list[list[dict]] = [[] for _ in batches]
     latencies: list[float] = []
-    pool = [OracleClient(url, TOKEN, batch_size=batch) for _ in range(clients)]
+    failures: Counter[str] = Counter()
+    pool = [httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=CLIENT_TIMEOUT_S)
+            for _ in range(clients)]  # fmt: skip
 
     async def worker(worker_id: int) -> None:
         for index in range(worker_id, len(batches), clients):
             started = time.perf_counter()
-            answers[index] = await pool[worker_id].compare(batches[index])
+            try:
+                response = await pool[worker_id].post("/v1/comparisons",
+                                                      json={"items": batches[index]})  # fmt: skip
+            except httpx.HTTPError as exc:
+                failures[type(exc).__name__] += 1
+                continue
             latencies.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                failures[f"HTTP {response.status_code}"] += 1
+                continue
+            answers[index] = response.json()["results"]
 
     started = time.perf_counter()
     try:
@@ -126,114 +120,128 @@ async def fire(
     finally:
         elapsed = time.perf_counter() - started
         await asyncio.gather(*(client.aclose() for client in pool))
-    return answers, batches, latencies, elapsed
+    return {"answers": answers, "batches": batches, "latencies": latencies,
+            "seconds": elapsed, "failures": dict(failures)}  # fmt: skip
 
 
-async def throughput(url: str, args: argparse.Namespace) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(url: str, pid: int, args: argparse.Namespace) -> dict:
+    """Wall-clock rate, and the replica's CPU per 1,000 comparisons (less noisy when the
+    machine is shared: other jobs stretch wall time much more than our CPU time)."""
     items = make_items("throughput", args.items)
-    _, _, _, elapsed = await asyncio.wait_for(
-        fire(url, items, args.clients, args.batch), args.phase_timeout_s
-    )
-    return {"items": len(items), "seconds": round(elapsed, 2),
-            "comparisons_per_s": round(len(items) / elapsed, 1)}  # fmt: skip
+    cpu_before = cpu_seconds(pid)
+    run = await fire(url, items, args.clients, args.batch)
+    cpu = cpu_seconds(pid) - cpu_before
+    answered = sum(len(a) for a in run["answers"])
+    return {"items": len(items), "answered": answered, "seconds": round(run["seconds"], 2),
+            "comparisons_per_s": round(answered / run["seconds"], 1),
+            "service_cpu_s_per_1000": round(cpu / answered * 1000, 3),
+            "failures": run["failures"]}  # fmt: skip
 
 
 async def cache_hits(url: str, args: argparse.Namespace) -> dict:
-    """Single-item requests for cached pairs: one client in sequence, then all clients at once.
-
-    Client-side latency is the full HTTP round trip; server-side is the service's own
-    per-item figure from /v1/runs/{run_id}/stats.
-    """
-    cached = make_items("throughput", args.hit_requests)
-    sequential_items = [item.model_copy(update={"run_id": "hits-sequential"}) for item in cached]
-    concurrent_items = [item.model_copy(update={"run_id": "hits-concurrent"}) for item in cached]
-    async with OracleClient(url, TOKEN, batch_size=1) as client:
-        sequential = []
-        for item in sequential_items:
+    """Single-item requests for cached pairs (one client in sequence), client round trip."""
+    items = make_items("throughput", args.hit_requests, run_id="hits")
+    sequential = []
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as http:
+        for item in items:
             started = time.perf_counter()
-            [result] = await client.compare([item])
+            response = await http.post("/v1/comparisons", json={"items": [item]})
             sequential.append(time.perf_counter() - started)
-            assert result.cached, "expected a cache hit"
-        _, _, concurrent, _ = await fire(url, concurrent_items, args.clients, 1)
-        server_sequential = await client.stats("hits-sequential")
-        server_concurrent = await client.stats("hits-concurrent")
-    ms = 1000.0
-    return {
-        "requests": len(cached),
-        "sequential_p50_ms": round(percentile(sequential, 0.5) * ms, 2),
-        "sequential_p95_ms": round(percentile(sequential, 0.95) * ms, 2),
-        "concurrent_p50_ms": round(percentile(concurrent, 0.5) * ms, 2),
-        "concurrent_p95_ms": round(percentile(concurrent, 0.95) * ms, 2),
-        "server_sequential_p95_ms": round(server_sequential.latency_ms_p95, 3),
-        "server_concurrent_p95_ms": round(server_concurrent.latency_ms_p95, 3),
-        "hit_rate": server_concurrent.cache_hit_rate,
-    }
+            assert response.json()["results"][0]["cached"], "expected a cache hit"
+        server = (await http.get("/v1/runs/hits/stats")).json()
+    return {"requests": len(items),
+            "sequential_p50_ms": round(percentile(sequential, 0.5) * MS, 2),
+            "sequential_p95_ms": round(percentile(sequential, 0.95) * MS, 2),
+            "server_p95_ms": server.get("latency_ms_p95")}  # fmt: skip
 
 
-async def faults(url: str, args: argparse.Namespace) -> dict:
-    """Every item answered exactly once (verdict or explicit abstention), none lost or doubled."""
-    items = make_items("faults", args.fault_items)
-    answers, batches, _, _ = await asyncio.wait_for(
-        fire(url, items, args.clients, args.batch), args.phase_timeout_s
-    )
+async def faults(url: str, judge: HostileJudge, args: argparse.Namespace) -> dict:
+    """The hostile judge at `fault_rate`: every item once, verdicts only from good replies."""
+    items = make_items("faults", args.fault_items, run_id="faults")
+    run = await fire(url, items, args.clients, args.fault_batch)
     seen: Counter[int] = Counter()
     outcomes: Counter[str] = Counter()
-    wrong = incoherent = 0
-    for batch, results in zip(batches, answers, strict=True):
-        for item, result in zip(batch, results, strict=True):
-            seen[result.perturbation] += 1
-            if result.verdict.value == "abstain":
-                incoherent += result.error is None
-                outcomes[f"abstain:{result.error.kind.value if result.error else '?'}"] += 1
+    served = judge.outcomes()
+    verdict_on_failure = wrong = 0
+    for batch, results in zip(run["batches"], run["answers"], strict=True):
+        for item, result in zip(batch, results or [None] * len(batch), strict=True):
+            if result is None:
+                continue  # the request failed: its items are lost
+            seen[result["perturbation"]] += 1
+            error = result.get("error")
+            if result["verdict"] == "abstain":
+                outcomes[f"abstain:{error['kind'] if error else '?'}"] += 1
                 continue
-            incoherent += result.error is not None
-            expected = "a" if len(item.response_a) > len(item.response_b) else "b"
-            wrong += result.verdict.value != expected
             outcomes["verdict"] += 1
-    async with OracleClient(url, TOKEN) as client:
-        server = await client.stats()
-    expected_ids = {item.perturbation for item in items}
+            verdict_on_failure += served.get(item["prompt"], ["?"])[-1] != "good" or bool(error)
+            expected = "a" if len(item["response_a"]) > len(item["response_b"]) else "b"
+            wrong += result["verdict"] != expected
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=60) as http:
+        stats = (await http.get("/v1/runs/faults/stats")).json()
+    latencies = run["latencies"]
     return {
-        "items": len(items),
-        "lost": len(expected_ids - set(seen)),
-        "duplicated": sum(count - 1 for count in seen.values() if count > 1),
-        "inconsistent_results": incoherent,
-        "wrong_verdicts": wrong,
-        "outcomes": dict(outcomes),
-        "server_counted": server.comparisons,
-    }
+        "items": len(items), "batches": len(run["batches"]),
+        "lost": len(items) - len(seen), "duplicated": sum(c - 1 for c in seen.values()),
+        "abstained": sum(v for k, v in outcomes.items() if k.startswith("abstain")),
+        "verdict_on_failure": verdict_on_failure, "wrong_verdicts": wrong,
+        "failed_requests": run["failures"], "outcomes": dict(sorted(outcomes.items())),
+        "stats_comparisons": stats.get("comparisons"), "answered": sum(seen.values()),
+        "request_p95_s": round(percentile(latencies, 0.95) or 0, 2),
+        "request_max_s": round(max(latencies, default=0), 2),
+        "fault_kinds_served": len({call.kind for call in judge.served} - {"good"}),
+        "seconds": round(run["seconds"], 1),
+    }  # fmt: skip
+
+
+def service(settings: dict, workdir: Path, root: Path, name: str) -> ServiceProcess:
+    values = {**settings, "db_path": workdir / f"{name}.sqlite3"}
+    return ServiceProcess(values, workdir / f"{name}.log", root)
 
 
 async def run(args: argparse.Namespace) -> dict:
-    load_before = os.getloadavg()[0]
+    root = Path(args.service_root).resolve()
+    result: dict = {"service_root": str(root), "load_average_1m_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="oracle-bench-") as tmp:
-        with stack(args.latency, 0.0, Path(tmp)) as url:
-            result = {"throughput": await throughput(url, args)}
-            result["cache_hit_latency"] = await cache_hits(url, args)
-        with stack(args.latency, args.fault_rate, Path(tmp)) as url:
-            result["faults"] = await faults(url, args)
-    fault = result["faults"]
-    result["pass"] = {
-        "throughput": result["throughput"]["comparisons_per_s"] >= TARGET_COMPARISONS_PER_S,
-        "cache_hit_p95": result["cache_hit_latency"]["sequential_p95_ms"] <= TARGET_HIT_P95_MS,
-        "faults_each_item_once": fault["lost"] == 0 and fault["duplicated"] == 0
-        and fault["inconsistent_results"] == 0 and fault["server_counted"] == fault["items"],
-    }  # fmt: skip
+        workdir = Path(tmp)
+        if {"throughput", "cache_hits"} & set(args.phases):
+            with fake_judge(args.latency) as judge_url:
+                settings = {**BASE_SETTINGS, "judge_base_url": judge_url}
+                with service(settings, workdir, root, "throughput") as replica:
+                    pid = replica.process.pid
+                    result["throughput"] = await throughput(replica.url, pid, args)
+                    if "cache_hits" in args.phases:
+                        result["cache_hit_latency"] = await cache_hits(replica.url, args)
+        if "faults" in args.phases:
+            judge = HostileJudge(fault_rate=args.fault_rate, timing=FAULT_TIMING, seed=1)
+            with BackgroundServer(judge, shutdown_s=0) as upstream:
+                settings = {**BASE_SETTINGS, **FAULT_SETTINGS,
+                            "judge_base_url": f"{upstream.url}/v1"}  # fmt: skip
+                with service(settings, workdir, root, "faults") as replica:
+                    result["faults"] = await faults(replica.url, judge, args)
     result["config"] = vars(args) | {"cpu_count": os.cpu_count()}
-    result["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+    result["load_average_1m_after"] = os.getloadavg()[0]
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", nargs="+", default=["throughput", "cache_hits", "faults"],
+                        choices=["throughput", "cache_hits", "faults"])  # fmt: skip
+    parser.add_argument("--service-root", default=str(REPO_ROOT), help="checkout to serve from")
     parser.add_argument("--items", type=int, default=4000, help="throughput phase items")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
     parser.add_argument("--batch", type=int, default=8, help="items per request")
     parser.add_argument("--latency", type=float, default=0.2, help="fake judge seconds/reply")
     parser.add_argument("--hit-requests", type=int, default=500, help="cache-hit requests")
     parser.add_argument("--fault-items", type=int, default=2000, help="fault phase items")
+    parser.add_argument("--fault-batch", type=int, default=10, help="items per fault request")
     parser.add_argument("--fault-rate", type=float, default=0.2, help="share of bad replies")
-    parser.add_argument("--phase-timeout-s", type=float, default=240.0, help="per phase bound")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 
 

@@ -3,35 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import uvicorn
+import yaml
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
-from oracle_service import __version__
+from oracle_service import __version__, cli
 from oracle_service.api import comparisons, dashboard, health, middleware, runs, stats
-from oracle_service.api.deps import require_token
+from oracle_service.api.deps import UNAUTHORIZED, require_token
+from oracle_service.api.schema import openapi_schema
 from oracle_service.backends import open_backend
 from oracle_service.core.comparisons import ComparisonService
 from oracle_service.core.metrics import ServiceMetrics
-from oracle_service.core.settings import InsecureSettingsError, Settings, load_settings
-from oracle_service.core.stats import StatsBook
-from oracle_service.core.store import SQLiteStore
+from oracle_service.core.settings import (
+    Settings,
+    StartupError,
+    load_settings,
+    settings_error_line,
+)
+from oracle_service.core.store import StoreError
+from oracle_service.core.stores import make_store
 
 logger = logging.getLogger("oracle_service")
+CONFIG_ERROR_EXIT = 2
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the SQLite store and the backend; close both on shutdown."""
+    """Open the store and the backend; close both on shutdown."""
     settings: Settings = app.state.settings
-    store = SQLiteStore(
-        settings.db_path, wal=settings.sqlite_wal, busy_timeout_s=settings.sqlite_busy_timeout_s
-    )
+    store = make_store(settings)
     await store.open()
     try:
         backend = await open_backend(settings, app.state.metrics)
@@ -39,10 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.close()
         raise
     app.state.store = store
-    app.state.service = ComparisonService(
-        settings, backend, store, app.state.stats, app.state.metrics
-    )
-    logger.info("oracle service ready: backend=%s db=%s", backend.identity, settings.db_path)
+    app.state.service = ComparisonService(settings, backend, store, app.state.metrics)
+    logger.info("oracle service ready: backend=%s store=%s", backend.identity, store.description)
     try:
         yield
     finally:
@@ -53,7 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; refuses an unsafe API token outside dev mode."""
+    """Build the app; refuses a weak API token outside dev mode, and a judge without a key."""
     settings = settings if settings is not None else load_settings()
     settings.assert_safe_to_start()
     if not settings.auth_enabled:
@@ -67,51 +73,78 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.openapi = functools.partial(openapi_schema, app, settings)
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
-    app.state.stats = StatsBook(settings.stats_latency_window)
     app.state.service = None
     app.state.store = None
     middleware.install(app, settings.max_body_bytes)
     protected = [Depends(require_token)]
     app.include_router(health.open_router)
-    app.include_router(health.protected_router, dependencies=protected)
+    app.include_router(health.protected_router, dependencies=protected, responses=UNAUTHORIZED)
     for module in (comparisons, stats, runs):
-        app.include_router(module.router, dependencies=protected)
+        app.include_router(module.router, dependencies=protected, responses=UNAUTHORIZED)
     app.include_router(dashboard.router)  # its page checks the session itself (login form)
     return app
 
 
 def serve(settings: Settings) -> None:
-    """Run the service with uvicorn until interrupted (what `compo serve` calls)."""
+    """Run the service with uvicorn until interrupted (what `compo serve` calls).
+
+    SIGTERM/Ctrl-C: open requests get shutdown_timeout_s to finish, then are cancelled.
+    """
     logging.basicConfig(level=settings.log_level.upper())
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
+
+
+async def check_store(settings: Settings) -> None:
+    """Open and close the store once, so an unreachable one is a clear startup error."""
+    store = make_store(settings)
+    await store.open()
+    await store.close()
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """What stops these settings from serving, as one line naming the setting; or None."""
+    try:
+        settings.assert_safe_to_start()
+    except StartupError as exc:
+        return str(exc)
+    path = settings.reward_model_path
+    if settings.backend == "reward_model" and path is not None and not path.is_dir():
+        return f"COMPO_ORACLE_REWARD_MODEL_PATH={path} is not a model directory"
+    try:
+        asyncio.run(check_store(settings))
+    except StoreError as exc:
+        name = "STORE_URL" if settings.store_url.get_secret_value() else "DB_PATH"
+        return f"cannot open the store (COMPO_ORACLE_{name}): {exc}"
+    return None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m oracle_service",
-        description="ComPO oracle service. Settings: COMPO_ORACLE_* environment variables "
-        "override the YAML file.",
-    )
-    parser.add_argument("--config", help="YAML settings file")
-    parser.add_argument("--host", help="override COMPO_ORACLE_HOST")
-    parser.add_argument("--port", type=int, help="override COMPO_ORACLE_PORT")
-    return parser.parse_args(argv)
+    return cli.parser().parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: parse flags, load settings, serve; 2 on a configuration error."""
-    args = parse_args(argv)
-    overrides = {
-        name: value for name in ("host", "port") if (value := getattr(args, name)) is not None
-    }
+def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """CLI entry point: parse flags, load and check settings, serve; 2 on a startup problem."""
+    args = args if args is not None else parse_args(argv)
     try:
-        settings = load_settings(args.config, **overrides)
-        settings.assert_safe_to_start()
-    except (ValidationError, InsecureSettingsError, FileNotFoundError) as exc:
-        print(f"oracle_service: configuration error: {exc}", file=sys.stderr)
-        return 2
+        settings = load_settings(args.config, **cli.overrides(args))
+    except ValidationError as exc:
+        problem: str | None = settings_error_line(exc)
+    except (FileNotFoundError, yaml.YAMLError, StartupError) as exc:
+        problem = " ".join(f"settings file: {exc}".split())
+    else:
+        problem = startup_problem(settings)
+    if problem is not None:
+        print(f"oracle_service: configuration error: {problem}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     serve(settings)
     return 0

@@ -2,13 +2,55 @@
 
 from __future__ import annotations
 
+import math
+import re
 from enum import Enum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
 API_PREFIX = "/v1"
 DEFAULT_RUN_ID = "default"
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Counts and indices: at most 2**53 - 1, the largest integer every JSON reader (a float64)
+# holds exactly; well inside SQLite INTEGER and PostgreSQL BIGINT (2**63 - 1).
+MAX_SAFE_INT = 2**53 - 1
+MAX_ERROR_CHARS = 300  # an abstention's message is at most this long (sanitised)
+EXTRA_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"  # extra fields of a summary
+EXCERPT_CHARS = 80  # how much of a bad value an error message quotes
+
+
+def valid_unicode(value: str) -> str:
+    """Refuse lone surrogates: JSON escapes like "\\ud800" that are not Unicode text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"character {exc.start} is a lone surrogate (U+{ord(value[exc.start]):04X}), "
+            "which is not valid Unicode: send the text as UTF-8"
+        ) from None
+    return value
+
+
+def not_a_bool(value: object) -> object:
+    """JSON true/false is not a number (pydantic would read it as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
+Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INT), BeforeValidator(not_a_bool)]
+Float = Annotated[float, BeforeValidator(not_a_bool)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(not_a_bool)]
 
 
 class VerdictLabel(str, Enum):
@@ -38,6 +80,9 @@ class ErrorKind(str, Enum):
     API_ERROR = "api_error"
     MALFORMED_OUTPUT = "malformed_output"
     MODEL_ERROR = "model_error"
+    INVALID_RESPONSE = "invalid_response"  # the judge's reply is not a well-formed completion
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # item_deadline_s or request_deadline_s ran out
+    INTERNAL_ERROR = "internal_error"  # a bug in the service, logged; never a verdict
 
 
 class ComparisonItem(BaseModel):
@@ -45,13 +90,13 @@ class ComparisonItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str
-    response_a: str
-    response_b: str
+    prompt: Text
+    response_a: Text
+    response_b: Text
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Training run.")
-    iteration: int | None = Field(None, ge=0, description="Coordinator iteration.")
-    perturbation: int | None = Field(
-        None, ge=0, description="Perturbation index within the iteration; echoed back."
+    iteration: Count | None = Field(None, description="Coordinator iteration.")
+    perturbation: Count | None = Field(
+        None, description="Perturbation index within the iteration; echoed back."
     )
 
 
@@ -67,7 +112,7 @@ class ComparisonError(BaseModel):
     """Why an item abstained."""
 
     kind: ErrorKind
-    message: str
+    message: str = Field(max_length=MAX_ERROR_CHARS, description="Sanitised, secrets redacted.")
 
 
 class ComparisonResult(BaseModel):
@@ -84,6 +129,24 @@ class ComparisonResult(BaseModel):
 
 class ComparisonResponse(BaseModel):
     results: list[ComparisonResult]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: one readable line."""
+
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """422: one line per problem in `detail`, and the same problems as a list."""
+
+    errors: list[ValidationProblem]
 
 
 class ServiceLimits(BaseModel):
@@ -130,29 +193,46 @@ class ServiceStats(StatsSummary):
     runs: dict[str, StatsSummary] = Field(default_factory=dict)
 
 
+EXTRA_FIELDS_SCHEMA = {
+    "additionalProperties": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+    "propertyNames": {"pattern": EXTRA_NAME_PATTERN},
+}
+
+
 class IterationSummary(BaseModel):
-    """The coordinator's summary of one iteration; extra numeric fields are kept."""
+    """The coordinator's summary of one iteration; extra numeric fields are kept.
 
-    model_config = ConfigDict(extra="allow")
+    n_minus may not exceed m (a rule JSON Schema cannot state: a 422 says so).
+    """
 
-    iteration: int = Field(ge=0)
-    m: int = Field(ge=0, description="Perturbations that voted (abstentions excluded).")
-    n_minus: int = Field(ge=0, description="Perturbations that improved the pair.")
-    accepted: bool = Field(description="False when the update was skipped.")
-    step: float | None = Field(None, description="Step size applied (gamma * n_minus / m).")
-    kept_fraction: float | None = Field(None, ge=0.0, le=1.0, description="Entries kept by clip.")
-    logp_chosen_change: float | None = None
-    logp_rejected_change: float | None = None
+    model_config = ConfigDict(
+        extra="allow", allow_inf_nan=False, json_schema_extra=EXTRA_FIELDS_SCHEMA
+    )
+
+    iteration: Count
+    m: Count = Field(description="Perturbations that voted (abstentions excluded).")
+    n_minus: Count = Field(description="Perturbations that improved the pair; <= m.")
+    accepted: StrictBool = Field(description="False when the update was skipped.")
+    step: Float | None = Field(None, description="Step size applied (gamma * n_minus / m).")
+    kept_fraction: Fraction | None = Field(None, description="Entries kept by clip.")
+    logp_chosen_change: Float | None = None
+    logp_rejected_change: Float | None = None
 
     @model_validator(mode="after")
     def _check_counts_and_extras(self) -> IterationSummary:
         if self.n_minus > self.m:
             raise ValueError(f"n_minus ({self.n_minus}) cannot exceed m ({self.m})")
         for name, value in (self.model_extra or {}).items():
+            if not re.fullmatch(EXTRA_NAME_PATTERN, name):
+                shown = ascii(name)[:EXCERPT_CHARS]
+                raise ValueError(f"extra field name {shown} must match {EXTRA_NAME_PATTERN}")
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
-                raise ValueError(f"extra field {name!r} must be a number, got {value!r}")
+                shown = ascii(value)[:EXCERPT_CHARS]
+                raise ValueError(f"extra field {name!r} must be a number, got {shown}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"extra field {name!r} must be a finite number, got {value}")
         return self
 
 

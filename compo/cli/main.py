@@ -108,8 +108,10 @@ def cmd_conformance(args) -> int:
 def cmd_serve(args) -> int:
     from oracle_service.main import main as serve_main
 
-    argv = args.service_args[1:] if args.service_args[:1] == ["--"] else args.service_args
-    return serve_main(argv)
+    if args.after_dashes:  # the older spelling: compo serve -- --port 8000
+        rest = args.after_dashes[1:] if args.after_dashes[0] == "--" else args.after_dashes
+        return serve_main(rest)
+    return serve_main(args=args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,9 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     conform.add_argument("--out", help="also write the table (markdown) to this file")
     conform.set_defaults(func=cmd_conformance)
 
-    serve = sub.add_parser("serve", help="start the comparison oracle service")
-    serve.add_argument("service_args", nargs=argparse.REMAINDER,
-                       help="arguments for the service (see compo serve -- --help)")
+    from oracle_service import cli as service_cli  # argparse only: no FastAPI here
+
+    serve = sub.add_parser("serve", help="start the comparison oracle service",
+                           description=service_cli.DESCRIPTION)
+    service_cli.add_arguments(serve)
+    serve.add_argument("after_dashes", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     add_pipeline_commands(sub)  # pipeline, eval, compare, plot

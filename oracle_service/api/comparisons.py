@@ -2,31 +2,102 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+import asyncio
+import re
+from collections.abc import Awaitable
+from typing import TypeVar
 
-from oracle_service.api.deps import ServiceDep, SettingsDep
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from oracle_service.api.deps import INVALID, TOO_LARGE, UNAVAILABLE, ServiceDep, SettingsDep
 from oracle_service.api.middleware import HTTP_413_TOO_LARGE
 from oracle_service.schemas import API_PREFIX, ComparisonRequest, ComparisonResponse, ServiceLimits
 
+T = TypeVar("T")
 router = APIRouter(prefix=API_PREFIX, tags=["comparisons"])
+HTTP_499_CLIENT_GONE = 499  # nginx's code for "the client closed the request"
+_PROMPT_KEY = re.compile(rb'"prompt"\s*:')
+# The body is parsed here, not by FastAPI (straight from bytes to the model, without a tree
+# of Python objects in between), so its schema is declared by hand.
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ComparisonRequest"}}
+        },
+    }
+}
+
+
+def items_at_least(body: bytes) -> int:
+    """A lower bound on a comparisons body's items, without parsing it.
+
+    Each item has one "prompt" key, and a quote inside a JSON string is always escaped, so
+    `"prompt":` occurs once per item; an escaped spelling of the key is missed (the exact
+    count after parsing still applies). Only an invalid body can repeat the key.
+    """
+    return len(_PROMPT_KEY.findall(body))
+
+
+def too_large(count: int, limit: int) -> HTTPException:
+    return HTTPException(
+        HTTP_413_TOO_LARGE,
+        f"batch of {count} items exceeds max_batch_size={limit}; split it "
+        f"(see GET {API_PREFIX}/limits)",
+    )
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns once the client has gone away (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result; None if the client went away first (then `work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()  # the client is gone, or this request is being cancelled
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    return None if task.cancelled() else task.result()
 
 
 @router.post(
     "/comparisons",
     response_model=ComparisonResponse,
-    responses={413: {"description": "Batch or body larger than the limits"}},
+    responses={**TOO_LARGE, **INVALID, **UNAVAILABLE},
+    openapi_extra=REQUEST_BODY,
 )
 async def compare(
-    request: ComparisonRequest, settings: SettingsDep, service: ServiceDep
-) -> ComparisonResponse:
-    """Compare each item's two responses; results come back in request order."""
-    if len(request.items) > settings.max_batch_size:
-        raise HTTPException(
-            HTTP_413_TOO_LARGE,
-            f"batch of {len(request.items)} items exceeds max_batch_size="
-            f"{settings.max_batch_size}; split it (see GET {API_PREFIX}/limits)",
-        )
-    return ComparisonResponse(results=await service.compare(request.items))
+    request: Request, settings: SettingsDep, service: ServiceDep
+) -> ComparisonResponse | Response:
+    """Compare each item's two responses; results come back in request order.
+
+    Every item gets a verdict or an abstention with its error; a request whose client goes
+    away is cancelled with its judge calls (and nothing is counted: nothing was answered).
+    """
+    arrived = asyncio.get_running_loop().time()
+    body = await request.body()
+    if (count := items_at_least(body)) > settings.max_batch_size:
+        raise too_large(count, settings.max_batch_size)
+    try:
+        parsed = ComparisonRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+    if len(parsed.items) > settings.max_batch_size:
+        raise too_large(len(parsed.items), settings.max_batch_size)
+    results = await cancel_on_disconnect(request, service.compare(parsed.items, arrived))
+    if results is None:
+        return Response(status_code=HTTP_499_CLIENT_GONE)
+    return ComparisonResponse(results=results)
 
 
 @router.get("/limits", response_model=ServiceLimits)

@@ -1,4 +1,5 @@
-"""Shared route dependencies: settings, the service, auth (bearer token or dashboard session)."""
+"""Shared route dependencies: settings, the service, the store, auth (bearer token or
+dashboard session)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from oracle_service.core import session
 from oracle_service.core.comparisons import ComparisonService
 from oracle_service.core.settings import Settings
-from oracle_service.core.store import SQLiteStore
+from oracle_service.core.store import Store
+from oracle_service.schemas import ErrorBody, ValidationErrorBody
 
 bearer_scheme = HTTPBearer(auto_error=False, description="COMPO_ORACLE_API_TOKEN")
+
+# Documented error answers (every one is an ErrorBody: {"detail": "..."}).
+UNAUTHORIZED = {401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}}
+TOO_LARGE = {413: {"model": ErrorBody, "description": "Batch or body larger than the limits"}}
+INVALID = {422: {"model": ValidationErrorBody, "description": "Invalid request"}}
+UNAVAILABLE = {503: {"model": ErrorBody, "description": "Starting up, or the store is down"}}
 
 
 def get_settings(request: Request) -> Settings:
@@ -28,7 +36,7 @@ def get_service(request: Request) -> ComparisonService:
     return service
 
 
-def get_store(request: Request) -> SQLiteStore:
+def get_store(request: Request) -> Store:
     store = getattr(request.app.state, "store", None)
     if store is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "service is starting up")
@@ -37,7 +45,7 @@ def get_store(request: Request) -> SQLiteStore:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[ComparisonService, Depends(get_service)]
-StoreDep = Annotated[SQLiteStore, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(get_store)]
 
 
 SECONDS_PER_HOUR = 3600.0
@@ -63,7 +71,7 @@ def require_token(
     if not settings.auth_enabled:
         return
     expected = settings.api_token.get_secret_value().encode()
-    given = credentials.credentials.encode() if credentials is not None else b""
+    given = credentials.credentials.encode(errors="replace") if credentials is not None else b""
     if credentials is not None and hmac.compare_digest(given, expected):
         return
     if not has_session(request, settings):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from oracle_service.core.store import StoreError
 
 open_router = APIRouter(tags=["health"])
 protected_router = APIRouter(tags=["health"])
@@ -26,13 +26,16 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "starting"}, status.HTTP_503_SERVICE_UNAVAILABLE)
     try:
         await store.ping()
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         body = {"status": "database error", "detail": str(exc)}
         return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
     return JSONResponse({"status": "ready", "backend": request.app.state.settings.backend})
 
 
-@protected_router.get("/metrics", response_class=Response)
+PROMETHEUS_TEXT = {200: {"description": "Prometheus text format", "content": {"text/plain": {}}}}
+
+
+@protected_router.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

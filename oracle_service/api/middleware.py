@@ -1,16 +1,29 @@
-"""Request body size limit and clear validation errors."""
+"""Request body size limit, and errors as one safe line: 422, 503 (store), 500 (a bug)."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from oracle_service.core.sanitize import safe_message
+from oracle_service.core.store import StoreError
+
+logger = logging.getLogger(__name__)
 # Numeric on purpose: the constant names differ between Starlette versions.
+HTTP_405_NOT_ALLOWED = 405
 HTTP_413_TOO_LARGE = 413
 HTTP_422_INVALID = 422
+HTTP_500_INTERNAL = 500
+HTTP_503_UNAVAILABLE = 503
+MAX_PROBLEMS = 20  # validation problems listed in one 422
+_PATH_PARAMETER = re.compile(r"\{[^/{}]+\}")  # {run_id} in /v1/runs/{run_id}/stats
 
 
 def _too_large(max_bytes: int) -> str:
@@ -52,11 +65,11 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
-            "loc": [str(part) for part in error.get("loc", ())],
-            "msg": str(error.get("msg", "")),
-            "type": str(error.get("type", "")),
+            "loc": [safe_message(part) for part in error.get("loc", ())],
+            "msg": safe_message(error.get("msg", "")),
+            "type": safe_message(error.get("type", "")),
         }
-        for error in exc.errors()
+        for error in exc.errors()[:MAX_PROBLEMS]
     ]
     lines = [f"{'.'.join(error['loc'])}: {error['msg']}" for error in errors]
     return JSONResponse(
@@ -65,6 +78,40 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     )
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents at this path (Starlette's 405 names one route's)."""
+    for template, operations in app.openapi()["paths"].items():
+        parts = _PATH_PARAMETER.split(template)  # literal, parameter, literal, ...
+        pattern = "[^/]+".join(re.escape(literal) for literal in parts)
+        if re.fullmatch(pattern, path):
+            return sorted(method.upper() for method in operations)
+    return []
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own answer, with a complete Allow header on a 405."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == HTTP_405_NOT_ALLOWED:
+        methods = allowed_methods(request.app, request.url.path)
+        if methods:
+            exc = HTTPException(exc.status_code, exc.detail, headers={"Allow": ", ".join(methods)})
+    return await http_exception_handler(request, exc)
+
+
+async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503: the store failed, so nothing of this request was recorded (or answered)."""
+    logger.error("store failure: %s", exc)
+    return JSONResponse({"detail": f"store unavailable: {exc}"}, HTTP_503_UNAVAILABLE)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """500 without internals (the traceback goes to the service log)."""
+    return JSONResponse({"detail": "internal error; see the service log"}, HTTP_500_INTERNAL)
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(StoreError, store_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)

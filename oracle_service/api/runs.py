@@ -7,17 +7,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from oracle_service.api.deps import StoreDep
+from oracle_service.api.deps import INVALID, UNAVAILABLE, StoreDep
 from oracle_service.schemas import (
     API_PREFIX,
     RUN_ID_PATTERN,
+    ErrorBody,
     IterationList,
     IterationSummary,
     RunInfo,
     RunList,
 )
 
-router = APIRouter(prefix=API_PREFIX, tags=["runs"])
+NOT_JSON = {400: {"model": ErrorBody, "description": "The body is not UTF-8 JSON"}}
+router = APIRouter(prefix=API_PREFIX, tags=["runs"], responses={**INVALID, **UNAVAILABLE})
 RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="Training run id.")]
 
 
@@ -25,6 +27,7 @@ RunId = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="Training run id
     "/runs/{run_id}/iterations",
     response_model=IterationSummary,
     status_code=status.HTTP_201_CREATED,
+    responses=NOT_JSON,
 )
 async def report_iteration(
     summary: IterationSummary, run_id: RunId, store: StoreDep

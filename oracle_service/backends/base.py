@@ -1,4 +1,4 @@
-"""The backend interface: `async compare(items) -> list[Verdict]`, one verdict per item."""
+"""The backend interface: `async compare(items, deadline) -> list[Verdict]`, one per item."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from oracle_service.core.sanitize import safe_message
 from oracle_service.schemas import ComparisonError, ComparisonItem, ErrorKind, VerdictLabel
 
 
@@ -27,7 +28,9 @@ class Verdict:
 
     @classmethod
     def abstain(cls, kind: ErrorKind, message: str, **usage: int) -> Verdict:
-        return cls(VerdictLabel.ABSTAIN, error=ComparisonError(kind=kind, message=message), **usage)
+        """An abstention; the message is made safe (bounded, one line, credentials redacted)."""
+        error = ComparisonError(kind=kind, message=safe_message(message))
+        return cls(VerdictLabel.ABSTAIN, error=error, **usage)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +48,10 @@ class Backend(Protocol):
     identity: str
     cache_params: dict[str, Any]
 
-    async def compare(self, items: Sequence[ComparisonItem]) -> list[Verdict]: ...
+    async def compare(
+        self, items: Sequence[ComparisonItem], deadline: float | None = None
+    ) -> list[Verdict]:
+        """One verdict per item, never raising for an item; `deadline` is event-loop time
+        (None: item_deadline_s from now), after which unanswered items abstain."""
 
     async def aclose(self) -> None: ...

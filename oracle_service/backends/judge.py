@@ -1,47 +1,63 @@
-"""LLM-judge backend: any OpenAI-compatible chat endpoint through the openai client."""
+"""LLM-judge backend: any OpenAI-compatible chat endpoint through the openai client.
+
+Every item gets a verdict or its own abstention, whatever the endpoint does: each call is
+bounded in time (judge_timeout_s, body included) and size (judge_max_response_bytes),
+retries stop at the item's deadline, and hung calls leave their slots (core/slots.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
+import json
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
-from openai.types.chat.chat_completion import Choice
 
 from oracle_service.backends.base import Verdict
+from oracle_service.backends.judge_http import judge_client
 from oracle_service.backends.judge_parsing import (
     content_seeded_swap,
     render_template,
     verdict_from_raw,
 )
+from oracle_service.backends.judge_reply import ChatReply, parse_reply
 from oracle_service.core.metrics import ServiceMetrics
 from oracle_service.core.ratelimit import RateLimits
-from oracle_service.core.retry import classify, judge_retrying
+from oracle_service.core.retry import (
+    CallTimeout,
+    InvalidReply,
+    RetryPastDeadline,
+    classify,
+    with_retries,
+)
+from oracle_service.core.sanitize import safe_message
 from oracle_service.core.settings import Settings
-from oracle_service.schemas import ComparisonItem
+from oracle_service.core.slots import CallSlots
+from oracle_service.schemas import ComparisonItem, ErrorKind
+
+logger = logging.getLogger(__name__)
 
 
-def _first_token_logprobs(choice: Choice) -> dict[str, float] | None:
-    """{token (stripped): best logprob} over the first generated token's alternatives."""
-    if choice.logprobs is None or not choice.logprobs.content:
-        return None
-    first = choice.logprobs.content[0]
-    top: dict[str, float] = {}
-    for alternative in [first, *first.top_logprobs]:
-        token = alternative.token.strip()
-        top[token] = max(top.get(token, alternative.logprob), alternative.logprob)
-    return top
-
-
-def describe(exc: openai.APIError) -> str:
-    status = getattr(exc, "status_code", None)
-    prefix = f"HTTP {status}: " if status is not None else ""
-    return f"{prefix}{type(exc).__name__}: {exc.message}"
+def describe(exc: BaseException, settings: Settings) -> str:
+    """What went wrong, for the abstention (the caller sanitises and bounds it)."""
+    if isinstance(exc, RetryPastDeadline):
+        return f"{describe(exc.last, settings)} ({exc})"
+    if isinstance(exc, CallTimeout):
+        return f"judge call took longer than judge_timeout_s={settings.judge_timeout_s}"
+    if isinstance(exc, InvalidReply):
+        return str(exc)
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {type(exc).__name__}: {exc.message}"
+    if isinstance(exc, openai.APIConnectionError) and exc.__cause__ is not None:
+        return f"{type(exc).__name__}: {type(exc.__cause__).__name__}: {exc.__cause__}"
+    if isinstance(exc, openai.APIError):
+        return f"{type(exc).__name__}: {exc.message}"
+    return f"internal error ({type(exc).__name__}); see the service log"
 
 
 class JudgeBackend:
@@ -50,20 +66,17 @@ class JudgeBackend:
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._secrets = [settings.judge_key(), settings.api_token.get_secret_value()]
         # Several small connection pools: the HTTP client scans its whole pool on every
         # request, so one pool of hundreds of connections costs more CPU than the call.
         pools = math.ceil(settings.judge_max_concurrency / settings.judge_connections_per_pool)
-        self._clients = [
-            openai.AsyncOpenAI(
-                base_url=settings.judge_base_url,
-                api_key=settings.judge_api_key.get_secret_value() or None,
-                timeout=settings.judge_timeout_s,
-                max_retries=0,  # tenacity owns retries, so attempts never multiply
-            )
-            for _ in range(pools)
-        ]
+        self._clients = [judge_client(settings) for _ in range(pools)]
         self._next_client = itertools.cycle(self._clients)
-        self._semaphore = asyncio.Semaphore(settings.judge_max_concurrency)
+        self.slots = CallSlots(
+            settings.judge_max_concurrency,
+            settings.judge_max_slow_calls,
+            settings.judge_slow_call_s,
+        )
         self._limits = RateLimits(
             settings.judge_requests_per_minute,
             settings.judge_tokens_per_minute,
@@ -80,20 +93,41 @@ class JudgeBackend:
             "position_mode": settings.judge_position_mode,
         }
 
-    async def compare(self, items: Sequence[ComparisonItem]) -> list[Verdict]:
-        return list(await asyncio.gather(*(self._judge(item) for item in items)))
+    async def compare(
+        self, items: Sequence[ComparisonItem], deadline: float | None = None
+    ) -> list[Verdict]:
+        """One verdict or abstention per item; `deadline` is event-loop time."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._settings.item_deadline_s
+        return list(await asyncio.gather(*(self._judge_by(item, deadline) for item in items)))
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
 
-    async def _judge(self, item: ComparisonItem) -> Verdict:
+    def _abstain(self, exc: BaseException, **usage: int) -> Verdict:
+        message = safe_message(describe(exc, self._settings), self._secrets)
+        return Verdict.abstain(classify(exc), message, **usage)
+
+    async def _judge_by(self, item: ComparisonItem, deadline: float) -> Verdict:
+        """The item's verdict, or its abstention; never raises (cancellation aside)."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._judge(item, deadline), timeout=remaining)
+        except asyncio.TimeoutError:
+            message = f"no verdict within item_deadline_s={self._settings.item_deadline_s}"
+            return Verdict.abstain(ErrorKind.DEADLINE_EXCEEDED, message)
+        except Exception as exc:  # a bug: logged, and this item alone abstains
+            logger.exception("judging one item failed")
+            return self._abstain(exc)
+
+    async def _judge(self, item: ComparisonItem, deadline: float) -> Verdict:
         if self._settings.judge_position_mode == "both":
             swaps = [False, True]
         else:
             swaps = [content_seeded_swap(item)]
         outcomes = await asyncio.gather(
-            *(self._ask(item, swapped) for swapped in swaps), return_exceptions=True
+            *(self._ask(item, swapped, deadline) for swapped in swaps), return_exceptions=True
         )
         records = [outcome for outcome in outcomes if isinstance(outcome, dict)]
         usage = {
@@ -101,14 +135,14 @@ class JudgeBackend:
             "completion_tokens": sum(record["completion_tokens"] for record in records),
         }
         for outcome in outcomes:
-            if isinstance(outcome, openai.APIError):
-                return Verdict.abstain(classify(outcome), describe(outcome), **usage)
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
+            if isinstance(outcome, BaseException):
+                return self._abstain(outcome, **usage)
         verdict = verdict_from_raw({"calls": records}, self._settings.judge_output_format)
         return dataclasses.replace(verdict, **usage)
 
-    async def _ask(self, item: ComparisonItem, swapped: bool) -> dict[str, Any]:
+    async def _ask(self, item: ComparisonItem, swapped: bool, deadline: float) -> dict[str, Any]:
         """One judge call (with retries) showing the pair in the given order."""
         shown = (item.response_a, item.response_b)
         if swapped:
@@ -122,15 +156,24 @@ class JudgeBackend:
         ]
         chars = sum(len(message["content"]) for message in messages)
         estimated_tokens = chars / self._settings.chars_per_token + self._settings.judge_max_tokens
-        async for attempt in judge_retrying(self._settings):
-            with attempt:
-                await self._limits.acquire(estimated_tokens)
-                async with self._semaphore:
-                    completion = await self._create(messages)
-        return self._record(completion, swapped)
 
-    async def _create(self, messages: list[dict[str, str]]) -> ChatCompletion:
-        """POST /chat/completions through the SDK client (auth, timeout, typed errors).
+        async def attempt() -> ChatReply:
+            await self._limits.acquire(estimated_tokens)
+            return await self.slots.run(lambda: self._timed_create(messages))
+
+        reply = await with_retries(attempt, self._settings, deadline)
+        return reply.record(swapped)
+
+    async def _timed_create(self, messages: list[dict[str, str]]) -> ChatReply:
+        """One HTTP attempt, cut off after judge_timeout_s however the bytes trickle in."""
+        try:
+            return await asyncio.wait_for(self._create(messages), self._settings.judge_timeout_s)
+        except asyncio.TimeoutError:
+            self._count_attempt("error")
+            raise CallTimeout() from None
+
+    async def _create(self, messages: list[dict[str, str]]) -> ChatReply:
+        """POST /chat/completions through the SDK client (auth, typed errors), parsed strictly.
 
         `client.post` with a ready wire-format body skips the SDK's per-call TypedDict
         transform, which costs ~1 ms of CPU per call and dominates at hundreds of calls/s.
@@ -146,29 +189,19 @@ class JudgeBackend:
             body.update(logprobs=True, top_logprobs=settings.judge_top_logprobs)
         if settings.judge_output_format == "json":
             body["response_format"] = {"type": "json_object"}
+        client = next(self._next_client)
         try:
-            completion = await next(self._next_client).post(
-                "/chat/completions", body=body, cast_to=ChatCompletion
-            )
-        except openai.APIError:
+            try:
+                data = await client.post("/chat/completions", body=body, cast_to=object)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a JSON type, no JSON
+                raise InvalidReply(f"judge reply is not valid JSON: {exc}") from exc
+            reply = parse_reply(data)
+        except Exception:
             self._count_attempt("error")
             raise
         self._count_attempt("ok")
-        return completion
+        return reply
 
     def _count_attempt(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.backend_attempts.labels(outcome=outcome).inc()
-
-    @staticmethod
-    def _record(completion: ChatCompletion, swapped: bool) -> dict[str, Any]:
-        """The raw, re-parsable record of one call."""
-        choice = completion.choices[0] if completion.choices else None
-        usage = completion.usage
-        return {
-            "swapped": swapped,
-            "content": choice.message.content if choice is not None else None,
-            "top_logprobs": _first_token_logprobs(choice) if choice is not None else None,
-            "prompt_tokens": usage.prompt_tokens if usage is not None else 0,
-            "completion_tokens": usage.completion_tokens if usage is not None else 0,
-        }

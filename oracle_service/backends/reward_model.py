@@ -84,18 +84,40 @@ class RewardModelBackend:
         if self._model.config.pad_token_id is None:
             self._model.config.pad_token_id = self._tokenizer.pad_token_id
 
-    async def compare(self, items: Sequence[ComparisonItem]) -> list[Verdict]:
-        return await self._batcher.submit(items)
+    async def compare(
+        self, items: Sequence[ComparisonItem], deadline: float | None = None
+    ) -> list[Verdict]:
+        """Verdicts from the micro-batches; items not scored by `deadline` abstain."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._settings.item_deadline_s
+        futures = self._batcher.enqueue(items)
+        await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+        return [self._outcome(future) for future in futures]
+
+    def _outcome(self, future: asyncio.Future[Verdict]) -> Verdict:
+        if not future.done():
+            future.cancel()  # the batcher skips it
+            message = f"not scored within item_deadline_s={self._settings.item_deadline_s}"
+            return Verdict.abstain(ErrorKind.DEADLINE_EXCEEDED, message)
+        if future.exception() is not None:
+            error = future.exception()
+            return Verdict.abstain(ErrorKind.MODEL_ERROR, f"{type(error).__name__}: {error}")
+        return future.result()
 
     async def aclose(self) -> None:
         await self._batcher.close()
 
     async def _compare_batch(self, items: list[ComparisonItem]) -> list[Verdict]:
+        """Scores of a micro-batch; if it fails, each item alone, so one bad item abstains."""
         try:
             scores = await asyncio.to_thread(self.score_pairs, items)
-        except (RuntimeError, ValueError) as exc:  # e.g. CUDA OOM, tokenizer errors
-            message = f"{type(exc).__name__}: {exc}"
-            return [Verdict.abstain(ErrorKind.MODEL_ERROR, message) for _ in items]
+        except Exception as exc:  # e.g. CUDA OOM, tokenizer errors
+            if len(items) == 1:
+                return [Verdict.abstain(ErrorKind.MODEL_ERROR, f"{type(exc).__name__}: {exc}")]
+            return [(await self._compare_batch([item]))[0] for item in items]
         return [self._verdict(score_a, score_b) for score_a, score_b in scores]
 
     def score_pairs(self, items: Sequence[ComparisonItem]) -> list[tuple[float, float]]:

@@ -34,6 +34,10 @@ class MicroBatcher(Generic[T, R]):
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Answer `items` (in order) once the batches holding them are processed."""
+        return list(await asyncio.gather(*self.enqueue(items)))
+
+    def enqueue(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
+        """One future per item; a future cancelled by its caller is skipped."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="micro-batcher")
         loop = asyncio.get_running_loop()
@@ -42,7 +46,7 @@ class MicroBatcher(Generic[T, R]):
             self._queue.put_nowait((item, future))
         if self._queue.qsize() >= self._max_batch_size - 1:
             self._full.set()
-        return list(await asyncio.gather(*futures))
+        return futures
 
     async def _run(self) -> None:
         while True:
@@ -62,6 +66,9 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     async def _dispatch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        batch = [(item, future) for item, future in batch if not future.done()]
+        if not batch:
+            return
         items = [item for item, _ in batch]
         futures = [future for _, future in batch]
         if self._on_batch is not None:

@@ -1,9 +1,17 @@
-"""The comparison service: canonical order, cache, backend call, statistics."""
+"""The comparison service: canonical order, cache, backend call, statistics.
+
+A request's items are answered together: cache hits (bounded by request_deadline_s), then
+the backend for the misses (each item isolated, all bounded by item_deadline_s), then one
+store transaction with the new verdicts and the request's counters, then the answer. A
+failed store is a 503 for the request, never an answer that the statistics do not hold.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,9 +19,17 @@ from dataclasses import dataclass
 from oracle_service.backends.base import Backend, Verdict
 from oracle_service.core.metrics import ServiceMetrics
 from oracle_service.core.settings import Settings
-from oracle_service.core.stats import Observation, StatsBook
-from oracle_service.core.store import CachedVerdict, SQLiteStore
-from oracle_service.schemas import DEFAULT_RUN_ID, ComparisonItem, ComparisonResult, VerdictLabel
+from oracle_service.core.stats import Observation, counter_deltas
+from oracle_service.core.store import CachedVerdict, Store, StoreError
+from oracle_service.schemas import (
+    DEFAULT_RUN_ID,
+    ComparisonItem,
+    ComparisonResult,
+    ErrorKind,
+    VerdictLabel,
+)
+
+logger = logging.getLogger(__name__)
 
 TOKENS_PER_MTOK = 1_000_000  # prices are per million tokens
 
@@ -50,14 +66,12 @@ class ComparisonService:
         self,
         settings: Settings,
         backend: Backend,
-        store: SQLiteStore,
-        stats: StatsBook,
+        store: Store,
         metrics: ServiceMetrics,
     ) -> None:
         self._settings = settings
         self._backend = backend
         self._store = store
-        self._stats = stats
         self._metrics = metrics
 
     def _canonical(self, item: ComparisonItem) -> _Canonical:
@@ -69,22 +83,42 @@ class ComparisonService:
         key = cache_key(self._backend.identity, self._backend.cache_params, item)
         return _Canonical(item, flipped, key)
 
-    async def compare(self, items: Sequence[ComparisonItem]) -> list[ComparisonResult]:
+    async def compare(
+        self, items: Sequence[ComparisonItem], arrived: float | None = None
+    ) -> list[ComparisonResult]:
+        """Results in item order; `arrived` (event-loop time) starts the item deadline."""
+        arrived = asyncio.get_running_loop().time() if arrived is None else arrived
         started = time.perf_counter()
         canonical = [self._canonical(item) for item in items]
         pending = {c.key: c.item for c in canonical if not c.identical}
         hits: dict[str, CachedVerdict] = {}
         if self._settings.cache_enabled:
-            hits = await self._store.get_verdicts(list(pending))
+            hits = await self._cached(list(pending), arrived + self._settings.request_deadline_s)
         hit_latency = time.perf_counter() - started
-        misses = {key: item for key, item in pending.items() if key not in hits}
-        fresh = dict(zip(misses, await self._backend.compare(list(misses.values())), strict=True))
-        if self._settings.cache_enabled:
-            await self._store.put_verdicts(
-                {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
-            )
-        miss_latency = time.perf_counter() - started
-        results = []
+        misses = [key for key in pending if key not in hits]
+        deadline = arrived + self._settings.item_deadline_s
+        answers = await self._ask_backend([pending[key] for key in misses], deadline)
+        fresh = dict(zip(misses, answers, strict=True))
+        latencies = (hit_latency, time.perf_counter() - started)
+        results, observations = self._answer(items, canonical, hits, fresh, latencies)
+        new_verdicts = {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
+        if not self._settings.cache_enabled:
+            new_verdicts = {}
+        await self._store.record(new_verdicts, counter_deltas(observations))
+        for obs in observations:
+            self._metrics.observe(obs)
+        return results
+
+    def _answer(
+        self,
+        items: Sequence[ComparisonItem],
+        canonical: list[_Canonical],
+        hits: dict[str, CachedVerdict],
+        fresh: dict[str, Verdict],
+        latencies: tuple[float, float],
+    ) -> tuple[list[ComparisonResult], list[Observation]]:
+        """Each item's result and observation; a pair's usage is counted once per request."""
+        results, observations = [], []
         usage_counted: set[str] = set()
         for original, c in zip(items, canonical, strict=True):
             cached = c.key in hits
@@ -93,10 +127,34 @@ class ComparisonService:
                 verdict = verdict.flipped()
             counts_usage = c.key in fresh and c.key not in usage_counted
             usage_counted.add(c.key)
-            latency = hit_latency if cached or c.identical else miss_latency
-            self._observe(original, verdict, cached, latency, counts_usage)
+            latency = latencies[0] if cached or c.identical else latencies[1]
+            observations.append(self._observation(original, verdict, cached, latency, counts_usage))
             results.append(self._to_result(original, verdict, cached))
-        return results
+        return results, observations
+
+    async def _cached(self, keys: list[str], deadline: float) -> dict[str, CachedVerdict]:
+        """Cache hits, or StoreError (a 503) if the store does not answer by `deadline`."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._store.get_verdicts(keys), max(0.0, remaining))
+        except asyncio.TimeoutError:
+            limit = self._settings.request_deadline_s
+            message = f"the store did not answer within request_deadline_s={limit}"
+            raise StoreError(message) from None
+
+    async def _ask_backend(self, items: list[ComparisonItem], deadline: float) -> list[Verdict]:
+        """The backend's verdicts; if it breaks its promise and raises, every item abstains."""
+        if not items:
+            return []
+        try:
+            verdicts = await self._backend.compare(items, deadline)
+            if len(verdicts) != len(items):
+                raise RuntimeError(f"{len(items)} items, {len(verdicts)} verdicts")
+        except Exception:
+            logger.exception("the backend failed on a batch of %d items", len(items))
+            message = "the backend failed; see the service log"
+            return [Verdict.abstain(ErrorKind.INTERNAL_ERROR, message) for _ in items]
+        return verdicts
 
     @staticmethod
     def _lookup(
@@ -138,10 +196,10 @@ class ComparisonService:
         spent = verdict.prompt_tokens * input_price + verdict.completion_tokens * output_price
         return spent / TOKENS_PER_MTOK
 
-    def _observe(
+    def _observation(
         self, item: ComparisonItem, verdict: Verdict, cached: bool, latency: float, usage: bool
-    ) -> None:
-        obs = Observation(
+    ) -> Observation:
+        return Observation(
             run_id=item.run_id or DEFAULT_RUN_ID,
             iteration=item.iteration,
             label=verdict.label,
@@ -153,5 +211,3 @@ class ComparisonService:
             completion_tokens=verdict.completion_tokens if usage else 0,
             cost_usd=self._cost_usd(verdict) if usage else None,
         )
-        self._stats.record(obs)
-        self._metrics.observe(obs)

@@ -1,26 +1,39 @@
-"""Retry policy for judge calls: which errors retry, how long to wait (Retry-After first)."""
+"""Retries of judge calls: which errors retry, how long to wait, and never past the deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import random
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import openai
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
-from tenacity.wait import wait_base
 
 from oracle_service.core.settings import Settings
 from oracle_service.schemas import ErrorKind
 
+T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MS_PER_S = 1000.0
+
+
+class CallTimeout(Exception):
+    """One HTTP attempt took longer than judge_timeout_s (headers and body together)."""
+
+
+class InvalidReply(Exception):
+    """The judge answered 200 with something that is not a usable chat completion."""
+
+
+class RetryPastDeadline(Exception):
+    """A retryable failure, not retried because the wait would pass the item's deadline."""
+
+    def __init__(self, last: BaseException, wait_s: float) -> None:
+        super().__init__(f"not retried: the wait of {wait_s:.1f} s would pass the deadline")
+        self.last = last
+        self.wait_s = wait_s
 
 
 def _status(exc: BaseException) -> int | None:
@@ -37,7 +50,7 @@ def is_quota_error(exc: BaseException) -> bool:
 
 def is_retryable(exc: BaseException) -> bool:
     """Timeouts, connection errors, 408/409/429 (not quota) and 5xx retry; the rest fail fast."""
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+    if isinstance(exc, CallTimeout | openai.APIConnectionError):  # incl. APITimeoutError
         return True
     status = _status(exc)
     if status is None or is_quota_error(exc):
@@ -45,12 +58,16 @@ def is_retryable(exc: BaseException) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
 
 
-def classify(exc: openai.APIError) -> ErrorKind:
+def classify(exc: BaseException) -> ErrorKind:
     """The error kind an abstention reports for a failed judge call."""
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, RetryPastDeadline):
+        return classify(exc.last)
+    if isinstance(exc, CallTimeout | openai.APITimeoutError):
         return ErrorKind.TIMEOUT
     if isinstance(exc, openai.APIConnectionError):
         return ErrorKind.CONNECTION_ERROR
+    if isinstance(exc, InvalidReply):
+        return ErrorKind.INVALID_RESPONSE
     status = _status(exc)
     if is_quota_error(exc):
         return ErrorKind.INSUFFICIENT_QUOTA
@@ -62,13 +79,15 @@ def classify(exc: openai.APIError) -> ErrorKind:
         return ErrorKind.BAD_REQUEST
     if status is not None and status >= 500:
         return ErrorKind.SERVER_ERROR
-    return ErrorKind.API_ERROR
+    if isinstance(exc, openai.APIError):
+        return ErrorKind.API_ERROR
+    return ErrorKind.INTERNAL_ERROR
 
 
 def _seconds_until_http_date(value: str) -> float | None:
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, parsed.timestamp() - time.time())
 
@@ -83,36 +102,35 @@ def retry_after_s(exc: BaseException | None) -> float | None:
         if value is None:
             continue
         try:
-            return max(0.0, float(value) / divisor)
+            seconds = float(value) / divisor
         except ValueError:
-            if name == "retry-after":
-                return _seconds_until_http_date(value)
+            seconds = _seconds_until_http_date(value) if name == "retry-after" else None
+        if seconds is not None and seconds == seconds and seconds >= 0:  # not NaN or negative
+            return seconds
     return None
 
 
-class WaitRetryAfter(wait_base):
-    """Use the server's Retry-After when present (capped); otherwise the fallback wait."""
-
-    def __init__(self, fallback: wait_base, max_s: float) -> None:
-        self._fallback = fallback
-        self._max_s = max_s
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        requested = retry_after_s(outcome.exception() if outcome is not None else None)
-        if requested is not None:
-            return min(requested, self._max_s)
-        return self._fallback(retry_state)
+def wait_before_retry(exc: BaseException, attempt: int, settings: Settings) -> float:
+    """Retry-After when the server sent one (capped), else exponential backoff plus jitter."""
+    requested = retry_after_s(exc)
+    if requested is not None:
+        return min(requested, settings.retry_after_max_s)
+    backoff = settings.retry_initial_wait_s * 2 ** (attempt - 1)
+    return min(backoff, settings.retry_max_wait_s) + random.uniform(0, settings.retry_jitter_s)
 
 
-def judge_retrying(settings: Settings) -> AsyncRetrying:
-    """A fresh tenacity controller for one judge call; the last error is re-raised."""
-    backoff = wait_exponential(
-        multiplier=settings.retry_initial_wait_s, max=settings.retry_max_wait_s
-    ) + wait_random(0, settings.retry_jitter_s)
-    return AsyncRetrying(
-        retry=retry_if_exception(is_retryable),
-        wait=WaitRetryAfter(backoff, settings.retry_after_max_s),
-        stop=stop_after_attempt(settings.retry_max_attempts),
-        reraise=True,
-    )
+async def with_retries(call: Callable[[], Awaitable[T]], settings: Settings, deadline: float) -> T:
+    """`call()` until it succeeds, fails for good, runs out of attempts, or the next wait
+    would end past `deadline` (event-loop time): then the last error is raised."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(1, settings.retry_max_attempts + 1):
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_retryable(exc) or attempt == settings.retry_max_attempts:
+                raise
+            wait = wait_before_retry(exc, attempt, settings)
+            if loop.time() + wait >= deadline:
+                raise RetryPastDeadline(exc, wait) from exc
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -13,9 +17,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+ENV_PREFIX = "COMPO_ORACLE_"
 PLACEHOLDER_TOKENS = frozenset(
     {"", "changeme", "change-me", "change_me", "placeholder", "secret", "token", "password"}
 )
+MIN_TOKEN_CHARS = 16
+MIN_TOKEN_BITS = 64.0  # length x Shannon entropy of the token's own characters
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+STORE_SCHEMES = ("postgresql://", "postgres://")
 
 TOKEN_TEMPLATE = """Compare two responses to the same user prompt and decide which one is better: \
 more helpful, more correct and clearer. Length alone is not a merit.
@@ -40,14 +49,24 @@ SYSTEM_PROMPT = "You are a careful, impartial judge of answers to user prompts."
 TEMPLATE_FIELDS = ("{prompt}", "{response_a}", "{response_b}")
 
 
-class InsecureSettingsError(ValueError):
-    """Raised when the service would start without a real API token outside dev mode."""
+class StartupError(ValueError):
+    """The service cannot start with these settings; the message names the setting."""
+
+
+class InsecureSettingsError(StartupError):
+    """Raised when the service would start without a strong API token outside dev mode."""
+
+
+def token_bits(token: str) -> float:
+    """len(token) x the Shannon entropy of its characters: 0 for 'aaaa', ~6/char if random."""
+    counts = Counter(token)
+    return -sum(count * math.log2(count / len(token)) for count in counts.values())
 
 
 class Settings(BaseSettings):
     """Everything configurable; environment variables override the YAML file."""
 
-    model_config = SettingsConfigDict(env_prefix="COMPO_ORACLE_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     # --- server ---
     host: str = Field("127.0.0.1", description="Interface to bind.")
@@ -59,13 +78,29 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, description="Allow a weak token (no auth if empty).")
     max_batch_size: int = Field(256, ge=1, description="Most items in one comparisons request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    item_deadline_s: float = Field(
+        60.0, gt=0, description="Longest time for one item from the request's arrival: every "
+        "judge call, retry and Retry-After wait; then it abstains (deadline_exceeded).",
+    )
+    request_deadline_s: float = Field(
+        90.0, gt=0, description="Longest time before a request is answered (the final store "
+        "write aside); well below the client's own timeout (300 s).",
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="On SIGTERM: wait this long for open requests, then cancel them."
+    )
 
     # --- storage ---
     db_path: Path = Field(Path("oracle_service.sqlite3"), description="SQLite file (cache, runs).")
+    store_url: SecretStr = Field(
+        SecretStr(""), description="postgresql://user:password@host:5432/db: one store shared "
+        "by several replicas (cache, iteration summaries, stats); empty: SQLite at db_path.",
+    )
+    store_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per replica.")
+    store_timeout_s: float = Field(30.0, gt=0, description="PostgreSQL connect/statement timeout.")
     cache_enabled: bool = Field(True, description="Read and write the verdict cache.")
     sqlite_wal: bool = Field(True, description="Use SQLite WAL journal mode.")
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="Wait for a locked database.")
-    stats_latency_window: int = Field(10_000, ge=1, description="Latencies kept per stats scope.")
 
     # --- backend choice ---
     backend: Literal["judge", "reward_model"] = Field("judge", description="Which oracle.")
@@ -85,8 +120,18 @@ class Settings(BaseSettings):
     judge_position_mode: Literal["swap", "both"] = Field(
         "swap", description="swap: content-seeded order; both: ask both orders, disagreement=tie."
     )
-    judge_timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP attempt.")
+    judge_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time for one HTTP attempt, reading the body included."
+    )
+    judge_max_response_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest judge reply read; longer ones abstain."
+    )
     judge_max_concurrency: int = Field(64, ge=1, description="Judge calls in flight at once.")
+    judge_slow_call_s: float = Field(
+        10.0, gt=0, description="A call running longer moves to a slow-call slot, freeing its "
+        "place, so hung calls cannot hold every slot.",
+    )
+    judge_max_slow_calls: int = Field(64, ge=0, description="Slow calls in flight at once.")
     judge_connections_per_pool: int = Field(
         32, ge=1, description="HTTP connections per client pool (pools scale with concurrency)."
     )
@@ -129,6 +174,14 @@ class Settings(BaseSettings):
             raise ValueError(f"judge_template must contain {', '.join(TEMPLATE_FIELDS)}")
         if self.backend == "reward_model" and self.reward_model_path is None:
             raise ValueError("backend=reward_model needs reward_model_path")
+        if self.item_deadline_s > self.request_deadline_s:
+            raise ValueError(
+                f"item_deadline_s ({self.item_deadline_s}) cannot exceed request_deadline_s "
+                f"({self.request_deadline_s})"
+            )
+        url = self.store_url.get_secret_value()
+        if url and not url.startswith(STORE_SCHEMES):
+            raise ValueError("store_url must start with postgresql:// (empty: SQLite at db_path)")
         return self
 
     @property
@@ -142,13 +195,20 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         return bool(self.api_token.get_secret_value())
 
+    def judge_key(self) -> str:
+        """The judge's API key: judge_api_key, else OPENAI_API_KEY ('' if neither)."""
+        return self.judge_api_key.get_secret_value() or os.environ.get("OPENAI_API_KEY", "")
+
     def assert_safe_to_start(self) -> None:
-        """Refuse an empty or placeholder API token unless dev mode is on."""
-        token = self.api_token.get_secret_value().strip().lower()
-        if token in PLACEHOLDER_TOKENS and not self.dev_mode:
-            raise InsecureSettingsError(
-                "COMPO_ORACLE_API_TOKEN is empty or a placeholder; set a real token "
-                "or COMPO_ORACLE_DEV_MODE=1 for local development"
+        """Refuse a weak API token outside dev mode, and a judge without a key."""
+        if not self.dev_mode:
+            check_token(self.api_token.get_secret_value())
+        if self.backend == "judge" and not self.judge_key():
+            raise StartupError(
+                "backend=judge needs the judge's API key: set COMPO_ORACLE_JUDGE_API_KEY (or "
+                "OPENAI_API_KEY; any value, e.g. 'none', for an endpoint without auth), or use a "
+                "local reward model: COMPO_ORACLE_BACKEND=reward_model "
+                "COMPO_ORACLE_REWARD_MODEL_PATH=/path/to/model"
             )
 
     @classmethod
@@ -164,6 +224,32 @@ class Settings(BaseSettings):
         return init_settings, env_settings, dotenv_settings, yaml_settings, file_secret_settings
 
 
+def check_token(token: str) -> None:
+    """Raise InsecureSettingsError for a placeholder, short or low-entropy token."""
+    fix = f"make one with: {MAKE_TOKEN} (or COMPO_ORACLE_DEV_MODE=1 for local development)"
+    if token.strip().lower() in PLACEHOLDER_TOKENS:
+        raise InsecureSettingsError(f"COMPO_ORACLE_API_TOKEN is empty or a placeholder; {fix}")
+    bits = token_bits(token)
+    if len(token) < MIN_TOKEN_CHARS or bits < MIN_TOKEN_BITS:
+        raise InsecureSettingsError(
+            f"COMPO_ORACLE_API_TOKEN is too weak ({len(token)} characters, ~{bits:.0f} bits; "
+            f"needs >= {MIN_TOKEN_CHARS} characters and >= {MIN_TOKEN_BITS:.0f} bits); {fix}"
+        )
+
+
+def settings_error_line(exc: ValidationError) -> str:
+    """A ValidationError of Settings as one line naming each setting and its variable."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if field:
+            name = field.split(".")[0]
+            message = f"{field} ({ENV_PREFIX}{name.upper()}): {message}"
+        problems.append(message)
+    return "; ".join(problems)
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from overrides > environment > YAML file (if given) > defaults."""
     if config_file is None:
@@ -171,6 +257,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"settings file not found: {path}")
+    with path.open(encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle)  # a YAMLError names the file and line
+    if loaded is not None and not isinstance(loaded, dict):
+        kind = type(loaded).__name__
+        raise StartupError(f"{path}: settings must be a mapping (name: value), not a {kind}")
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(yaml_file=path)

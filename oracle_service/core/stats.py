@@ -1,11 +1,19 @@
-"""In-memory vote statistics per run and per iteration (reset when the service restarts)."""
+"""Vote statistics as additive counters, so every replica adds to the same rows in the store.
+
+An answered item becomes a handful of counters under (run_id, iteration): comparisons,
+votes by label, cache hits, errors by kind, tokens, cost, and one latency-histogram
+bucket. Sums of counters are the statistics of any scope (an iteration, a run, the
+service); latency percentiles come from the merged histogram, to within one bucket.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from oracle_service.core.store import NO_ITERATION, CounterKey, CounterRow
 from oracle_service.schemas import (
     IterationStats,
     RunStats,
@@ -16,11 +24,19 @@ from oracle_service.schemas import (
 )
 
 MS_PER_S = 1000.0
+# Latency histogram: bucket i holds latencies in (BASE * GROWTH**(i-1), BASE * GROWTH**i] ms;
+# a percentile is reported as its bucket's upper edge, at most 9% above the true value.
+LATENCY_BASE_MS = 0.001
+LATENCY_GROWTH = 2.0 ** (1 / 8)
+LATENCY_PREFIX = "latency."
+ERRORS_PREFIX = "errors."
+VOTES_PREFIX = "votes."
+PRICED = "priced"  # items whose cost is known (cost_usd stays None while this is 0)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What happened to one comparison item."""
+    """What happened to one answered comparison item."""
 
     run_id: str
     iteration: int | None
@@ -34,84 +50,116 @@ class Observation:
     cost_usd: float | None = None
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 1]); None for no values."""
-    if not values:
+def latency_bucket(latency_s: float) -> int:
+    """The histogram bucket of a latency (0 holds everything up to LATENCY_BASE_MS)."""
+    ms = latency_s * MS_PER_S
+    if ms <= LATENCY_BASE_MS:
+        return 0
+    return math.ceil(math.log(ms / LATENCY_BASE_MS) / math.log(LATENCY_GROWTH))
+
+
+def bucket_upper_ms(bucket: int) -> float:
+    return LATENCY_BASE_MS * LATENCY_GROWTH**bucket
+
+
+def observation_counters(obs: Observation) -> Counter[str]:
+    """The counters one item adds."""
+    counters: Counter[str] = Counter(comparisons=1)
+    counters[VOTES_PREFIX + obs.label.value] += 1
+    counters["position_inconsistent"] += obs.position_inconsistent
+    counters["cache_hits"] += obs.cached
+    if obs.error_kind is not None:
+        counters[ERRORS_PREFIX + obs.error_kind] += 1
+    counters[f"{LATENCY_PREFIX}{latency_bucket(obs.latency_s)}"] += 1
+    counters["prompt_tokens"] += obs.prompt_tokens
+    counters["completion_tokens"] += obs.completion_tokens
+    if obs.cost_usd is not None:
+        counters["cost_usd"] += obs.cost_usd
+        counters[PRICED] += 1
+    return counters
+
+
+def counter_deltas(observations: Iterable[Observation]) -> dict[CounterKey, float]:
+    """What a request adds to the store, keyed by (run_id, iteration, counter)."""
+    deltas: dict[CounterKey, float] = defaultdict(float)
+    for obs in observations:
+        iteration = NO_ITERATION if obs.iteration is None else obs.iteration
+        for name, value in observation_counters(obs).items():
+            deltas[(obs.run_id, iteration, name)] += value
+    return dict(deltas)
+
+
+def histogram_percentile(buckets: dict[int, float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1]) in ms: the upper edge of its bucket."""
+    total = sum(buckets.values())
+    if total <= 0:
         return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
+    rank, seen = max(1.0, math.ceil(q * total)), 0.0
+    for bucket in sorted(buckets):
+        seen += buckets[bucket]
+        if seen >= rank:
+            return bucket_upper_ms(bucket)
+    return bucket_upper_ms(max(buckets))
 
 
-class _Tally:
-    """Counters for one scope."""
-
-    def __init__(self, latency_window: int) -> None:
-        self.comparisons = 0
-        self.votes: Counter[str] = Counter()
-        self.position_inconsistent = 0
-        self.cache_hits = 0
-        self.errors: Counter[str] = Counter()
-        self.latencies: deque[float] = deque(maxlen=latency_window)
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cost_usd: float | None = None
-
-    def add(self, obs: Observation) -> None:
-        self.comparisons += 1
-        self.votes[obs.label.value] += 1
-        self.position_inconsistent += obs.position_inconsistent
-        self.cache_hits += obs.cached
-        if obs.error_kind is not None:
-            self.errors[obs.error_kind] += 1
-        self.latencies.append(obs.latency_s)
-        self.prompt_tokens += obs.prompt_tokens
-        self.completion_tokens += obs.completion_tokens
-        if obs.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + obs.cost_usd
-
-    def fields(self) -> dict:
-        latencies = list(self.latencies)
-        p50, p95 = percentile(latencies, 0.50), percentile(latencies, 0.95)
-        return {
-            "comparisons": self.comparisons,
-            "votes": VoteCounts(**self.votes),
-            "position_inconsistent": self.position_inconsistent,
-            "cache_hits": self.cache_hits,
-            "cache_hit_rate": self.cache_hits / self.comparisons if self.comparisons else None,
-            "errors": dict(self.errors),
-            "latency_ms_p50": None if p50 is None else p50 * MS_PER_S,
-            "latency_ms_p95": None if p95 is None else p95 * MS_PER_S,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": self.cost_usd,
-        }
+def summary_fields(counters: dict[str, float]) -> dict:
+    """StatsSummary fields from summed counters."""
+    comparisons = int(counters.get("comparisons", 0))
+    cache_hits = int(counters.get("cache_hits", 0))
+    votes = {
+        label.value: int(counters.get(VOTES_PREFIX + label.value, 0)) for label in VerdictLabel
+    }
+    errors = {
+        name.removeprefix(ERRORS_PREFIX): int(value)
+        for name, value in sorted(counters.items())
+        if name.startswith(ERRORS_PREFIX) and value
+    }
+    buckets = {
+        int(name.removeprefix(LATENCY_PREFIX)): value
+        for name, value in counters.items()
+        if name.startswith(LATENCY_PREFIX)
+    }
+    return {
+        "comparisons": comparisons,
+        "votes": VoteCounts(**votes),
+        "position_inconsistent": int(counters.get("position_inconsistent", 0)),
+        "cache_hits": cache_hits,
+        "cache_hit_rate": cache_hits / comparisons if comparisons else None,
+        "errors": errors,
+        "latency_ms_p50": histogram_percentile(buckets, 0.50),
+        "latency_ms_p95": histogram_percentile(buckets, 0.95),
+        "prompt_tokens": int(counters.get("prompt_tokens", 0)),
+        "completion_tokens": int(counters.get("completion_tokens", 0)),
+        "cost_usd": counters.get("cost_usd", 0.0) if counters.get(PRICED) else None,
+    }
 
 
-class StatsBook:
-    """Tallies for the whole service, each run, and each (run, iteration)."""
+def _sum_by(rows: Iterable[CounterRow], scope) -> dict:
+    sums: dict = defaultdict(lambda: defaultdict(float))
+    for row in rows:
+        sums[scope(row)][row[2]] += row[3]
+    return sums
 
-    def __init__(self, latency_window: int) -> None:
-        self._window = latency_window
-        self._total = _Tally(latency_window)
-        self._runs: dict[str, _Tally] = {}
-        self._iterations: dict[str, dict[int, _Tally]] = {}
 
-    def record(self, obs: Observation) -> None:
-        self._total.add(obs)
-        self._runs.setdefault(obs.run_id, _Tally(self._window)).add(obs)
-        if obs.iteration is not None:
-            per_run = self._iterations.setdefault(obs.run_id, {})
-            per_run.setdefault(obs.iteration, _Tally(self._window)).add(obs)
+def service_stats(rows: list[CounterRow]) -> ServiceStats:
+    """Totals over every run, and each run's totals."""
+    total = _sum_by(rows, lambda row: None)[None]
+    runs = {
+        run_id: StatsSummary(**summary_fields(sums))
+        for run_id, sums in sorted(_sum_by(rows, lambda row: row[0]).items())
+    }
+    return ServiceStats(**summary_fields(total), runs=runs)
 
-    def service_stats(self) -> ServiceStats:
-        runs = {run_id: StatsSummary(**tally.fields()) for run_id, tally in self._runs.items()}
-        return ServiceStats(**self._total.fields(), runs=runs)
 
-    def run_stats(self, run_id: str) -> RunStats | None:
-        tally = self._runs.get(run_id)
-        if tally is None:
-            return None
-        per_iteration = sorted(self._iterations.get(run_id, {}).items())
-        iterations = [IterationStats(iteration=i, **t.fields()) for i, t in per_iteration]
-        return RunStats(run_id=run_id, iterations=iterations, **tally.fields())
+def run_stats(run_id: str, rows: list[CounterRow]) -> RunStats | None:
+    """One run's totals and per-iteration breakdown; None if it has no counters."""
+    if not rows:
+        return None
+    total = _sum_by(rows, lambda row: None)[None]
+    per_iteration = sorted(_sum_by(rows, lambda row: row[1]).items())
+    iterations = [
+        IterationStats(iteration=iteration, **summary_fields(sums))
+        for iteration, sums in per_iteration
+        if iteration != NO_ITERATION
+    ]
+    return RunStats(run_id=run_id, iterations=iterations, **summary_fields(total))

@@ -1,41 +1,27 @@
-"""Persistent SQLite storage (verdict cache, iteration summaries) off the event loop."""
+"""The store: verdict cache, iteration summaries and vote counters, in SQLite or PostgreSQL.
+
+SQLite (`store_sqlite.py`, the embedded default) serves one replica; PostgreSQL
+(`store_postgres.py`, `store_url`) lets several replicas share one cache and one set of
+statistics. A request's verdicts and counters are written in one transaction before it
+is answered, so what a client was told is never lost.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from oracle_service.schemas import VerdictLabel
 
-T = TypeVar("T")
+NO_ITERATION = -1  # counters of items sent without an iteration (keys cannot be NULL)
+CounterKey = tuple[str, int, str]  # (run_id, iteration or NO_ITERATION, counter name)
+CounterRow = tuple[str, int, str, float]
 
-# SQLite caps the number of host parameters per statement; stay well below it.
-_KEYS_PER_QUERY = 500
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS verdicts (
-    key TEXT PRIMARY KEY,
-    label TEXT NOT NULL,
-    probability REAL,
-    position_inconsistent INTEGER NOT NULL,
-    raw TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS iterations (
-    run_id TEXT NOT NULL,
-    iteration INTEGER NOT NULL,
-    summary TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (run_id, iteration)
-);
-"""
+class StoreError(RuntimeError):
+    """The store failed or is unreachable (the message is safe to show)."""
 
 
 @dataclass(frozen=True)
@@ -48,121 +34,77 @@ class CachedVerdict:
     raw: dict[str, Any]
 
 
-class SQLiteStore:
-    """One connection owned by one worker thread; every call hops to that thread."""
+def table_definitions(integer: str, real: str) -> list[str]:
+    """CREATE TABLE statements, with the dialect's 64-bit integer and double types."""
+    return [
+        "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, label TEXT NOT NULL, "
+        f"probability {real}, position_inconsistent {integer} NOT NULL, raw TEXT NOT NULL, "
+        f"created_at {real} NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS iterations (run_id TEXT NOT NULL, iteration {integer} "
+        f"NOT NULL, summary TEXT NOT NULL, received_at {real} NOT NULL, "
+        "PRIMARY KEY (run_id, iteration))",
+        f"CREATE TABLE IF NOT EXISTS vote_counters (run_id TEXT NOT NULL, iteration {integer} "
+        f"NOT NULL, name TEXT NOT NULL, value {real} NOT NULL, "
+        "PRIMARY KEY (run_id, iteration, name))",
+    ]
 
-    def __init__(self, path: Path, *, wal: bool, busy_timeout_s: float) -> None:
-        self._path = path
-        self._wal = wal
-        self._busy_timeout_s = busy_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle-sqlite")
-        self._conn: sqlite3.Connection | None = None
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+def counter_rows(counters: dict[CounterKey, float]) -> list[CounterRow]:
+    """Rows to add, sorted by key: replicas lock rows in one order, so never deadlock."""
+    return [(*key, value) for key, value in sorted(counters.items()) if value]
 
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("store is not open")
-        return self._conn
 
-    async def open(self) -> None:
-        await self._run(self._open_sync)
+def verdict_row(key: str, verdict: CachedVerdict, now: float) -> tuple:
+    """A verdicts row (both stores use the same columns)."""
+    if verdict.label is VerdictLabel.ABSTAIN:
+        raise ValueError("abstentions are never cached")
+    label, raw = verdict.label.value, json.dumps(verdict.raw)
+    return (key, label, verdict.probability, int(verdict.position_inconsistent), raw, now)
 
-    def _open_sync(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, check_same_thread=False)
-        if self._wal:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise RuntimeError(f"SQLite refused WAL mode for {self._path} (got {mode})")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        conn.commit()
-        self._conn = conn
 
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._db.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
+def cached_verdict(label: str, probability: Any, inconsistent: Any, raw: str) -> CachedVerdict:
+    return CachedVerdict(VerdictLabel(label), probability, bool(inconsistent), json.loads(raw))
 
-    async def ping(self) -> bool:
-        return await self._run(lambda: self._db.execute("SELECT 1").fetchone() == (1,))
 
-    async def journal_mode(self) -> str:
-        return await self._run(lambda: self._db.execute("PRAGMA journal_mode").fetchone()[0])
+class Store(Protocol):
+    """What the service needs from a store; every failure is a StoreError."""
 
-    async def get_verdicts(self, keys: list[str]) -> dict[str, CachedVerdict]:
-        return await self._run(self._get_verdicts_sync, keys) if keys else {}
+    description: str  # where it is, without secrets
 
-    def _get_verdicts_sync(self, keys: list[str]) -> dict[str, CachedVerdict]:
-        found: dict[str, CachedVerdict] = {}
-        for start in range(0, len(keys), _KEYS_PER_QUERY):
-            chunk = keys[start : start + _KEYS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT key, label, probability, position_inconsistent, raw FROM verdicts "
-                f"WHERE key IN ({marks})",
-                chunk,
-            )
-            for key, label, probability, inconsistent, raw in rows:
-                found[key] = CachedVerdict(
-                    VerdictLabel(label), probability, bool(inconsistent), json.loads(raw)
-                )
-        return found
+    async def open(self) -> None: ...
 
-    async def put_verdicts(self, entries: dict[str, CachedVerdict]) -> None:
-        if entries:
-            await self._run(self._put_verdicts_sync, entries)
+    async def close(self) -> None: ...
 
-    def _put_verdicts_sync(self, entries: dict[str, CachedVerdict]) -> None:
-        if any(entry.label is VerdictLabel.ABSTAIN for entry in entries.values()):
-            raise ValueError("abstentions are never cached")
-        now = time.time()
-        rows = [
-            (
-                key,
-                v.label.value,
-                v.probability,
-                int(v.position_inconsistent),
-                json.dumps(v.raw),
-                now,
-            )
-            for key, v in entries.items()
-        ]
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)", rows)
+    async def ping(self) -> None: ...
 
-    async def put_iteration(self, run_id: str, iteration: int, summary: dict[str, Any]) -> None:
-        await self._run(self._put_iteration_sync, run_id, iteration, json.dumps(summary))
+    async def get_verdicts(self, keys: list[str]) -> dict[str, CachedVerdict]: ...
 
-    def _put_iteration_sync(self, run_id: str, iteration: int, summary: str) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO iterations VALUES (?, ?, ?, ?)",
-                (run_id, iteration, summary, time.time()),
-            )
+    async def record(
+        self, verdicts: dict[str, CachedVerdict], counters: dict[CounterKey, float]
+    ) -> None:
+        """Cache the verdicts (first one wins) and add the counters, in one transaction."""
 
-    async def list_iterations(self, run_id: str) -> list[dict[str, Any]]:
-        return await self._run(self._list_iterations_sync, run_id)
+    async def put_iteration(self, run_id: str, iteration: int, summary: dict[str, Any]) -> None: ...
 
-    def _list_iterations_sync(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT summary FROM iterations WHERE run_id = ? ORDER BY iteration", (run_id,)
-        )
-        return [json.loads(summary) for (summary,) in rows]
+    async def list_iterations(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    async def counters(self, run_id: str | None = None) -> list[CounterRow]:
+        """Counter rows of one run, or of every run."""
 
     async def list_runs(self) -> list[dict[str, Any]]:
         """Runs with iteration summaries: counts, last iteration, time of the latest post."""
-        return await self._run(self._list_runs_sync)
 
-    def _list_runs_sync(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT run_id, COUNT(*), MAX(iteration), MAX(received_at) FROM iterations "
-            "GROUP BY run_id ORDER BY MAX(received_at) DESC, run_id"
-        )
-        keys = ("run_id", "iterations", "last_iteration", "updated_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+RUN_LIST_QUERY = (
+    "SELECT run_id, COUNT(*), MAX(iteration), MAX(received_at) FROM iterations "
+    "GROUP BY run_id ORDER BY MAX(received_at) DESC, run_id"
+)
+RUN_LIST_KEYS = ("run_id", "iterations", "last_iteration", "updated_at")
+
+
+def redacted_url(url: str) -> str:
+    """postgresql://user@host:port/db with the password left out."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"

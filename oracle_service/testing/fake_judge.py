@@ -26,7 +26,7 @@ import uvicorn
 
 CHARS_PER_TOKEN = 4  # the fake's crude usage count
 Decide = Callable[[str, str, str], str]  # (prompt, shown first, shown second) -> A/B/TIE
-_SHOWN = re.compile(
+SHOWN_PAIR = re.compile(
     r"\[Prompt\]\n(?P<prompt>.*)\n\n\[Response A\]\n(?P<a>.*)\n\n\[Response B\]\n(?P<b>.*)\n\n",
     re.DOTALL,
 )
@@ -94,9 +94,9 @@ class FakeJudge:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
             await _send_json(send, 404, {"error": {"message": "not found", "type": "invalid"}})
             return
@@ -110,7 +110,7 @@ class FakeJudge:
 
     async def _answer(self, scope: dict, request: dict) -> tuple[int, dict, dict[str, str]]:
         user = next(m["content"] for m in request["messages"] if m["role"] == "user")
-        match = _SHOWN.search(user)
+        match = SHOWN_PAIR.search(user)
         shown = (match["a"], match["b"]) if match else None
         self.requests.append(SeenRequest(time.monotonic(), request, shown))
         reply = self._next_reply()
@@ -150,26 +150,31 @@ class FakeJudge:
             other = "B" if choice == "A" else "A"
             top = [_logprob(choice, self.confidence), _logprob(other, 1.0 - self.confidence)]
             logprobs = {"content": [{**top[0], "top_logprobs": top}], "refusal": None}
-        prompt_tokens = len(json.dumps(request["messages"])) // CHARS_PER_TOKEN
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "logprobs": logprobs,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": 1,
-                "total_tokens": prompt_tokens + 1,
-            },
-        }
+        return completion_body(request, content, logprobs)
+
+
+def completion_body(request: dict, content: object, logprobs: dict | None = None) -> dict:
+    """A well-formed chat.completion answering `request` with `content`."""
+    prompt_tokens = len(json.dumps(request["messages"])) // CHARS_PER_TOKEN
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": 1,
+            "total_tokens": prompt_tokens + 1,
+        },
+    }
 
 
 def _logprob(token: str, probability: float) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def _error(message: str, code: str | None) -> dict[str, Any]:
     }
 
 
-async def _read_body(receive: Callable) -> bytes:
+async def read_body(receive: Callable) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -202,7 +207,7 @@ async def _send_json(send: Callable, status: int, payload: dict, headers: dict |
     await send({"type": "http.response.body", "body": body})
 
 
-async def _lifespan(receive: Callable, send: Callable) -> None:
+async def lifespan(receive: Callable, send: Callable) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

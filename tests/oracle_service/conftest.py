@@ -14,9 +14,11 @@ import pytest
 from oracle_service.core.settings import Settings
 from oracle_service.main import create_app
 from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge
+from oracle_service.testing.postgres import PostgresUnavailable, ThrowawayPostgres
 
 TOKEN = "test-token-5d41402abc4b"
 JUDGE_KEY = "sk-fake-judge-key"
+REQUIRE_POSTGRES = "COMPO_REQUIRE_POSTGRES"  # set by .ci/run: a missing server fails
 
 
 @dataclass
@@ -93,3 +95,22 @@ def post_compare() -> Callable[[httpx.Client, list[dict]], list[dict]]:
         return results
 
     return post
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """One real PostgreSQL server for the session (initdb + pg_ctl in a temp dir)."""
+    try:
+        server = ThrowawayPostgres().start()
+    except PostgresUnavailable as exc:
+        if os.environ.get(REQUIRE_POSTGRES):
+            pytest.fail(str(exc))
+        pytest.skip(f"{exc} (.ci/run installs it and sets {REQUIRE_POSTGRES}=1)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: ThrowawayPostgres) -> str:
+    """A fresh database on the session's server."""
+    return postgres_server.new_database()

@@ -93,3 +93,23 @@ def test_ctrl_c_leaves_a_resumable_run_that_matches(tmp_path, model_dir, pairs_f
     a = read_tensors(tmp_path / "runs" / "full" / head)["lm_head.weight"]
     b = read_tensors(tmp_path / "runs" / "cut" / head)["lm_head.weight"]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dashes", [[], ["--"]])
+def test_serve_takes_the_service_options_directly(tmp_path, dashes):
+    """`compo serve --port N` (and the older `compo serve -- --port N`)."""
+    from oracle_service.testing.processes import free_port, service_env, wait_until_ready
+
+    port = free_port()
+    settings = {"api_token": "cli-serve-token-4e8a1c7b9d2f", "judge_api_key": "unused"}
+    env = service_env(settings, port=0)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compo.cli", "serve", *dashes, "--port", str(port),
+         "--db-path", str(tmp_path / "oracle.sqlite3")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert (tmp_path / "oracle.sqlite3").is_file()

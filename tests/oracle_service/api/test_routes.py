@@ -189,3 +189,45 @@ def test_readyz_reports_ready_only_while_running(make_settings):
     import asyncio
 
     assert asyncio.run(probe()) == 503  # lifespan not run: nothing opened yet
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "expected"),
+    [
+        ("/v1/comparisons", '{"items": [{"prompt": "\\ud800", "response_a": "x", '
+         '"response_b": "y"}]}', "body: Invalid JSON: unexpected end of hex escape at line 1"),
+        ("/v1/comparisons", '{"items": [{"prompt": "p", "response_a": "x", "response_b": "y", '
+         f'"iteration": {2**63}}}]}}', "body.items.0.iteration: Input should be less than or"),
+        ("/v1/comparisons", '{"items": [{"prompt": "p", "response_a": "x", "response_b": "y", '
+         '"perturbation": true}]}', "must be a number, not true or false"),
+        ("/v1/runs/r1/iterations", f'{{"iteration": {2**63}, "m": 1, "n_minus": 0, '
+         '"accepted": true}', "body.iteration: Input should be less than or equal"),
+        ("/v1/runs/r1/iterations", '{"iteration": 0, "m": 1, "n_minus": 0, "accepted": true, '
+         '"\\udcff": 1}', "body: Input should be a valid string, unable to parse raw data"),
+        ("/v1/runs/r1/iterations", '{"iteration": 0, "m": 1, "n_minus": 0, "accepted": true, '
+         '"step": NaN}', "body.step"),
+    ],
+)  # fmt: skip
+def test_bad_unicode_and_numbers_are_422s_not_500s(make_settings, running_service, path, raw,
+                                                   expected):  # fmt: skip
+    with running_service(make_settings()) as http:
+        headers = {"Content-Type": "application/json"}
+        response = http.post(path, content=raw.encode(), headers=headers)
+        assert response.status_code == 422, response.text
+        assert expected in response.json()["detail"], response.json()["detail"]
+
+
+def test_a_batch_too_large_is_refused_before_it_is_parsed(make_settings, running_service):
+    items = ",".join('{"prompt": "p", "response_a": "x", "response_b": "y"}' for _ in range(5))
+    broken = '{"items": [' + items + ', {"prompt": "p", "response_a": 1}'  # invalid JSON too
+    with running_service(make_settings(max_batch_size=4)) as http:
+        response = http.post("/v1/comparisons", content=broken.encode())
+    assert response.status_code == 413  # counted from the bytes: no parse was needed
+    assert "batch of 6 items exceeds max_batch_size=4" in response.json()["detail"]
+
+
+def test_a_wrong_method_lists_every_allowed_one(make_settings, running_service):
+    with running_service(make_settings()) as http:
+        response = http.request("DELETE", "/v1/runs/r1/iterations")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"

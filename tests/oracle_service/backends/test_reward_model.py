@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrained
 from oracle_service.client import OracleClient
 from oracle_service.core.settings import Settings
 
+TOKEN = "reward-test-token-9f8e7d6c5b4a"
 WORDS = "the a cat dog sat on mat ran fast slow red blue big small good bad answer question".split()
 PROMPTS = ["the cat sat", "a dog ran", "the big red mat", "a small blue dog"]
 RESPONSES = [
@@ -70,7 +72,7 @@ def pairs() -> list[tuple[str, str, str]]:
 
 def reward_settings(path: Path, tmp_path: Path, **overrides: object) -> Settings:
     values = {
-        "api_token": "reward-test-token",
+        "api_token": TOKEN,
         "backend": "reward_model",
         "reward_model_path": path,
         "reward_device": "cpu",
@@ -108,7 +110,7 @@ def test_verdicts_follow_score_differences(reward_model_dir, tmp_path, running_s
     items = [{"prompt": p, "response_a": a, "response_b": b} for p, a, b in pairs()]
 
     with running_service(settings) as http:
-        http.headers["Authorization"] = "Bearer reward-test-token"
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
         results = http.post("/v1/comparisons", json={"items": items}).json()["results"]
 
     for diff, result in zip(diffs, results, strict=True):
@@ -128,7 +130,7 @@ def test_concurrent_requests_are_coalesced_into_micro_batches(
         base_url = str(http.base_url)
 
         async def fire() -> list:
-            async with OracleClient(base_url, "reward-test-token", batch_size=1) as client:
+            async with OracleClient(base_url, TOKEN, batch_size=1) as client:
                 calls = [
                     client.compare([{"prompt": p, "response_a": a, "response_b": b}])
                     for p, a, b in pairs()
@@ -136,10 +138,51 @@ def test_concurrent_requests_are_coalesced_into_micro_batches(
                 return await asyncio.gather(*calls)
 
         answers = asyncio.run(fire())
-        metrics = http.get("/metrics", headers={"Authorization": "Bearer reward-test-token"}).text
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
 
     assert all(result.verdict.value in ("a", "b", "tie") for [result] in answers)
     batches = float(re.search(r"^oracle_backend_batch_size_count (\S+)$", metrics, re.M)[1])
     pairs_scored = float(re.search(r"^oracle_backend_batch_size_sum (\S+)$", metrics, re.M)[1])
     assert pairs_scored == 8  # 8 single-item HTTP requests ...
     assert batches <= 2  # ... answered by one or two forward passes
+
+
+def run_backend(backend, items, deadline_in_s: float | None = None):
+    async def go():
+        try:
+            deadline = None
+            if deadline_in_s is not None:
+                deadline = asyncio.get_running_loop().time() + deadline_in_s
+            return await backend.compare(items, deadline)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def test_one_failing_item_abstains_alone_and_late_items_abstain(reward_model_dir, tmp_path):
+    """A micro-batch that fails is scored again item by item; a deadline cuts the wait."""
+    from oracle_service.backends.reward_model import RewardModelBackend
+    from oracle_service.schemas import ComparisonItem
+
+    settings = reward_settings(reward_model_dir, tmp_path, reward_max_wait_ms=50.0)
+    items = [ComparisonItem(prompt=p, response_a=a, response_b=b) for p, a, b in pairs()]
+    poison = ComparisonItem(prompt="poison", response_a="the cat", response_b="a dog")
+    backend = RewardModelBackend(settings)
+    expected = [v.label for v in run_backend(RewardModelBackend(settings), items)]
+    real = backend.score_pairs
+
+    def fails_on_poison(batch):  # our own failure, injected to test the isolation
+        if any(item.prompt == "poison" for item in batch):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real(batch)
+
+    backend.score_pairs = fails_on_poison
+    verdicts = run_backend(backend, [*items[:4], poison, *items[4:]])
+    assert verdicts[4].error is not None and verdicts[4].error.kind.value == "model_error"
+    assert [v.label for v in verdicts[:4] + verdicts[5:]] == expected
+
+    slow = RewardModelBackend(settings)
+    slow.score_pairs = lambda batch: time.sleep(1.0) or real(batch)
+    late = run_backend(slow, items[:2], deadline_in_s=0.2)
+    assert [v.error.kind.value for v in late] == ["deadline_exceeded"] * 2

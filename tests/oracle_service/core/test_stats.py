@@ -86,3 +86,24 @@ def test_cache_hit_rate_and_error_kinds(make_settings, running_service, post_com
     assert stats["cache_hits"] == 3
     assert stats["cache_hit_rate"] == pytest.approx(3 / 8)
     assert stats["iterations"] == []
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_stats_survive_a_restart(make_settings, running_service, post_compare, fake_judge,
+                                 request, store):  # fmt: skip
+    fake_judge.judge.decide = judge_rule  # p3 is malformed: errors are counted too
+    shared = {"store_url": request.getfixturevalue("postgres_url")} if store == "postgres" else {}
+    settings = make_settings(retry_max_attempts=1, **shared)
+    items = [item(f"p{i}", LONG, SHORT, run_id="kept", iteration=i % 2) for i in range(5)]
+    with running_service(settings) as http:
+        post_compare(http, items)
+        post_compare(http, items[:2])  # cache hits
+        before = (http.get("/v1/stats").json(), http.get("/v1/runs/kept/stats").json())
+    with running_service(settings) as http:
+        after = (http.get("/v1/stats").json(), http.get("/v1/runs/kept/stats").json())
+    assert before == after
+    run = after[1]
+    assert run["comparisons"] == 7 and run["cache_hits"] == 2
+    assert run["votes"] == {"a": 6, "b": 0, "tie": 0, "abstain": 1}
+    assert run["errors"] == {"malformed_output": 1}
+    assert [it["comparisons"] for it in run["iterations"]] == [4, 3]

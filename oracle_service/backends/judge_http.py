@@ -1,0 +1,88 @@
+"""The judge's HTTP client: the openai SDK over a transport that bounds reply bodies.
+
+A reply longer than `judge_max_response_bytes`, by Content-Length or while streaming, is
+cut off with ResponseTooLarge (an InvalidReply: it abstains and is not retried). Replies
+must come unencoded (we ask for identity), so the bound is on what is decoded too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx2
+import openai
+
+from oracle_service.core.retry import InvalidReply
+from oracle_service.core.settings import Settings
+
+# httpx2's own default pool (the transport given here replaces the SDK's), as in the SDK.
+CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+IDENTITY = ("", "identity")
+
+
+class ResponseTooLarge(InvalidReply):
+    """The judge's reply is longer than judge_max_response_bytes."""
+
+
+def _too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"judge reply longer than judge_max_response_bytes={limit}")
+
+
+class _BoundedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise _too_large(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class BoundedTransport(httpx2.AsyncBaseTransport):
+    """Wraps httpx2's transport; refuses encoded or oversized reply bodies."""
+
+    def __init__(self, limit: int) -> None:
+        self._inner = httpx2.AsyncHTTPTransport(limits=CONNECTION_LIMITS)
+        self._limit = limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in IDENTITY:
+            await response.aclose()
+            raise InvalidReply(f"judge reply is {encoding}-encoded although identity was asked")
+        if declared.isdigit() and int(declared) > self._limit:
+            await response.aclose()
+            raise _too_large(self._limit)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_BoundedStream(response.stream, self._limit),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def judge_client(settings: Settings) -> openai.AsyncOpenAI:
+    """One SDK client: auth, base URL, typed status errors; retries are ours (never the SDK's)."""
+    return openai.AsyncOpenAI(
+        base_url=settings.judge_base_url,
+        api_key=settings.judge_key(),
+        timeout=settings.judge_timeout_s,
+        max_retries=0,
+        default_headers={"Accept-Encoding": "identity"},
+        http_client=openai.DefaultAsyncHttpxClient(
+            transport=BoundedTransport(settings.judge_max_response_bytes)
+        ),
+    )

@@ -1,0 +1,124 @@
+"""The served OpenAPI schema matches the answers: schemathesis (every check, bounded examples)
+and a hypothesis fuzzer against the live app; no input is a 5xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from oracle_service.main import create_app
+from oracle_service.testing.fake_judge import BackgroundServer
+from tests.oracle_service.conftest import TOKEN
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES_PER_OPERATION = 25  # bounded: the whole run takes ~30 s on 2 cores
+SEED = 20250601
+# 413 is how this service rejects a batch over max_batch_size (the schema's maxItems).
+REJECTION_STATUSES = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
+                      "428", "429"]  # fmt: skip
+CONFIG = f"""
+seed = {SEED}
+[generation]
+max-examples = {EXAMPLES_PER_OPERATION}
+[checks.negative_data_rejection]
+expected-statuses = {json.dumps(REJECTION_STATUSES)}
+"""
+
+
+@pytest.fixture
+def live_url(make_settings):
+    with BackgroundServer(create_app(make_settings(max_batch_size=16))) as server:
+        yield server.url
+
+
+def test_schemathesis_finds_no_failures(live_url, tmp_path):
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG)
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path,
+           "SCHEMATHESIS_HOOKS": "tests.oracle_service.api.schemathesis_hooks"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+         f"{live_url}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {TOKEN}",
+         "--no-color"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = done.stdout[-3000:]
+    assert done.returncode == 0, summary
+    assert "No issues found" in summary or " passed" in summary, summary
+
+
+def lone_surrogates() -> st.SearchStrategy[str]:
+    """Text with lone surrogates mixed in: JSON can carry them as \\ud800 escapes."""
+    surrogate = st.integers(0xD800, 0xDFFF).map(chr)
+    return st.lists(st.one_of(st.characters(), surrogate), max_size=12).map("".join)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | lone_surrogates(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(lone_surrogates(), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+TEXT_OR_JUNK = lone_surrogates() | JSON_VALUES
+ITEM = st.fixed_dictionaries(
+    {"prompt": TEXT_OR_JUNK, "response_a": TEXT_OR_JUNK, "response_b": TEXT_OR_JUNK},
+    optional={"run_id": TEXT_OR_JUNK, "iteration": JSON_VALUES, "perturbation": JSON_VALUES,
+              "extra": JSON_VALUES},
+)  # fmt: skip
+SUMMARY = st.fixed_dictionaries(
+    {"iteration": JSON_VALUES, "m": JSON_VALUES, "n_minus": JSON_VALUES, "accepted": JSON_VALUES},
+    optional={"step": JSON_VALUES, "kept_fraction": JSON_VALUES},
+).flatmap(lambda body: st.dictionaries(lone_surrogates(), JSON_VALUES, max_size=3)
+          .map(lambda extra: {**extra, **body}))  # fmt: skip
+
+
+def encode(body: object) -> bytes:
+    """JSON as a client would send it: ASCII escapes (lone surrogates too), NaN allowed."""
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+@pytest.fixture
+def live(make_settings):
+    with BackgroundServer(create_app(make_settings(max_batch_size=8))) as server:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+            yield http
+
+
+def test_fuzzed_comparisons_never_get_a_5xx(live):
+    @settings(
+        max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(st.one_of(st.fixed_dictionaries({"items": st.lists(ITEM, max_size=3)}), JSON_VALUES))
+    def check(body):
+        response = live.post("/v1/comparisons", content=encode(body))
+        assert response.status_code < 500, (body, response.text[:300])
+        if response.status_code == 200:
+            assert len(response.json()["results"]) == len(body["items"])
+        else:
+            assert isinstance(response.json()["detail"], str)
+
+    check()
+
+
+def test_fuzzed_iteration_summaries_never_get_a_5xx(live):
+    @settings(
+        max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(SUMMARY, st.sampled_from(["r1", "run.2", "x" * 128]))
+    def check(body, run_id):
+        response = live.post(f"/v1/runs/{run_id}/iterations", content=encode(body))
+        assert response.status_code < 500, (body, response.text[:300])
+        listed = live.get(f"/v1/runs/{run_id}/iterations")
+        assert listed.status_code == 200, listed.text[:300]
+
+    check()

@@ -1,0 +1,112 @@
+"""Both stores, SQLite and a real PostgreSQL server, keep the same contract."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from oracle_service.core.settings import Settings
+from oracle_service.core.store import CachedVerdict, Store, StoreError
+from oracle_service.core.stores import make_store
+from oracle_service.schemas import VerdictLabel
+
+VERDICT_A = CachedVerdict(VerdictLabel.A, 0.75, False, {"calls": [{"content": "A"}]})
+VERDICT_B = CachedVerdict(VerdictLabel.B, None, True, {"calls": []})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_settings(request, tmp_path) -> Settings:
+    values = {"db_path": tmp_path / "store.sqlite3"}
+    if request.param == "postgres":
+        values["store_url"] = request.getfixturevalue("postgres_url")
+    return Settings(**values)
+
+
+def run_with(settings: Settings, work, replicas: int = 1):
+    """Open `replicas` stores on the same settings, run `work(*stores)`, close them."""
+
+    async def go():
+        stores: list[Store] = [make_store(settings) for _ in range(replicas)]
+        for store in stores:
+            await store.open()
+        try:
+            return await work(*stores)
+        finally:
+            for store in stores:
+                await store.close()
+
+    return asyncio.run(go())
+
+
+def test_first_verdict_wins_and_counters_add(store_settings):
+    keys = [f"key-{i}" for i in range(1_200)]  # more than one SQLite query's worth
+
+    async def work(store: Store):
+        await store.record({"k": VERDICT_A}, {("r", 0, "comparisons"): 2, ("r", -1, "votes.a"): 1})
+        await store.record({"k": VERDICT_B, **{key: VERDICT_B for key in keys}},
+                           {("r", 0, "comparisons"): 3})  # fmt: skip
+        return await store.get_verdicts(["k", "missing", *keys]), await store.counters("r")
+
+    found, counters = run_with(store_settings, work)
+    assert found["k"] == VERDICT_A and "missing" not in found
+    assert len(found) == 1 + len(keys) and found["key-7"] == VERDICT_B
+    assert sorted(counters) == [("r", -1, "votes.a", 1.0), ("r", 0, "comparisons", 5.0)]
+
+
+def test_concurrent_writers_from_two_replicas_add_up(store_settings):
+    """Two stores on one database (two replicas), 40 concurrent writes each, same rows."""
+    counters = {("r", i, name): 1 for i in range(4) for name in ("comparisons", "votes.b")}
+
+    async def work(one: Store, two: Store):
+        writes = [store.record({f"v{i}": VERDICT_A}, counters) for i in range(40)
+                  for store in (one, two)]  # fmt: skip
+        await asyncio.gather(*writes)
+        return await one.counters(), await two.counters()
+
+    seen_by_one, seen_by_two = run_with(store_settings, work, replicas=2)
+    assert sorted(seen_by_one) == sorted(seen_by_two)
+    assert {row[3] for row in seen_by_one} == {40 * 2.0}  # 40 writes by each of 2 replicas
+    assert len(seen_by_one) == 8
+
+
+def test_iterations_are_replaced_and_listed_in_order(store_settings):
+    async def work(store: Store):
+        await store.put_iteration("r", 3, {"iteration": 3, "m": 1})
+        await store.put_iteration("r", 1, {"iteration": 1, "m": 1})
+        await store.put_iteration("r", 3, {"iteration": 3, "m": 2})
+        await store.ping()
+        return await store.list_iterations("r"), await store.list_iterations("other")
+
+    listed, other = run_with(store_settings, work)
+    assert listed == [{"iteration": 1, "m": 1}, {"iteration": 3, "m": 2}] and other == []
+
+
+def test_runs_are_listed_newest_first_with_their_counts(store_settings):
+    async def work(store: Store):
+        await store.put_iteration("old", 0, {"iteration": 0})
+        await store.put_iteration("old", 4, {"iteration": 4})
+        await asyncio.sleep(0.01)  # received_at orders the list
+        await store.put_iteration("new", 2, {"iteration": 2})
+        return await store.list_runs()
+
+    runs = run_with(store_settings, work)
+    assert [(run["run_id"], run["iterations"], run["last_iteration"]) for run in runs] == [
+        ("new", 1, 2), ("old", 2, 4)]
+    assert runs[0]["updated_at"] > runs[1]["updated_at"]
+
+
+def test_an_unreachable_postgres_is_a_store_error_without_the_password(postgres_server):
+    url = f"postgresql://compo:hunter2-secret@127.0.0.1:{postgres_server.port + 1}/nope"
+    settings = Settings(store_url=url, store_timeout_s=2.0)
+    with pytest.raises(StoreError) as caught:
+        run_with(settings, lambda store: store.ping())
+    assert "hunter2-secret" not in str(caught.value)
+    assert f"postgresql://compo@127.0.0.1:{postgres_server.port + 1}/nope" in str(caught.value)
+
+
+def test_an_unusable_sqlite_file_is_a_store_error(tmp_path):
+    (tmp_path / "not-a-dir").write_text("x")
+    settings = Settings(db_path=tmp_path / "not-a-dir" / "oracle.sqlite3")
+    with pytest.raises(StoreError, match="not-a-dir"):
+        run_with(settings, lambda store: store.ping())
