@@ -92,8 +92,15 @@ class ComPOConfig(StrictModel):
     block_elements: int | None = Field(
         None, gt=0,
         description="direction values generated per block (memory/speed, never the math; "
-        "default 2**22 on CPU, 2**26 on CUDA): bigger blocks batch several directions of "
+        "default 2**20 on CPU, 2**26 on CUDA): bigger blocks batch several directions of "
         "a small model into one matmul",
+    )
+    products: Literal["auto", "fused", "eager"] = Field(
+        "auto",
+        description="how the likelihood oracle computes h z^T and the log-prob changes: "
+        "fused (one Triton kernel, directions made in registers; CUDA, needs the gpu extra), "
+        "eager (directions in blocks, torch matmul); auto: fused on CUDA when triton is "
+        "installed, else eager",
     )
 
 
