@@ -117,6 +117,9 @@ class RayConfig(StrictModel):
     use_gpu: bool | Literal["auto"] = Field(
         "auto", description="one GPU per worker; auto: when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float = Field(
+        1.0, gt=0, le=1, description="GPUs reserved per worker when workers use GPUs; below "
+        "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="placement group strategy: PACK fills nodes, SPREAD uses many")
     chunk_size: int = Field(
