@@ -46,6 +46,9 @@ BF16_SIGNIFICANT_BITS = 8  # bfloat16 keeps 8 significant bits (7 stored + 1 imp
 # sha256 of the table's float32 little-endian bytes: the table is built from the quantile
 # function with the platform's math library; a platform that rounds differently is refused.
 TABLE_SHA256 = "ff53200b304b317173412ab5d40de8f0b5223003e4cc32fa194e91c001084bf9"
+# Names the definition; run checkpoints record it, so a run is never resumed with other
+# directions than it started with.
+GENERATOR = f"splitmix64-lanes16-bf16-normal-table-{TABLE_SHA256[:12]}"
 # Speed only, never values: 64-bit words hashed per piece by the torch path (temporaries
 # stay in cache), and direction values per block when the config leaves it open.
 PIECE_WORDS = 1 << 16
