@@ -26,6 +26,7 @@ class Blocks:
     tokens: int = 128
     rows: int = 128
     words: int = 16  # 64 columns of h per step; tl.dot needs >= 16 along K
+    warps: int = 8  # a 128 x 128 float32 accumulator: 64 registers a thread at 8 warps
 
 
 GPU_BLOCKS = Blocks()
@@ -69,7 +70,8 @@ def triton_directions(keys: Sequence[int], row_start: int, row_end: int, cols: i
     words = cols // LANES
     grid = (-(-rows // blocks.rows), -(-words // blocks.words), len(keys))
     tk.directions_kernel[grid](key_tensor(keys, device), table_tensor(device), out, row_start,
-                               rows, words, BLOCK_R=blocks.rows, BLOCK_W=blocks.words)
+                               rows, words, BLOCK_R=blocks.rows, BLOCK_W=blocks.words,
+                               num_warps=blocks.warps)
     return out
 
 
@@ -102,5 +104,6 @@ def fused_token_changes(hidden: torch.Tensor, keys: Sequence[int], probs: torch.
         targets.contiguous(), spread, at_target, n_tokens, n_rows, cols // LANES,
         hidden.stride(0), float(factor), float(cap or 1.0), HAS_CAP=cap is not None,
         DOT_BF16=hidden.dtype == torch.bfloat16 and not interpreting(),
-        BLOCK_N=blocks.tokens, BLOCK_V=blocks.rows, BLOCK_W=blocks.words)
+        BLOCK_N=blocks.tokens, BLOCK_V=blocks.rows, BLOCK_W=blocks.words,
+        num_warps=blocks.warps)
     return at_target, spread.sum(-1)  # tiles added in a fixed order: deterministic

@@ -118,10 +118,11 @@ def _lane_dot(acc, h_at, h_ok, z, DOT_BF16: tl.constexpr):
     float32 (interpreter, float32 models)."""
     h = tl.load(h_at, mask=h_ok, other=0.0)
     if DOT_BF16:
-        return tl.dot(h.to(tl.bfloat16), tl.trans(z.to(tl.bfloat16)), acc,
-                      out_dtype=tl.float32)
-    return tl.dot(h.to(tl.float32), tl.trans(z), acc, input_precision="ieee",
-                  out_dtype=tl.float32)
+        acc = tl.dot(h.to(tl.bfloat16), tl.trans(z.to(tl.bfloat16)), acc, out_dtype=tl.float32)
+    else:
+        acc = tl.dot(h.to(tl.float32), tl.trans(z), acc, input_precision="ieee",
+                     out_dtype=tl.float32)
+    return acc
 
 
 @triton.jit
