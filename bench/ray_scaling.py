@@ -12,6 +12,7 @@ loopback, and the workers generate responses and call it.
   python bench/ray_scaling.py                       # 1 and 2 workers, CPU
   python bench/ray_scaling.py --workers 1 2 4 --perturbations 800
   python bench/ray_scaling.py --oracle judge --perturbations 96 --chunk-size 32
+  python bench/ray_scaling.py --gpus-per-worker 0.5      # 1 and 2 workers sharing one GPU
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def train(workers: int, model_dir: Path, pairs: Path, args, workdir: Path,
         seed=0, max_iterations=args.iterations + 1, shuffle=False,
         output_dir=str(workdir / "runs"), run_id=f"workers-{workers}",
         checkpoint_every=args.iterations + 1,
-        ray=RayConfig(num_workers=workers, chunk_size=args.chunk_size),
+        ray=RayConfig(num_workers=workers, chunk_size=args.chunk_size,
+                      **({"use_gpu": True, "gpus_per_worker": args.gpus_per_worker}
+                         if args.gpus_per_worker else {"use_gpu": False})),
         oracle=oracle_config(args, url))
     trainer = ray_trainer(config, start_run(config), progress=False)
     try:
@@ -161,6 +164,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="judge: response length")
     parser.add_argument("--generation-batch", type=int, default=8,
                         help="judge: perturbations generated together (divides chunk size)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None,
+                        help="workers on GPUs, this share of one each (0.5: two per GPU); "
+                        "default: CPU workers")
     parser.add_argument("--coordinator-threads", type=int, default=1,
                         help="torch threads of the coordinator; on a few shared cores more "
                         "threads oversubscribe them and OpenMP slows the rebuild down")
@@ -184,7 +190,9 @@ def main() -> None:
     one = results[str(args.workers[0])]["perturbations_per_s"]
     alone = coordinator_rebuild_s(args)
     print(json.dumps({
-        "benchmark": "ray_scaling", "device": "cpu", "cpu_cores": os.cpu_count(),
+        "benchmark": "ray_scaling", "cpu_cores": os.cpu_count(),
+        "device": (f"{torch.cuda.get_device_name()} ({args.gpus_per_worker:g} GPU per worker)"
+                   if args.gpus_per_worker else "cpu"),
         "oracle": args.oracle, **({"judge_latency_s": args.judge_latency,
                                     "new_tokens": args.new_tokens} if args.oracle == "judge"
                                    else {}),

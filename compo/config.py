@@ -92,8 +92,15 @@ class ComPOConfig(StrictModel):
     block_elements: int | None = Field(
         None, gt=0,
         description="direction values generated per block (memory/speed, never the math; "
-        "default 2**22 on CPU, 2**26 on CUDA): bigger blocks batch several directions of "
+        "default 2**20 on CPU, 2**26 on CUDA): bigger blocks batch several directions of "
         "a small model into one matmul",
+    )
+    products: Literal["auto", "fused", "eager"] = Field(
+        "auto",
+        description="how the likelihood oracle computes h z^T and the log-prob changes: "
+        "fused (one Triton kernel, directions made in registers; CUDA, needs the gpu extra), "
+        "eager (directions in blocks, torch matmul); auto: fused on CUDA when triton is "
+        "installed, else eager",
     )
 
 
@@ -110,6 +117,9 @@ class RayConfig(StrictModel):
     use_gpu: bool | Literal["auto"] = Field(
         "auto", description="one GPU per worker; auto: when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float = Field(
+        1.0, gt=0, le=1, description="GPUs reserved per worker when workers use GPUs; below "
+        "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="placement group strategy: PACK fills nodes, SPREAD uses many")
     chunk_size: int = Field(

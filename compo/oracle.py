@@ -23,7 +23,7 @@ from compo.data.formats import TokenizedPair
 from compo.model.head import Head, head_of, output_layer
 from compo.model.loading import DTYPES
 from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
-from compo.perturbation import direction_chunks, direction_key, plan_blocks
+from compo.perturbation import LANES, direction_chunks, direction_key, plan_blocks
 
 
 @dataclass
@@ -58,6 +58,14 @@ def build_state(inputs: HeadInputs, weight: torch.Tensor, head: Head,
     )
 
 
+def product_operand(hidden: torch.Tensor, direction_dtype: torch.dtype) -> torch.Tensor:
+    """hidden [N, d] as exact_products multiplies it, converted once per call, not per chunk:
+    bf16 on CUDA with bf16 directions (exact products), float32 otherwise."""
+    if hidden.is_cuda and hidden.dtype == direction_dtype != torch.float32:
+        return hidden
+    return hidden.float()
+
+
 def exact_products(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """h z^T for P directions: hidden [N, d], rows [P, r, d] -> [P, N, r] float32.
 
@@ -84,25 +92,57 @@ def logit_change(products: torch.Tensor, radius: float, base: torch.Tensor | Non
 
 
 def logprob_changes(state: OracleState, keys: Sequence[int], radius: float,
-                    chunk_rows: int) -> torch.Tensor:
-    """Change of each sequence's log-prob [P, S] float64 when W moves by radius * z(key)."""
-    hidden, targets = state.inputs.hidden, state.inputs.targets
+                    chunk_rows: int, fused: bool = False) -> torch.Tensor:
+    """Change of each sequence's log-prob [P, S] float64 when W moves by radius * z(key).
+
+    fused: one Triton kernel generates z tile by tile in registers and reduces (CUDA);
+    otherwise directions come in blocks of chunk_rows rows and torch does the rest.
+    """
+    if fused:
+        from compo.kernels.fused import fused_token_changes
+
+        at_target, spread = fused_token_changes(
+            state.inputs.hidden, keys, state.probs, state.inputs.targets, radius,
+            state.base_logits, state.cap)
+    else:
+        at_target, spread = token_changes(state, keys, radius, chunk_rows)
+    per_token = at_target.double() - torch.log1p(spread.double())  # [P, N]
+    totals = torch.zeros(len(keys), state.base_logprobs.numel(), dtype=torch.float64,
+                         device=per_token.device)
+    return totals.index_add_(1, state.inputs.segment, per_token)
+
+
+def token_changes(state: OracleState, keys: Sequence[int], radius: float,
+                  chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token [P, N] float32: the target's logit change and sum_v p_v expm1(change_v),
+    accumulated over blocks of chunk_rows output rows."""
+    hidden = product_operand(state.inputs.hidden, state.direction_dtype)
+    targets = state.inputs.targets
     spread = torch.zeros(len(keys), targets.numel(), device=hidden.device)  # [P, N]
     at_target = torch.zeros_like(spread)
     for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device,
                                         state.direction_dtype):
         base = None if state.base_logits is None else state.base_logits[:, rows]
         change = logit_change(exact_products(hidden, chunk), radius, base, state.cap)
-        spread += (state.probs[:, rows] * torch.expm1(change)).sum(-1)
         local = targets - rows.start  # target token's column inside this chunk
         inside = (local >= 0) & (local < change.shape[2])
         column = local.clamp(0, change.shape[2] - 1).expand(len(keys), -1)[..., None]
         picked = change.gather(2, column).squeeze(2)
         at_target += torch.where(inside, picked, torch.zeros_like(picked))
-    per_token = at_target.double() - torch.log1p(spread.double())  # [P, N]
-    totals = torch.zeros(len(keys), state.base_logprobs.numel(), dtype=torch.float64,
-                         device=hidden.device)
-    return totals.index_add_(1, state.inputs.segment, per_token)
+        spread += (state.probs[:, rows] * change.expm1_()).sum(-1)  # change is a fresh tensor
+    return at_target, spread
+
+
+def use_fused(products: str, hidden: torch.Tensor) -> bool:
+    """products 'auto': fused on CUDA when triton is installed and d splits into 64-bit
+    words of directions (d % 4 == 0); 'fused' insists (a clear error where it cannot)."""
+    if products == "eager":
+        return False
+    from compo.kernels.fused import fused_available
+
+    if products == "fused":
+        return fused_available(hidden.device, required=True)
+    return fused_available(hidden.device) and hidden.shape[1] % LANES == 0
 
 
 def pair_improved(changes: torch.Tensor) -> torch.Tensor:
@@ -142,7 +182,7 @@ class LikelihoodOracle:
         """Log-prob change per sequence [P, S] for the given perturbation indices."""
         keys = [direction_key(seed, iteration, index) for index in indices]
         step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)
-        return logprob_changes(state, keys, step, self.chunk_rows(state))
+        return logprob_changes(state, keys, step, self.chunk_rows(state), self.fused(state))
 
     def votes(self, state: OracleState, seed: int, iteration: int,
               indices: Sequence[int]) -> torch.Tensor:
@@ -154,6 +194,10 @@ class LikelihoodOracle:
             changes = self.changes(state, seed, iteration, indices[start : start + per_group])
             out += [combine(pair_improved(row), self.config.vote_rule) for row in changes]
         return torch.tensor(out, dtype=torch.int8)
+
+    def fused(self, state: OracleState) -> bool:
+        """Whether the fused kernel computes this state's changes (config.products)."""
+        return use_fused(self.config.products, state.inputs.hidden)
 
     def chunk_rows(self, state: OracleState) -> int:
         """Output-layer rows per generated block."""

@@ -1,37 +1,58 @@
-"""Counter-based Gaussian directions: z = Z(run seed, iteration, index).
+"""Counter-based Gaussian directions: z = Z(run seed, iteration, index), exact on every device.
 
-Guarantee: element e of direction (seed, iteration, index) is a function of those three
-numbers and e only. Nothing depends on chunk sizes, the device, its launch grid, the
-thread count or which process asks, so any worker regenerates exactly the direction a
-vote was cast for and only (index, vote) pairs need to travel. (Seeded torch.randn does
-not give this: its values depend on the kernel's launch grid and differ between CPU and
-GPU.)
+Definition. Element e (row-major position in the [V, d] output layer) of the direction
+with key k = direction_key(seed, iteration, index) is
+  bits = mix64(k + (e // 4 + 1) * GOLDEN)          (SplitMix64 output number e // 4 + 1)
+  u    = (bits >> (16 * (e % 4))) & 0xFFFF         (four 16-bit lanes per 64-bit hash)
+  z    = TABLE[u]
+TABLE[u] is the N(0, 1) quantile at (u + 0.5) / 65536 rounded to bfloat16, antisymmetric
+(TABLE[65535 - u] = -TABLE[u]). Only integer operations and one table look-up: the pure
+Python reference, torch on CPU or CUDA, the compiled CPU kernel (compo/kernels/cpu.py)
+and the Triton kernel (compo/kernels/fused.py) give the same bits, so a run may move
+between device kinds and any process regenerates the direction a vote was cast for.
+(Seeded torch.randn is not like this: its values depend on the launch grid and the device.)
 
-How: SplitMix64 over the element pair e // 2 gives 64 random bits (integer arithmetic,
-bit-exact everywhere), Box-Muller turns them into two normals in float32. The float
-step uses log/sqrt/cos/sin, which CPU and CUDA libraries may round differently in the
-last bit; on one kind of device the values are bit-identical.
+Distribution: the 65,536-point quantile discretisation of N(0, 1) in bfloat16 (2,680
+distinct values): mean exactly 0, variance 0.999986, kurtosis 2.9992 (N(0, 1): 1 and 3),
+|z| <= 4.3125; each end point carries 1/65536 of the mass, the mass N(0, 1) has in its
+last quantile bin (N(0, 1) puts 8e-6 beyond 4.3125 on each side). Values
+are bf16-exact, so float32 and bfloat16 directions are the same numbers and bf16 x bf16
+products are exact. tests/compo/test_perturbation.py checks moments, tails and the
+uniformity of normalised directions on the sphere against N(0, 1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from collections.abc import Iterator, Sequence
+from functools import cache
+from statistics import NormalDist
 
 import torch
+
+from compo.kernels import cpu
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64 increment
 MIX1 = 0xBF58476D1CE4E5B9  # SplitMix64 finaliser multipliers
 MIX2 = 0x94D049BB133111EB
-UNIFORM_BITS = 24  # bits per uniform: exact in float32
-UNIFORM_MASK = (1 << UNIFORM_BITS) - 1
-UNIFORM_SCALE = 2.0**-UNIFORM_BITS
-TWO_PI = 2.0 * math.pi
-# Speed only, never values: pairs hashed per piece (CPU: temporaries stay in cache; GPU:
-# few kernel launches), and direction values per block when the config leaves it open.
-PIECE_PAIRS = {"cpu": 1 << 16, "cuda": 1 << 26}
-BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+LANE_BITS = 16  # table index bits taken from each hash lane
+LANES = 64 // LANE_BITS  # values per 64-bit hash
+LANE_MASK = (1 << LANE_BITS) - 1
+TABLE_SIZE = 1 << LANE_BITS
+BF16_SIGNIFICANT_BITS = 8  # bfloat16 keeps 8 significant bits (7 stored + 1 implicit)
+# sha256 of the table's float32 little-endian bytes: the table is built from the quantile
+# function with the platform's math library; a platform that rounds differently is refused.
+TABLE_SHA256 = "ff53200b304b317173412ab5d40de8f0b5223003e4cc32fa194e91c001084bf9"
+# Names the definition; run checkpoints record it, so a run is never resumed with other
+# directions than it started with.
+GENERATOR = f"splitmix64-lanes16-bf16-normal-table-{TABLE_SHA256[:12]}"
+# Speed only, never values: 64-bit words hashed per piece by the torch path (temporaries
+# stay in cache), and direction values per block when the config leaves it open.
+PIECE_WORDS = 1 << 16
+BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 def _signed(value: int) -> int:
@@ -72,41 +93,89 @@ def direction_key(seed: int, iteration: int, index: int) -> int:
     return mix64_int(key + (index + 1) * GOLDEN)
 
 
-def _fill_pairs(out: torch.Tensor, key: int, first_pair: int) -> None:
-    """Write normals of element pairs first_pair.. into out [n, 2], piece by piece."""
-    piece = PIECE_PAIRS.get(out.device.type, PIECE_PAIRS["cpu"])
-    for start in range(0, out.shape[0], piece):
-        end = min(out.shape[0], start + piece)
-        bits = torch.arange(first_pair + start + 1, first_pair + end + 1, dtype=torch.int64,
-                            device=out.device)
-        bits *= _signed(GOLDEN)  # SplitMix64 state after (pair + 1) steps from the key
+def round_to_bf16(x: float) -> float:
+    """x rounded to bfloat16's 8 significant bits, ties to even, in exact float arithmetic."""
+    if x == 0:
+        return 0.0
+    mantissa, exponent = math.frexp(x)  # x = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    scaled = round(mantissa * 2**BF16_SIGNIFICANT_BITS)  # exact product; round: half to even
+    return math.ldexp(scaled, exponent - BF16_SIGNIFICANT_BITS)
+
+
+@cache
+def quantile_table() -> tuple[float, ...]:
+    """TABLE: bf16 N(0, 1) quantiles at (u + 0.5) / TABLE_SIZE, antisymmetric by construction."""
+    half = TABLE_SIZE // 2
+    normal = NormalDist()
+    upper = [round_to_bf16(normal.inv_cdf((half + i + 0.5) / TABLE_SIZE)) for i in range(half)]
+    table = tuple([-v for v in reversed(upper)] + upper)
+    digest = hashlib.sha256(struct.pack(f"<{TABLE_SIZE}f", *table)).hexdigest()
+    if digest != TABLE_SHA256:
+        raise RuntimeError(f"the direction table built on this platform differs from the "
+                           f"reference (sha256 {digest}); its math library rounds the normal "
+                           f"quantiles differently, so directions would not match other "
+                           f"machines. Report the platform; do not run on it")
+    return table
+
+
+@cache
+def table_tensor(device: torch.device) -> torch.Tensor:
+    """TABLE as float32 [TABLE_SIZE] on `device` (one copy per device)."""
+    return torch.tensor(quantile_table(), dtype=torch.float32, device=device)
+
+
+def reference_values(key: int, start: int, count: int) -> list[float]:
+    """Elements [start, start + count) of direction `key`, straight from the definition
+    in pure Python: what every other implementation is tested against."""
+    table = quantile_table()
+    out = []
+    for element in range(start, start + count):
+        bits = mix64_int(key + (element // LANES + 1) * GOLDEN)
+        out.append(table[(bits >> (LANE_BITS * (element % LANES))) & LANE_MASK])
+    return out
+
+
+def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
+    """Write elements [start, start + len(out)) of direction `key` into float32 `out`, with
+    torch integer ops on out's device, piece by piece (any device; the CUDA path)."""
+    table = table_tensor(out.device)
+    first_word, end_word = start // LANES, (start + out.numel() + LANES - 1) // LANES
+    shifts = torch.arange(0, 64, LANE_BITS, device=out.device)  # lane k: bits 16k..16k+15
+    for word in range(first_word, end_word, PIECE_WORDS):
+        last = min(end_word, word + PIECE_WORDS)
+        bits = torch.arange(word + 1, last + 1, dtype=torch.int64, device=out.device)
+        bits *= _signed(GOLDEN)  # SplitMix64 state after (word + 1) steps from the key
         bits += _signed(key)
         mix64(bits)
-        # two 24-bit uniforms, exact in float32: u1 in (0, 1] (safe for log), u2 in [0, 1)
-        u1 = _shift_right(bits, 40).bitwise_and_(UNIFORM_MASK).add_(1).float()
-        u2 = _shift_right(bits, 8).bitwise_and_(UNIFORM_MASK).float()
-        radius = u1.mul_(UNIFORM_SCALE).log_().mul_(-2.0).sqrt_()
-        angle = u2.mul_(UNIFORM_SCALE).mul_(TWO_PI)
-        torch.mul(radius, torch.cos(angle), out=out[start:end, 0])
-        torch.mul(radius, angle.sin_(), out=out[start:end, 1])
+        lanes = (bits[:, None] >> shifts).bitwise_and_(LANE_MASK).view(-1)
+        values = table.index_select(0, lanes)  # elements word*4 .. last*4
+        lo, hi = max(start, word * LANES), min(start + out.numel(), last * LANES)
+        out[lo - start : hi - start] = values[lo - word * LANES : hi - word * LANES]
+    return out
 
 
 def normals(keys: Sequence[int], start: int, count: int, device="cpu") -> torch.Tensor:
     """Elements [start, start + count) of the directions with these keys: float32 [P, count].
 
-    Box-Muller: element 2j is r cos(a), element 2j + 1 is r sin(a), from pair j's bits.
+    On CPU the compiled kernel writes them when a C compiler is available; otherwise (and
+    on CUDA) torch integer ops do. Both give the definition's bits.
     """
-    first_pair, end_pair = start // 2, (start + count + 1) // 2
-    out = torch.empty(len(keys), end_pair - first_pair, 2, device=device)
-    for row, key in enumerate(keys):
-        _fill_pairs(out[row], key, first_pair)
-    offset = start - 2 * first_pair
-    return out.view(len(keys), -1)[:, offset : offset + count]
+    device = torch.device(device)
+    out = torch.empty(len(keys), count, dtype=torch.float32, device=device)
+    if device.type == "cpu" and cpu.available():
+        return cpu.fill(out, keys, start, table_tensor(device))
+    for row, key in zip(out, keys, strict=True):
+        fill_torch(row, key, start)
+    return out
 
 
 def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,
                    device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows [row_start, row_end) of directions laid out row-major: [P, rows, cols]."""
+    """Rows [row_start, row_end) of directions laid out row-major: [P, rows, cols].
+
+    The one entry point every user of directions goes through (oracle, rebuild, generation).
+    Values are bf16-exact, so the cast to `dtype` never changes them.
+    """
     flat = normals(keys, row_start * cols, (row_end - row_start) * cols, device)
     return flat.reshape(len(keys), row_end - row_start, cols).to(dtype)
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from compo import fileio
 from compo.config import dump_config
 from compo.errors import RunError
+from compo.perturbation import GENERATOR
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RunDirectory:
         fileio.write_tensors(self.path / name, {"output_weight": checkpoint.weight})
         fileio.write_json(self.checkpoint_path, {
             "iterations_done": checkpoint.iterations_done, "weights": name,
+            "directions": GENERATOR,
         })
         for old in self.path.glob("head-*.safetensors"):
             if old.name != name:
@@ -79,6 +81,12 @@ class RunDirectory:
         if not self.checkpoint_path.exists():
             return None
         state = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+        if state.get("directions") != GENERATOR:
+            raise RunError(
+                f"{self.checkpoint_path}: the run was started with other directions "
+                f"({state.get('directions', 'the generator before CHANGELOG.md #11')}) than "
+                f"this version makes ({GENERATOR}); resuming would mix them. Finish it with "
+                f"the version that started it, or start a new run")
         tensors = fileio.read_tensors(self.path / state["weights"])
         return Checkpoint(state["iterations_done"], tensors["output_weight"])
 

@@ -35,14 +35,17 @@ def alive_nodes() -> set[str]:
 
 
 def plan_workers(total: dict, free: dict, settings: RayConfig) -> tuple[int, bool]:
-    """(number of workers, one GPU each?): GPUs if the cluster has any (use_gpu auto), one
-    worker per free GPU (or per cpus_per_worker free CPUs) unless num_workers says."""
+    """(number of workers, on GPUs?): GPUs if the cluster has any (use_gpu auto), one
+    worker per gpus_per_worker free GPUs (or per cpus_per_worker free CPUs) unless
+    num_workers says."""
     use_gpu = total.get("GPU", 0) > 0 if settings.use_gpu == "auto" else settings.use_gpu
     if use_gpu and not total.get("GPU", 0):
         raise DistributedError("ray.use_gpu is true but the cluster has no GPUs; set "
                                "use_gpu: auto (CPU workers) or start GPU nodes")
-    gpus, cpus = int(free.get("GPU", 0)), free.get("CPU", 0)
-    count = settings.num_workers or (gpus if use_gpu else int(cpus // settings.cpus_per_worker))
+    gpu_slots = int(free.get("GPU", 0) // settings.gpus_per_worker)
+    cpus = free.get("CPU", 0)
+    count = settings.num_workers or (gpu_slots if use_gpu
+                                     else int(cpus // settings.cpus_per_worker))
     if count < 1:
         what = "GPUs" if use_gpu else f"CPUs (ray.cpus_per_worker={settings.cpus_per_worker:g})"
         raise DistributedError(f"no free {what} for a worker; set ray.num_workers or add nodes")
@@ -115,7 +118,8 @@ class ActorPool:
 
 def reserve(count: int, use_gpu: bool, settings: RayConfig):
     """A placement group of `count` bundles, or a clear error when the cluster is short."""
-    bundle = {"CPU": settings.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    bundle = {"CPU": settings.cpus_per_worker,
+              **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
     group = placement_group([dict(bundle) for _ in range(count)],
                             strategy=settings.placement_strategy)
     ready, _ = ray.wait([group.ready()], timeout=settings.placement_timeout_s)
@@ -138,7 +142,8 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
     names = [f"worker-{i}" for i in range(count)]
     actors = [
         WorkerActor.options(
-            num_cpus=settings.cpus_per_worker, num_gpus=1 if use_gpu else 0,
+            num_cpus=settings.cpus_per_worker,
+            num_gpus=settings.gpus_per_worker if use_gpu else 0,
             max_restarts=settings.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=i),

@@ -18,13 +18,19 @@ def bucket(first: str, second: str) -> int:
     return zlib.crc32("\0".join(sorted((first, second))).encode()) % JUDGE_BUCKETS
 
 
+def score(text: str, first: str, second: str) -> int:
+    """The scripted judge's score of `text` shown in this pair: a crc32 salted with the
+    pair (position-free), so that against a fixed base either side wins half the time."""
+    return zlib.crc32("\0".join([text, *sorted((first, second))]).encode())
+
+
 def scripted_judge(prompt: str, first: str, second: str) -> str:
-    """Crash (HTTP 500), talk nonsense, or prefer the response with the larger crc32."""
+    """Crash (HTTP 500), talk nonsense, or prefer the response with the larger score."""
     if bucket(first, second) == CRASH:
         raise RuntimeError("scripted judge crash")
     if bucket(first, second) == MALFORMED:
         return "I would rather not say."
-    return "A" if zlib.crc32(first.encode()) > zlib.crc32(second.encode()) else "B"
+    return "A" if score(first, first, second) > score(second, first, second) else "B"
 
 
 def expected_vote(base: str, perturbed: str) -> int:
@@ -33,7 +39,7 @@ def expected_vote(base: str, perturbed: str) -> int:
         return 1  # identical responses: a tie without a judge call
     if bucket(base, perturbed) in (CRASH, MALFORMED):
         return 0
-    return -1 if zlib.crc32(perturbed.encode()) > zlib.crc32(base.encode()) else 1
+    return -1 if score(perturbed, base, perturbed) > score(base, base, perturbed) else 1
 
 
 def train_config(model_dir, pairs_file, tmp_path, run_id: str, url: str | None,

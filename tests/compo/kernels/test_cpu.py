@@ -1,0 +1,52 @@
+import logging
+
+import pytest
+import torch
+
+from compo import perturbation
+from compo.kernels import cpu
+from compo.perturbation import direction_key, fill_torch, normals, reference_values, table_tensor
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """The kernel is looked up again (in an empty cache dir); the real one afterwards."""
+    monkeypatch.setenv(cpu.CACHE_ENV, str(tmp_path))
+    cpu.library.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    cpu.library.cache_clear()
+
+
+def test_the_compiled_kernel_is_built_once_and_matches_the_reference(fresh_library):
+    assert cpu.available()
+    built = list((fresh_library / "compo").glob("directions-*.so"))
+    assert len(built) == 1
+    key = direction_key(3, 1, 4)
+    out = cpu.fill(torch.empty(1, 11), [key], 5, table_tensor(torch.device("cpu")))
+    assert out[0].tolist() == reference_values(key, 5, 11)
+    cpu.library.cache_clear()
+    assert cpu.available() and list((fresh_library / "compo").glob("*.so")) == built
+
+
+def test_several_directions_at_an_unaligned_offset_match_the_torch_path():
+    keys = [direction_key(0, 7, i) for i in range(3)]
+    count, start = 70_001, 3
+    out = cpu.fill(torch.empty(3, count), keys, start, table_tensor(torch.device("cpu")))
+    for row, key in zip(out, keys, strict=True):
+        assert torch.equal(row, fill_torch(torch.empty(count), key, start))
+
+
+def test_without_a_compiler_directions_come_from_torch_with_the_same_bits(
+        fresh_library, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with caplog.at_level(logging.WARNING, logger=cpu.__name__):
+        assert not cpu.available()
+    assert "could not build the CPU direction kernel" in caplog.text
+    keys = [direction_key(1, 2, 3)]
+    assert normals(keys, 9, 50)[0].tolist() == reference_values(keys[0], 9, 50)
+
+
+def test_fill_refuses_a_tensor_it_cannot_write():
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        cpu.fill(torch.empty(2, 8).T, [1, 2], 0, perturbation.table_tensor(torch.device("cpu")))
