@@ -135,14 +135,15 @@ def token_changes(state: OracleState, keys: Sequence[int], radius: float,
 
 def use_fused(products: str, hidden: torch.Tensor) -> bool:
     """products 'auto': fused on CUDA when triton is installed and d splits into 64-bit
-    words of directions (d % 4 == 0); 'fused' insists (a clear error where it cannot)."""
+    words of directions (d % 4 == 0), never Triton's CPU interpreter (a test tool, ~100x
+    slower than eager); 'fused' insists (a clear error where it cannot)."""
     if products == "eager":
         return False
     from compo.kernels.fused import fused_available
 
     if products == "fused":
         return fused_available(hidden.device, required=True)
-    return fused_available(hidden.device) and hidden.shape[1] % LANES == 0
+    return hidden.is_cuda and fused_available(hidden.device) and hidden.shape[1] % LANES == 0
 
 
 def pair_improved(changes: torch.Tensor) -> torch.Tensor:

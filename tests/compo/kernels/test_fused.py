@@ -78,6 +78,8 @@ def test_fused_kernel_refuses_widths_that_do_not_split_into_words(interpreter):
 
 def test_products_setting_decides_the_path(monkeypatch):
     hidden = torch.zeros(2, 4)
+    monkeypatch.setenv(fused.INTERPRET_ENV, "1")  # the interpreter is for tests, not for auto
+    assert not use_fused("auto", hidden)
     monkeypatch.delenv(fused.INTERPRET_ENV, raising=False)
     assert not use_fused("auto", hidden) and not use_fused("eager", hidden)
     assert not fused_available(torch.device("cpu"))
