@@ -143,6 +143,11 @@ def browser():
         yield driver
 
 
+def tie_judge(prompt: str, first: str, second: str) -> str:
+    """A judge that finds every pair equally good."""
+    return "TIE"
+
+
 class GatedRun:
     """A ComPO run in a thread that waits after each iteration until the test releases it."""
 
@@ -208,12 +213,15 @@ def test_the_page_follows_a_judge_run_live_and_after_a_restart(
             check_page_matches_api(browser, http, "live")
             if iteration == ITERATIONS - 2:
                 screenshot(browser, tmp_path / "dashboard.png")  # during the run
+            # iteration 1 meets a judge that sees no difference: every vote a tie, skipped
+            fake_judge.judge.decide = tie_judge if iteration == 0 else scripted_judge
             run.released[iteration].set()
         run.thread.join(timeout=120)
         assert not run.errors and not run.thread.is_alive()
         rows = run.trainer.run_dir.metrics()
         check_page_matches_plots(browser, rows, config.compo.accept_ratio)
         check_drawn_to_scale(browser, "ratio", "ratio")
+        assert [row["accepted"] for row in rows][1] is False  # the tie judge's iteration
         assert {s for s in ("accepted", "skipped") if points(browser, "ratio", s)} == {
             "accepted", "skipped"}  # the run shows both kinds of iteration
         assert sum(y for _, y in points(browser, "verdicts", "abstain")) > 0
