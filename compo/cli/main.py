@@ -8,7 +8,7 @@ import logging
 import sys
 
 from compo.cli.pipeline import add_pipeline_commands
-from compo.config import SplitConfig, TrainConfig, load_config
+from compo.config import SplitConfig, TrainConfig, in_process_options, load_config
 from compo.errors import CompoError, ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
@@ -59,6 +59,9 @@ def cmd_train(args) -> int:
     else:
         raise ConfigError("compo train needs --config FILE (new run) or --resume RUN_DIR")
     if args.ray_address or config.ray is not None:
+        if in_process_options(config):  # before any worker starts
+            raise ConfigError(f"{', '.join(in_process_options(config))}: not supported on Ray; "
+                              "remove them or run without --ray-address")
         from workers.coordinator import ray_trainer
 
         trainer = ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
