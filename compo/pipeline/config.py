@@ -52,8 +52,8 @@ class FirstStage(StrictModel):
         "dpo", description="dpo: DPOTrainer (loss_type picks the variant); simpo: CPOTrainer "
         "with loss_type simpo, cpo_alpha 0; cpo: CPOTrainer; orpo: ORPOTrainer; ropo: "
         "DPOTrainer with ROPO's loss (compo.pipeline.ropo)")
-    ropo_alpha: float = Field(2.0, gt=0, description="ropo: the trade-off alpha of ROPO's "
-                              "loss (compo.data.ropo)")
+    ropo_alpha: float | None = Field(None, gt=0, description="ropo: the trade-off alpha of "
+                                     "ROPO's loss (compo.data.ropo); default 2.0")
     loss_type: list[str] = Field(
         ["sigmoid"], min_length=1, description="dpo: DPOTrainer loss types (several are "
         "combined, weights via trl_args.loss_weights); cpo: exactly one CPO loss type")
@@ -75,7 +75,7 @@ class FirstStage(StrictModel):
         if self.checkpoint is not None and not self.skip:
             raise ValueError("checkpoint is used only with skip: true (ComPO then starts "
                              "from it); remove it, or set skip: true")
-        if "ropo_alpha" in self.model_fields_set and self.trainer != "ropo":
+        if self.ropo_alpha is not None and self.trainer != "ropo":
             raise ValueError("ropo_alpha applies to trainer: ropo only; remove it")
         if "output_dir" in self.trl_args:
             raise ValueError("trl_args.output_dir is set by the pipeline "

@@ -34,6 +34,7 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 # DPOConfig fields that change DPO's loss, which RopoTrainer does not use: refused for ropo
 DPO_LOSS_FIELDS = ("loss_type", "loss_weights", "ld_alpha", "f_divergence_type",
                    "f_alpha_divergence_coef", "label_smoothing", "use_weighting", "rpo_alpha")
+DEFAULT_ROPO_ALPHA = 2.0  # first_stage.ropo_alpha unset
 SAVE_TOTAL_LIMIT = 2  # TRL checkpoints kept for resuming (the newest is what resume needs)
 
 
@@ -146,7 +147,7 @@ def build_trainer(stage: FirstStage, model: ModelConfig, data: DataConfig, out_d
     if stage.trainer in ("dpo", "ropo"):
         extra["ref_model"] = load_trainable(model, master=False)
     if stage.trainer == "ropo":
-        extra["alpha"] = stage.ropo_alpha
+        extra["alpha"] = stage.ropo_alpha or DEFAULT_ROPO_ALPHA
     return trainer_cls(model=load_trainable(model), args=args, processing_class=tokenizer,
                        train_dataset=preference_dataset(data, tokenizer), **extra)
 
