@@ -12,7 +12,10 @@ ROPO identifies as noisy (its iterative filtering drops them).
 Source of the formula: the stored copies of the paper this project can read (arXiv HTML
 v1/v2, the PMLR page) returned only the abstract, so the loss section's text could not be
 checked here; the formula above is the ICML version's as recalled, NOT verified against
-the paper's text. tests/compo/data/test_ropo.py pins it to a hand computation.
+the paper's text. Supporting, not authoritative: a `ropo_loss` in a public repository of the
+code index (a third party's, unnamed there) has the same two terms, alpha * sigmoid(-x) -
+gamma * logsigmoid(x), with its own constants (0.2, 0.1) instead of the normalised pair.
+tests/compo/data/test_ropo.py pins the code to the formula by hand computation.
 
 As a split criterion (`split.criterion: ropo`) the reference model is the policy and there
 is no second model to be the reference, so x = beta * (log pi(y+) - log pi(y-)): ranking by
