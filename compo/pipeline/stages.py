@@ -3,7 +3,7 @@ pairs from the first stage's checkpoint -> export, plots, evaluation.
 
 Layout of <output_dir>/:
   pipeline.yaml     the resolved config
-  split/            clean.jsonl, noisy.jsonl, report.json (margin, CHES, their overlap)
+  split/            clean.jsonl, noisy.jsonl, report.json (margin, CHES, ROPO, overlaps)
   first_stage/      trl/ (resumable TRL checkpoints), model/, log_history.json
   compo/run/        the ComPO run directory (metrics.jsonl, final/, delta.safetensors)
   plots/*.png, eval/report.md, summary.json
