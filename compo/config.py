@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compo.errors import ConfigError
 
@@ -41,6 +41,23 @@ class DataConfig(StrictModel):
         "rejected, bad bytes): fail naming file:line, or skip and count"
     )
     append_eos: bool = Field(True, description="end each response with the EOS token")
+
+
+class ReselectConfig(StrictModel):
+    """Each iteration's pairs scored under the current weights, as the reference code does
+    (compute_gradients.py, noisy_pair_select): the next noisy ones from a running offset."""
+
+    delta: float = Field(3.0, gt=0, description="margin threshold (the reference: 3.0)")
+    rule: Literal["abs", "reference"] = Field(
+        "reference", description="see SplitConfig.rule; reference: 0 < margin < delta (its "
+        "`chosen > rejected and |margin| < threshold and |margin| != 0`)")
+    scan_batch: int = Field(8, gt=0, description="candidate pairs scored per forward pass")
+
+
+class TrainDataConfig(DataConfig):
+    """The data of a ComPO run: DataConfig plus re-selection."""
+    reselect: ReselectConfig | None = Field(None, description="pick each iteration's pairs under "
+        "the current weights (file order: shuffle: false); None: the fixed schedule")
 
 
 class ModelConfig(StrictModel):
@@ -102,6 +119,22 @@ class ComPOConfig(StrictModel):
         "eager (directions in blocks, torch matmul); auto: fused on CUDA when triton is "
         "installed, else eager",
     )
+    # the public reference code's rules (ComparisonPO, compute_gradients.py), off by default
+    accept_rule: Literal["strict", "at_least"] = Field("strict", description="strict: n_minus / m "
+        "> accept_ratio (the paper); at_least: n_minus >= accept_count (the reference)")
+    accept_count: int | None = Field(None, gt=0, description="at_least: the count (reference: 330)")
+    accept_check: Literal["none", "trial_step"] = Field("none", description="trial_step: keep W "
+        "unless log pi(y+) rises and log pi(y-) falls under W - trial_step_scale * g_clip "
+        "(pairs combined by vote_rule; the reference: any); see compo.train.trial_check")
+    trial_step_scale: float = Field(5.0, gt=0, description="trial step along g_clip (reference: 5)")
+
+    @model_validator(mode="after")
+    def _accept_count_with_at_least(self) -> ComPOConfig:
+        count, m = self.accept_count, self.num_perturbations
+        if (self.accept_rule == "at_least") != (count is not None) or (count or 0) > m:
+            raise ValueError(f"accept_count (got {count}) goes with accept_rule: at_least only and "
+                             f"is at most num_perturbations ({m}); e.g. 330 for m = 1800")
+        return self
 
 
 class RayConfig(StrictModel):
@@ -200,7 +233,7 @@ class TrainConfig(StrictModel):
     """A ComPO run: model, noisy pairs, algorithm, bookkeeping."""
 
     model: ModelConfig
-    data: DataConfig
+    data: TrainDataConfig
     compo: ComPOConfig = Field(default_factory=ComPOConfig)
     seed: int = Field(0, ge=0, description="run seed: data order and all directions")
     batch_size: int = Field(1, gt=0, description="pairs per iteration (paper: 1)")
@@ -223,6 +256,22 @@ class TrainConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig,
                                  description="how final/ is written (see ExportConfig)")
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _plain_data(cls, value: Any) -> Any:  # a DataConfig is validated as TrainDataConfig
+        return value.model_dump() if type(value) is DataConfig else value
+
+    @model_validator(mode="after")
+    def _reference_rules_fit(self) -> TrainConfig:
+        if self.data.reselect is not None and self.shuffle:
+            raise ValueError("data.reselect scans the pairs in file order from a running "
+                             "offset (the reference code); set shuffle: false")
+        needs = in_process_options(self)
+        if self.ray is not None and needs:
+            raise ValueError(f"{', '.join(needs)}: not supported on Ray (they score pairs under "
+                             "weights the workers do not hold); remove them or the ray section")
+        return self
+
     @model_validator(mode="after")
     def _chunks_hold_whole_generation_batches(self) -> TrainConfig:
         size, batch = self.ray and self.ray.chunk_size, self.oracle.generation_batch_size
@@ -232,6 +281,12 @@ class TrainConfig(StrictModel):
                 f"({batch}), so every topology generates the same batches (e.g. chunk_size: "
                 f"{batch * max(1, size // batch)})")
         return self
+
+
+def in_process_options(config: TrainConfig) -> list[str]:
+    """Options set that need the model in the training process (refused on Ray)."""
+    return ["data.reselect"] * (config.data.reselect is not None) + [
+        "compo.accept_check: trial_step"] * (config.compo.accept_check == "trial_step")
 
 
 class SplitConfig(StrictModel):

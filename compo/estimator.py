@@ -29,6 +29,7 @@ from compo.perturbation import direction_key, direction_rows, plan_blocks
 NORM_BLOCK_ROWS = 64
 FLOAT32_INF_BITS = 0x7F800000  # +inf as int32: above every finite magnitude
 SEARCH_POINTS = 64  # thresholds tried per round of the fraction-mode search (~6 rounds)
+UNIT_STEP = -1.0  # step_entries makes -step * g_j: with -1 the entries g_j themselves, exactly
 
 
 @dataclass
@@ -38,6 +39,10 @@ class SparseUpdate:
     indices: torch.Tensor  # [k] int64, positions in W.view(-1)
     values: torch.Tensor  # [k] float32
     shape: tuple[int, int]
+
+    def scaled(self, factor: float) -> SparseUpdate:
+        """The same entries times `factor` (float32, as the step has always been made)."""
+        return SparseUpdate(self.indices, self.values * factor, self.shape)
 
     def apply_(self, weight: torch.Tensor) -> torch.Tensor:
         """Add the update into `weight` in place (float32 master copy)."""
@@ -63,6 +68,7 @@ class UpdateDecision:
     kept_fraction: float
     update_norm: float
     update: SparseUpdate | None
+    direction: SparseUpdate | None = None  # g_clip itself (unit norm before clipping)
 
 
 def count_votes(votes: torch.Tensor) -> tuple[int, int, int]:
@@ -188,6 +194,14 @@ def accept(n_minus: int, m: int, accept_ratio: float) -> bool:
     return m > 0 and n_minus / m > accept_ratio
 
 
+def accepts(n_minus: int, m: int, config: ComPOConfig) -> bool:
+    """The configured rule: strict (the paper), or at_least a count (the reference code,
+    compute_gradients.py: `flag = total_count_negative < negone_num_threshold`, 330)."""
+    if config.accept_rule == "at_least":
+        return m > 0 and n_minus >= config.accept_count
+    return accept(n_minus, m, config.accept_ratio)
+
+
 def decide_update(total: torch.Tensor | None, votes: torch.Tensor,
                   config: ComPOConfig) -> UpdateDecision:
     """From the votes and sum y_i z_i: accept or skip, and the sparse step if accepted.
@@ -250,7 +264,7 @@ def decide_from_shards(votes: torch.Tensor, config: ComPOConfig, shape: tuple[in
     sum y_i z_i: their block norms, the clip threshold, then each shard's kept entries."""
     n_minus, m, abstained = count_votes(votes)
     ratio = n_minus / m if m else 0.0
-    if not accept(n_minus, m, config.accept_ratio):
+    if not accepts(n_minus, m, config):
         return UpdateDecision(n_minus, m, abstained, ratio, False, 0.0, 0.0, 0.0, None)
     if run is None:
         raise ValueError("an accepted update needs sum y_i z_i (total)")
@@ -263,9 +277,11 @@ def decide_from_shards(votes: torch.Tensor, config: ComPOConfig, shape: tuple[in
     else:
         threshold = fixed_threshold(config.clip, numel)
     step = config.step_scale * ratio
-    parts = run("step", shards, norm, threshold, step)
-    update = SparseUpdate(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                          shape)
+    parts = run("step", shards, norm, threshold, UNIT_STEP)
+    direction = SparseUpdate(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                             shape)
+    update = direction.scaled(-step)  # the same float32 product -step * g_j as ever
     kept = update.indices.numel() / numel
     size = float(torch.linalg.vector_norm(update.values, dtype=torch.float64))
-    return UpdateDecision(n_minus, m, abstained, ratio, True, step, kept, size, update)
+    return UpdateDecision(n_minus, m, abstained, ratio, True, step, kept, size, update,
+                          direction)

@@ -30,6 +30,7 @@ class Checkpoint:
 
     iterations_done: int
     weight: torch.Tensor  # float32 master output layer [V, d]
+    data_offset: int = 0  # data.reselect: where the next scan for noisy pairs starts
 
 
 def mean_change(before: list[float], after: list[float]) -> float | None:
@@ -70,7 +71,7 @@ class RunDirectory:
         fileio.write_tensors(self.path / name, {"output_weight": checkpoint.weight})
         fileio.write_json(self.checkpoint_path, {
             "iterations_done": checkpoint.iterations_done, "weights": name,
-            "directions": GENERATOR,
+            "directions": GENERATOR, "data_offset": checkpoint.data_offset,
         })
         for old in self.path.glob("head-*.safetensors"):
             if old.name != name:
@@ -88,7 +89,8 @@ class RunDirectory:
                 f"this version makes ({GENERATOR}); resuming would mix them. Finish it with "
                 f"the version that started it, or start a new run")
         tensors = fileio.read_tensors(self.path / state["weights"])
-        return Checkpoint(state["iterations_done"], tensors["output_weight"])
+        return Checkpoint(state["iterations_done"], tensors["output_weight"],
+                          state.get("data_offset", 0))
 
     def log_metrics(self, row: dict) -> None:
         """Append one iteration's metrics."""

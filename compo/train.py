@@ -12,23 +12,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from compo import fileio
-from compo.config import TrainConfig
+from compo.config import ComPOConfig, TrainConfig, in_process_options
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
+from compo.data.reselect import Selection, select_noisy
+from compo.errors import ConfigError
 from compo.estimator import UpdateDecision, decide_from_shards
 from compo.model.checkpoint import read_output_layer
 from compo.model.export import write_delta
 from compo.model.exported import check_kept, export_dtype, measure_export, write_final
 from compo.model.head import output_layer
 from compo.model.loading import DTYPES, load_model, load_tokenizer
-from compo.oracle import LikelihoodOracle
+from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
 from compo.votes import LocalVoteSource, VoteSource
 
@@ -59,6 +61,24 @@ class IterationResult:
     before: torch.Tensor  # [S]
     after: torch.Tensor  # [S]
     vote_seconds: float
+    extra: dict = field(default_factory=dict)  # figures of the options that are on
+
+
+def trial_check(source: VoteSource, decision: UpdateDecision, weight: torch.Tensor,
+                before: torch.Tensor, compo: ComPOConfig) -> tuple[UpdateDecision, dict]:
+    """The reference code's check before it applies an accepted step (compute_gradients.py,
+    aggregate_gradients: log-probs under `-5 * g_hat_sparse`, then `if flag or y_i == 1:
+    updated_weights_flat = x`, i.e. keep the weights unless the trial improved a pair)."""
+    trial = decision.direction.scaled(-compo.trial_step_scale).apply_(weight.clone())
+    logprobs = source.logprobs(trial).cpu()
+    passed = combine(pair_improved(logprobs - before.cpu()), compo.vote_rule) == -1
+    extra = {"trial_check": "passed" if passed else "refused",
+             "logp_chosen_trial": logprobs[0::2].tolist(),
+             "logp_rejected_trial": logprobs[1::2].tolist()}
+    if passed:
+        return decision, extra
+    return replace(decision, accepted=False, step=0.0, kept_fraction=0.0, update_norm=0.0,
+                   update=None), extra
 
 
 def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: torch.Tensor,
@@ -72,10 +92,13 @@ def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: to
     vote_seconds = time.perf_counter() - started
     shards, run = source.rebuild(config.seed, iteration, indices, votes, weight)
     decision = decide_from_shards(votes, compo, tuple(weight.shape), shards, run)
+    extra = {"trial_check": None} if compo.accept_check == "trial_step" else {}
+    if decision.update is not None and compo.accept_check == "trial_step":
+        decision, extra = trial_check(source, decision, weight, before, compo)
     if decision.update is not None:
         decision.update.apply_(weight)
     after = source.logprobs(weight) if decision.accepted else before
-    return IterationResult(decision, before.cpu(), after.cpu(), vote_seconds)
+    return IterationResult(decision, before.cpu(), after.cpu(), vote_seconds, extra)
 
 
 def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult,
@@ -93,6 +116,7 @@ def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult
         "logp_rejected_after": result.after[1::2].tolist(),
         "seconds": seconds,
         "perturbations_per_s": (d.m + d.abstained) / max(result.vote_seconds, 1e-9),
+        **result.extra,
     }
 
 
@@ -128,6 +152,10 @@ class ComPOTrainer:
         self.pairs, self.load_report = load_tokenized(config.data, self.tokenizer)
         run_id = run_dir.path.name
         self.model = None  # the model, when this process holds it
+        self.offset = 0  # data.reselect: the running offset of the scan
+        if source is not None and in_process_options(config):
+            raise ConfigError(f"{', '.join(in_process_options(config))}: not supported when "
+                              "votes come from elsewhere (Ray workers); remove them")
         if source is None:
             self.model = load_model(config.model)
             self.base_weight = output_layer(self.model).weight.detach().float().clone()
@@ -140,7 +168,11 @@ class ComPOTrainer:
 
     def trained_pairs(self) -> list[TokenizedPair]:
         """The pairs of the iterations run so far (each once)."""
-        batches = schedule(len(self.pairs), self.config)[: len(self.run_dir.metrics())]
+        rows = self.run_dir.metrics()
+        if self.config.data.reselect is not None:
+            batches = [row["pair_indices"] for row in rows]
+        else:
+            batches = schedule(len(self.pairs), self.config)[: len(rows)]
         return [self.pairs[i] for i in sorted({i for batch in batches for i in batch})]
 
     def run(self, progress: bool = True) -> torch.Tensor:
@@ -149,6 +181,7 @@ class ComPOTrainer:
         start = checkpoint.iterations_done if checkpoint else 0
         weight = (checkpoint.weight if checkpoint else self.base_weight).clone()
         weight = weight.to(self.base_weight.device)
+        self.offset = checkpoint.data_offset if checkpoint else 0
         self.run_dir.truncate_metrics(start)
         batches = schedule(len(self.pairs), self.config)
         bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
@@ -158,31 +191,58 @@ class ComPOTrainer:
             for iteration in bar:
                 with deferred_interrupt() as interrupted:
                     row = self._step(iteration, batches[iteration], weight)
-                    done = iteration + 1
+                    if row is not None:  # the iteration and the offset after it, together
+                        done, self.offset = iteration + 1, row.get("data_offset", self.offset)
+                if row is None:
+                    log.warning("data.reselect: no pair qualifies as noisy under the current "
+                                "weights; the run ends after %d iterations", done)
+                    break
                 bar.set_postfix(ratio=f"{row['ratio']:.2f}", accepted=row["accepted"])
                 if done % self.config.checkpoint_every == 0:
-                    self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
+                    self.run_dir.save_checkpoint(self._checkpoint(done, weight))
                 if self.on_iteration is not None:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
+            self.run_dir.save_checkpoint(self._checkpoint(done, weight))
             raise
         finally:
             bar.close()
-        self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
+        self.run_dir.save_checkpoint(self._checkpoint(done, weight))
         return weight
+
+    def _checkpoint(self, done: int, weight: torch.Tensor) -> Checkpoint:
+        return Checkpoint(done, weight.cpu(), self.offset)
+
+    def _reselect(self, weight: torch.Tensor) -> Selection | None:
+        """data.reselect: the next noisy pairs under `weight` from the running offset."""
+        def margins(indices):
+            logprobs = self.source.prepare([self.pairs[i] for i in indices], weight).cpu()
+            return logprobs[0::2] - logprobs[1::2]
+
+        return select_noisy(margins, len(self.pairs), self.offset, self.config.batch_size,
+                            self.config.data.reselect)
 
     def close(self) -> None:
         """Release what the vote source holds (Ray: the workers; service: connections)."""
         self.source.close()
 
-    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict:
-        """One iteration: update `weight` in place, log and return the metrics row."""
+    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict | None:
+        """One iteration: update `weight` in place, log and return the metrics row (None:
+        data.reselect found no noisy pair)."""
         started = time.perf_counter()
+        picked = {}
+        if self.config.data.reselect is not None:
+            selection = self._reselect(weight)
+            if selection is None:
+                return None
+            batch = selection.indices
+            picked = {"pair_indices": batch, "data_offset": selection.offset,
+                      "scanned": selection.scanned}
         chosen = [self.pairs[i] for i in batch]
         result = run_iteration(self.source, chosen, weight, self.config, iteration)
+        result.extra.update(picked)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
         row.update(self.source.metrics())
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised

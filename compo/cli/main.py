@@ -8,7 +8,7 @@ import logging
 import sys
 
 from compo.cli.pipeline import add_pipeline_commands
-from compo.config import SplitConfig, TrainConfig, load_config
+from compo.config import SplitConfig, TrainConfig, in_process_options, load_config
 from compo.errors import CompoError, ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
@@ -44,6 +44,13 @@ def cmd_split(args) -> int:
     return 0
 
 
+def check_ray_options(config: TrainConfig, ray_address: str | None) -> None:
+    """--ray-address with options that need the model here: refused before anything starts."""
+    if (ray_address or config.ray is not None) and in_process_options(config):
+        raise ConfigError(f"{', '.join(in_process_options(config))}: not supported on Ray; "
+                          "remove them or run without --ray-address")
+
+
 def cmd_train(args) -> int:
     from compo.rundir import RunDirectory
     from compo.train import ComPOTrainer, export_run, start_run
@@ -55,9 +62,11 @@ def cmd_train(args) -> int:
         config = load_config(TrainConfig, args.config)
         if args.run_id:
             config = config.model_copy(update={"run_id": args.run_id})
+        check_ray_options(config, args.ray_address)
         run_dir = start_run(config)
     else:
         raise ConfigError("compo train needs --config FILE (new run) or --resume RUN_DIR")
+    check_ray_options(config, args.ray_address)
     if args.ray_address or config.ray is not None:
         from workers.coordinator import ray_trainer
 

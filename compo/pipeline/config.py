@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from compo.config import ChesConfig, DataConfig, ModelConfig, StrictModel
+from compo.data.ropo import RopoConfig
 from compo.eval.config import GenerationConfig, JudgeConfig
 
 
@@ -22,17 +23,19 @@ class SplitStage(StrictModel):
     from_dir: str | None = Field(
         None, description="with skip: a directory holding clean.jsonl / noisy.jsonl of an "
         "earlier split; None: every pair goes to both stages (e.g. SimPO + ComPO)")
-    criterion: Literal["margin", "ches"] = Field(
+    criterion: Literal["margin", "ches", "ropo"] = Field(
         "margin", description="which criterion defines noisy.jsonl")
     delta: float = Field(3.0, gt=0, description="margin criterion: see SplitConfig.delta")
     rule: Literal["abs", "reference"] = Field("abs", description="see SplitConfig.rule")
     histogram_bins: int = Field(20, gt=1)
     ches: ChesConfig = Field(default_factory=ChesConfig)
+    ropo: RopoConfig = Field(default_factory=RopoConfig)
 
     @model_validator(mode="after")
     def _ches_needed(self) -> SplitStage:
-        if self.criterion == "ches" and not self.ches.enabled:
-            raise ValueError("criterion 'ches' needs ches.enabled: true")
+        for name in ("ches", "ropo"):
+            if self.criterion == name and not getattr(self, name).enabled:
+                raise ValueError(f"criterion '{name}' needs {name}.enabled: true")
         if self.from_dir is not None and not self.skip:
             raise ValueError("from_dir is used only with skip: true (a split made earlier)")
         return self
@@ -45,9 +48,12 @@ class FirstStage(StrictModel):
     checkpoint: str | None = Field(
         None, description="with skip: an aligned model directory ComPO starts from (e.g. a "
         "SimPO model); None: the pipeline's reference model")
-    trainer: Literal["dpo", "simpo", "cpo", "orpo"] = Field(
+    trainer: Literal["dpo", "simpo", "cpo", "orpo", "ropo"] = Field(
         "dpo", description="dpo: DPOTrainer (loss_type picks the variant); simpo: CPOTrainer "
-        "with loss_type simpo, cpo_alpha 0; cpo: CPOTrainer; orpo: ORPOTrainer")
+        "with loss_type simpo, cpo_alpha 0; cpo: CPOTrainer; orpo: ORPOTrainer; ropo: "
+        "DPOTrainer with ROPO's loss (compo.pipeline.ropo)")
+    ropo_alpha: float | None = Field(None, gt=0, description="ropo: the trade-off alpha of "
+                                     "ROPO's loss (compo.data.ropo); default 2.0")
     loss_type: list[str] = Field(
         ["sigmoid"], min_length=1, description="dpo: DPOTrainer loss types (several are "
         "combined, weights via trl_args.loss_weights); cpo: exactly one CPO loss type")
@@ -69,6 +75,8 @@ class FirstStage(StrictModel):
         if self.checkpoint is not None and not self.skip:
             raise ValueError("checkpoint is used only with skip: true (ComPO then starts "
                              "from it); remove it, or set skip: true")
+        if self.ropo_alpha is not None and self.trainer != "ropo":
+            raise ValueError("ropo_alpha applies to trainer: ropo only; remove it")
         if "output_dir" in self.trl_args:
             raise ValueError("trl_args.output_dir is set by the pipeline "
                              "(<output_dir>/first_stage/trl); remove it")

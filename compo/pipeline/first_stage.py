@@ -25,11 +25,16 @@ TRAINERS = {
     "simpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
     "cpo": ("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),
     "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+    "ropo": ("compo.pipeline.ropo", "DPOConfig", "RopoTrainer"),  # TRL's DPOConfig, re-exported
 }
 # DPOTrainer's loss types (TRL 1.x); TRL itself only rejects others in the first loss call
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                   "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
                   "sft", "sigmoid_norm")
+# DPOConfig fields that change DPO's loss, which RopoTrainer does not use: refused for ropo
+DPO_LOSS_FIELDS = ("loss_type", "loss_weights", "ld_alpha", "f_divergence_type",
+                   "f_alpha_divergence_coef", "label_smoothing", "use_weighting", "rpo_alpha")
+DEFAULT_ROPO_ALPHA = 2.0  # first_stage.ropo_alpha unset
 SAVE_TOTAL_LIMIT = 2  # TRL checkpoints kept for resuming (the newest is what resume needs)
 
 
@@ -68,6 +73,12 @@ def loss_settings(stage: FirstStage, config_cls: type) -> dict:
                           f"trainer {stage.trainer}")
     if stage.trainer == "simpo":
         return {"loss_type": "simpo", "cpo_alpha": 0.0, "beta": stage.beta}
+    if stage.trainer == "ropo":  # RopoTrainer computes its own loss, never TRL's loss_type
+        unused = sorted(set(stage.trl_args) & set(DPO_LOSS_FIELDS))
+        if unused:
+            raise ConfigError(f"first_stage.trl_args: {unused} change DPO's loss, which trainer "
+                              "ropo replaces by ROPO's (ropo_alpha, beta); remove them")
+        return {"loss_type": ["sigmoid"], "beta": stage.beta}
     return {"beta": stage.beta}
 
 
@@ -132,7 +143,11 @@ def build_trainer(stage: FirstStage, model: ModelConfig, data: DataConfig, out_d
     args = trl_arguments(stage, model, out_dir / "trl", seed, progress)
     _, trainer_cls = trl_classes(stage.trainer)
     tokenizer = load_tokenizer(model.path)
-    extra = {"ref_model": load_trainable(model, master=False)} if stage.trainer == "dpo" else {}
+    extra = {}
+    if stage.trainer in ("dpo", "ropo"):
+        extra["ref_model"] = load_trainable(model, master=False)
+    if stage.trainer == "ropo":
+        extra["alpha"] = stage.ropo_alpha or DEFAULT_ROPO_ALPHA
     return trainer_cls(model=load_trainable(model), args=args, processing_class=tokenizer,
                        train_dataset=preference_dataset(data, tokenizer), **extra)
 

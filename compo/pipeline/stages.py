@@ -3,7 +3,7 @@ pairs from the first stage's checkpoint -> export, plots, evaluation.
 
 Layout of <output_dir>/:
   pipeline.yaml     the resolved config
-  split/            clean.jsonl, noisy.jsonl, report.json (margin, CHES, their overlap)
+  split/            clean.jsonl, noisy.jsonl, report.json (margin, CHES, ROPO, overlaps)
   first_stage/      trl/ (resumable TRL checkpoints), model/, log_history.json
   compo/run/        the ComPO run directory (metrics.jsonl, final/, delta.safetensors)
   plots/*.png, eval/report.md, summary.json
@@ -211,17 +211,20 @@ def run_stage(name: str, folder: Path, inputs: dict, work: Callable[[], dict]) -
 
 
 def do_split(config: PipelineConfig, out: Path) -> dict:
-    """Margin split (plus CHES when enabled) with the reference model."""
+    """Margin split (plus CHES and ROPO when enabled) with the reference model."""
     from compo.data.ches import ches_criterion
+    from compo.data.ropo import ropo_criterion
     from compo.data.split import split
 
-    ches = config.split.ches
+    ches, ropo = config.split.ches, config.split.ropo
     criterion = None
     if ches.enabled:
         criterion = ches_criterion(ches, config.split.criterion == "ches",
                                    config.model.batch_size, config.split.histogram_bins)
+    if ropo.enabled:
+        criterion = ropo_criterion(ropo, criterion, config.split.criterion == "ropo")
     report = split(split_config(config, out), criterion)
-    keys = ("pairs", "noisy", "clean", "criterion", "overlap")
+    keys = ("pairs", "noisy", "clean", "criterion", "overlap", "three_way")
     return {key: report[key] for key in keys if key in report}
 
 

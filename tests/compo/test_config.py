@@ -45,3 +45,31 @@ def test_missing_section_and_bad_fraction(tmp_path):
 def test_not_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(TrainConfig, write(tmp_path, "model: [unclosed\n"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("compo: {accept_rule: at_least}\n", "accept_count .got None. goes with accept_rule"),
+    ("compo: {accept_count: 330}\n", "goes with accept_rule: at_least only"),
+    ("compo: {accept_rule: at_least, accept_count: 2000, num_perturbations: 1800}\n",
+     "at most num_perturbations .1800."),
+    ("data: {path: d.jsonl, reselect: {delta: 3}}\n", "set shuffle: false"),
+    ("shuffle: false\ndata: {path: d.jsonl, reselect: {}}\nray: {}\n",
+     "data.reselect: not supported on Ray"),
+    ("compo: {accept_check: trial_step}\nray: {}\n",
+     "compo.accept_check: trial_step: not supported on Ray"),
+])
+def test_reference_rules_are_checked_up_front(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, write(tmp_path, "model: {path: m}\ndata: {path: d.jsonl}\n"
+                                       + extra))
+
+
+def test_reference_rules_are_off_by_default_and_parse(tmp_path):
+    default = load_config(TrainConfig, write(tmp_path, BASE))
+    assert default.compo.accept_rule == "strict" and default.compo.accept_check == "none"
+    assert default.data.reselect is None
+    text = ("model: {path: m}\ndata: {path: d.jsonl, reselect: {delta: 2}}\nshuffle: false\n"
+            "compo: {accept_rule: at_least, accept_count: 330, num_perturbations: 1800, "
+            "accept_check: trial_step}\n")
+    config = load_config(TrainConfig, write(tmp_path, text))
+    assert config.data.reselect.rule == "reference" and config.compo.trial_step_scale == 5.0

@@ -110,6 +110,29 @@ def test_skip_when_too_few_directions_improve():
     assert decide_update(None, votes, ComPOConfig(accept_ratio=0.2)) == decision
 
 
+def test_at_least_rule_counts_improving_directions_as_the_reference_code():
+    votes = torch.tensor([-1] * 330 + [1] * 1470, dtype=torch.int8)  # 330 / 1800 = 0.183
+    strict = ComPOConfig(num_perturbations=1800, accept_ratio=0.2)
+    at_least = ComPOConfig(num_perturbations=1800, accept_rule="at_least", accept_count=330)
+    assert not decide_update(None, votes, strict).accepted
+    total = torch.randn(8, 8)
+    assert decide_update(total, votes, at_least).accepted
+    fewer = torch.tensor([-1] * 329 + [1] * 1471, dtype=torch.int8)
+    assert not decide_update(None, fewer, at_least).accepted
+
+
+def test_the_step_is_minus_step_times_the_unit_clipped_direction_bit_for_bit():
+    total = torch.randn(30, 20)
+    votes = torch.tensor([-1] * 7 + [1] * 3, dtype=torch.int8)
+    decision = decide_update(total, votes, ComPOConfig(step_scale=0.3))
+    unit = normalise(total)
+    kept = clip_small(unit, clip_threshold(unit, ComPOConfig().clip)).reshape(-1)
+    positions = kept.nonzero().squeeze(1)
+    assert torch.equal(decision.direction.indices, positions)
+    assert torch.equal(decision.direction.values, kept[positions])
+    assert torch.equal(decision.update.values, kept[positions] * -decision.step)
+
+
 def test_accepted_step_is_adaptive_sparse_and_descends():
     total = torch.randn(50, 40)
     votes = torch.tensor([-1] * 6 + [1] * 4, dtype=torch.int8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig, TrainConfig
-from compo.errors import RunError
+from compo.errors import ConfigError, RunError
 from compo.rundir import RunDirectory
 from compo.train import ComPOTrainer, export_run, start_run
 
@@ -125,3 +125,85 @@ def test_only_the_output_layer_moves(model_dir, pairs_file, tmp_path):
     tuned = load_model(ModelConfig(path=str(trainer.run_dir.path / "final"))).state_dict()
     changed = [name for name in original if not torch.equal(original[name], tuned[name])]
     assert changed == ["lm_head.weight"]
+
+
+def reference_config(model_dir, pairs_file, tmp_path, run_id, compo=None, data=None, **kwargs):
+    """make_config with the reference code's options (compo and data fields added)."""
+    config = make_config(model_dir, pairs_file, tmp_path, run_id, **kwargs)
+    return TrainConfig.model_validate({
+        **config.model_dump(), "compo": {**config.compo.model_dump(), **(compo or {})},
+        "data": {**config.data.model_dump(), **(data or {})}})
+
+
+def test_trial_step_check_refuses_steps_whose_trial_does_not_improve_the_pair(
+        model_dir, pairs_file, tmp_path):
+    short = {"max_iterations": 3}
+    plain, plain_trainer = train(make_config(model_dir, pairs_file, tmp_path, "plain", **short))
+    checked = reference_config(model_dir, pairs_file, tmp_path, "checked", **short,
+                               compo={"accept_check": "trial_step", "trial_step_scale": 5.0})
+    weight, trainer = train(checked)
+    rows, plain_rows = trainer.run_dir.metrics(), plain_trainer.run_dir.metrics()
+    verdicts = [row["trial_check"] for row in rows]
+    assert verdicts == ["refused", "passed", "refused"]  # measured on this model and data
+    for row in rows:
+        if row["trial_check"] is None:  # the votes already skip: no trial
+            assert not row["accepted"] and "logp_chosen_trial" not in row
+            continue
+        improved = any(c1 > c0 and r1 < r0 for c0, c1, r0, r1 in zip(
+            row["logp_chosen_before"], row["logp_chosen_trial"], row["logp_rejected_before"],
+            row["logp_rejected_trial"], strict=True))
+        assert (row["trial_check"] == "passed") == improved
+        assert row["accepted"] == improved
+        if not improved:  # the weights stay: the pair's log-probs do not move
+            assert row["logp_chosen_after"] == row["logp_chosen_before"] and row["step"] == 0
+    first = verdicts.index("refused")  # identical weights until then, so identical votes
+    assert rows[first]["n_minus"] == plain_rows[first]["n_minus"]
+    assert plain_rows[first]["accepted"] and not rows[first]["accepted"]
+    assert not torch.equal(weight, plain)
+
+
+RESELECT = {"reselect": {"delta": 1.0, "rule": "abs", "scan_batch": 2}}
+
+
+def test_reselect_picks_noisy_pairs_under_the_current_weights_and_resumes_exactly(
+        model_dir, pairs_file, tmp_path):
+    options = {"data": RESELECT, "shuffle": False, "max_iterations": 6}
+    full, trainer = train(reference_config(model_dir, pairs_file, tmp_path, "full", **options))
+    rows = trainer.run_dir.metrics()
+    for row in rows:  # the picked pair is noisy under the weights of its iteration
+        margin = row["logp_chosen_before"][0] - row["logp_rejected_before"][0]
+        line = row["pair_indices"][0] + 1
+        assert abs(margin) <= 1.0 + 1e-4 and row["pairs"][0].endswith(f":{line}")
+    offsets = [row["data_offset"] for row in rows]
+    assert offsets == [(row["pair_indices"][0] + 1) % 4 for row in rows]
+    assert 3 not in {row["pair_indices"][0] for row in rows}  # its margin is > 1 here
+    config = reference_config(model_dir, pairs_file, tmp_path, "crash", checkpoint_every=2,
+                              **options)
+
+    def crash(row):  # after the checkpoint at 4: the resumed scan starts at its offset
+        if row["iteration"] == 4:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        train(config, on_iteration=crash)
+    run_dir = RunDirectory(tmp_path / "runs" / "crash")
+    assert run_dir.load_checkpoint().data_offset == offsets[3]
+    assert torch.equal(ComPOTrainer(config, run_dir).run(progress=False), full)
+    assert [row["pair_indices"] for row in run_dir.metrics()] == [
+        row["pair_indices"] for row in rows]
+
+
+def test_reselect_ends_the_run_when_no_pair_is_noisy(model_dir, pairs_file, tmp_path):
+    config = reference_config(model_dir, pairs_file, tmp_path, "none", shuffle=False,
+                              data={"reselect": {"delta": 1e-6, "rule": "abs"}})
+    weight, trainer = train(config)
+    assert trainer.run_dir.metrics() == [] and torch.equal(weight, trainer.base_weight)
+    assert trainer.trained_pairs() == []
+
+
+def test_options_that_need_the_model_here_are_refused_with_votes_from_elsewhere(
+        model_dir, pairs_file, tmp_path):
+    config = reference_config(model_dir, pairs_file, tmp_path, "ray",
+                              compo={"accept_check": "trial_step"})
+    with pytest.raises(ConfigError, match="trial_step: not supported when votes come"):
+        ComPOTrainer(config, start_run(config), source=object())

@@ -69,6 +69,15 @@ def test_bad_config_exits_2_with_the_field(tmp_path, model_dir, pairs_file):
     assert "compo.radius" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_ray_refuses_the_options_that_need_the_model_before_any_worker(tmp_path, model_dir,
+                                                                       pairs_file):
+    config = train_yaml(tmp_path, model_dir, pairs_file, accept_check="trial_step")
+    result = compo("train", "--config", str(config), "--ray-address", "auto")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "compo.accept_check: trial_step: not supported on Ray" in result.stderr
+    assert not (tmp_path / "runs").exists()  # no run directory was started
+
+
 def test_ctrl_c_leaves_a_resumable_run_that_matches(tmp_path, model_dir, pairs_file):
     config = train_yaml(tmp_path, model_dir, pairs_file)
     full = compo("train", "--config", str(config), "--run-id", "full", "--no-progress")
