@@ -22,6 +22,7 @@ from compo import fileio
 from compo.config import TrainConfig
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
+from compo.diagnostics import RunWatch, progress_figures
 from compo.estimator import UpdateDecision, decide_from_shards
 from compo.model.checkpoint import read_output_layer
 from compo.model.export import write_delta
@@ -136,6 +137,7 @@ class ComPOTrainer:
             self.base_weight = read_output_layer(config.model.path, DTYPES[config.model.dtype])
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
+        self.watch = RunWatch(config)  # warnings when the votes carry no signal
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
 
     def trained_pairs(self) -> list[TokenizedPair]:
@@ -150,6 +152,7 @@ class ComPOTrainer:
         weight = (checkpoint.weight if checkpoint else self.base_weight).clone()
         weight = weight.to(self.base_weight.device)
         self.run_dir.truncate_metrics(start)
+        self.watch.replay(self.run_dir.metrics())
         batches = schedule(len(self.pairs), self.config)
         bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
                    desc="ComPO", unit="it", disable=not progress)
@@ -159,7 +162,7 @@ class ComPOTrainer:
                 with deferred_interrupt() as interrupted:
                     row = self._step(iteration, batches[iteration], weight)
                     done = iteration + 1
-                bar.set_postfix(ratio=f"{row['ratio']:.2f}", accepted=row["accepted"])
+                bar.set_postfix(progress_figures(row))
                 if done % self.config.checkpoint_every == 0:
                     self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
                 if self.on_iteration is not None:
@@ -172,6 +175,7 @@ class ComPOTrainer:
         finally:
             bar.close()
         self.run_dir.save_checkpoint(Checkpoint(done, weight.cpu()))
+        self.watch.finish()
         return weight
 
     def close(self) -> None:
@@ -185,6 +189,9 @@ class ComPOTrainer:
         result = run_iteration(self.source, chosen, weight, self.config, iteration)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
         row.update(self.source.metrics())
+        warnings = self.watch.observe(row)
+        if warnings:
+            row["warnings"] = warnings
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised
             row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)
