@@ -1,15 +1,16 @@
-"""ComPO learns from votes on generated responses (a small scale of bench/learning.py): with
-the oracle service's reward-model backend serving a reward model fitted on the demo pairs,
-the mean reward of greedy responses on held-out prompts rises; with the fake judge that
-prefers shorter responses, they get shorter."""
+"""ComPO learns from votes on generated responses (a small scale of bench/learning.py): the
+reward model fitted on the demo pairs ranks held-out pairs; with the fake judge that
+prefers shorter responses, greedy responses on held-out prompts get shorter (and longer
+when the votes are flipped, so the test fails if the direction is lost).
+
+ComPO with the reward model is not checked here: at this scale its held-out reward rises
+with flipped votes too (the effect is within the noise; see README)."""
 
 import pytest
 
 from compo import fileio
 from compo.demo import learning
 from compo.demo.embedded import prepare_embedded
-from oracle_service.backends.reward_model import RewardModelBackend
-from oracle_service.schemas import ComparisonItem
 from tests.oracle_service.scripted import TOKEN_ENV
 
 SMALL = learning.LearningSettings(iterations=12, perturbations=32,
@@ -42,23 +43,6 @@ def prefer_shorter(prompt: str, first: str, second: str) -> str:
 
 def test_the_reward_model_prefers_chosen_responses_it_never_saw(embedded, reward_dir):
     assert learning.pair_accuracy(reward_dir, fileio.read_jsonl(embedded.heldout)) > 0.6
-
-
-def test_compo_with_the_reward_model_raises_the_heldout_reward(
-        embedded, reward_dir, tmp_path, make_settings, running_service, token_env):
-    settings = make_settings(backend="reward_model", reward_model_path=reward_dir,
-                             reward_device="cpu")
-    with running_service(settings) as http:
-        config = learning.compo_config(embedded, str(http.base_url), TOKEN_ENV, tmp_path, 0,
-                                       SMALL)
-        weight = learning.train_compo(config)
-    pairs, start, after = learning.start_and_trained(embedded, weight, SMALL)
-    items = [ComparisonItem(prompt=pair.row["prompt"], response_a=a, response_b=b)
-             for pair, a, b in zip(pairs, start, after, strict=True)]
-    scored = RewardModelBackend(settings).score_pairs(items)  # the service's own scoring
-    gains = [b - a for a, b in scored]
-    assert sum(a != b for a, b in zip(start, after, strict=True)) > 0  # the model moved
-    assert sum(gains) / len(gains) > 0
 
 
 def test_compo_with_a_judge_preferring_shorter_answers_shortens_them(

@@ -6,9 +6,8 @@ import copy
 import pytest
 import torch
 
-from compo.config import GenerationRadius, ModelConfig, OracleConfig
+from compo.config import GenerationRadius, OracleConfig
 from compo.model.head import head_of, output_layer
-from compo.model.loading import load_model, load_tokenizer
 from compo.perturbation import direction, direction_key
 from compo.service_oracle.generation import (
     PerturbedHead,
@@ -19,6 +18,7 @@ from compo.service_oracle.generation import (
     perturbation_products,
 )
 from compo.service_oracle.memory import fitting_batch, kv_bytes_per_token, row_bytes
+from tests.compo.service_oracle.test_source import prompt_ids
 
 NEW_TOKENS = 6
 RADIUS = 0.05
@@ -26,13 +26,7 @@ KEYS = [direction_key(7, 2, index) for index in range(3)]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model(ModelConfig(path=str(model_dir))), load_tokenizer(model_dir)
-
-
-def prompt_ids(tokenizer, text="What color is the sky?"):
-    return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+SKY = "What color is the sky?"
 
 
 def greedy_with_weight(model, weight, prompt, eos):
@@ -47,7 +41,7 @@ def greedy_with_weight(model, weight, prompt, eos):
 def test_bf16_directions_stay_bf16_and_generate_like_the_rounded_weight(loaded):
     model, tokenizer = loaded
     weight = output_layer(model).weight.detach().float().clone()
-    prompt, eos = prompt_ids(tokenizer), tokenizer.eos_token_id
+    prompt, eos = prompt_ids(tokenizer, SKY), tokenizer.eos_token_id
     head = perturbation_head(weight, KEYS, torch.bfloat16, RADIUS, head_of(model), [1, -1, 1])
     assert head.directions.dtype == torch.bfloat16  # 2 bytes an entry, never a float32 copy
     out = generate(model, encode_prefix(model, prompt), head, OracleConfig(max_new_tokens=6),
@@ -87,7 +81,7 @@ def test_the_prompt_is_encoded_once_and_never_again_per_row(loaded):
     hook = model.get_input_embeddings().register_forward_hook(
         lambda module, args, out: lengths.append(args[0].shape))
     try:
-        prompt = prompt_ids(tokenizer)
+        prompt = prompt_ids(tokenizer, SKY)
         prefix = encode_prefix(model, prompt)
         for start in (0, 3):  # two batches of three perturbations from the same prefix
             keys = [direction_key(1, 0, index) for index in range(start, start + 3)]
@@ -104,7 +98,7 @@ def test_the_prompt_is_encoded_once_and_never_again_per_row(loaded):
 def test_logit_radius_moves_each_logit_by_the_given_nats(loaded):
     model, tokenizer = loaded
     weight = output_layer(model).weight.detach().float().clone()
-    prefix = encode_prefix(model, prompt_ids(tokenizer))
+    prefix = encode_prefix(model, prompt_ids(tokenizer, SKY))
     radius = generation_radius(GenerationRadius(mode="logit", value=1.5), [prefix.hidden])
     keys = [direction_key(3, 0, index) for index in range(40)]
     head = perturbation_head(weight, keys, torch.float32, radius, head_of(model))

@@ -16,7 +16,6 @@ from compo.config import (
 )
 from compo.errors import ConfigError
 from compo.model.head import head_of, output_layer
-from compo.model.loading import load_model, load_tokenizer
 from compo.perturbation import direction, direction_key
 from compo.service_oracle.generation import (
     PerturbedHead,
@@ -31,11 +30,6 @@ from oracle_service.schemas import ComparisonError, ComparisonResult, ErrorKind,
 
 RADIUS = 0.05  # big enough that the tiny model's perturbed responses differ from the base
 NEW_TOKENS = 6
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model(ModelConfig(path=str(model_dir))), load_tokenizer(model_dir)
 
 
 def prompt_ids(tokenizer, text="What is 2 plus 3?"):
