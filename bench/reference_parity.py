@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from compo import fileio
-from compo.config import DataConfig, ModelConfig, deep_merge, parse_config
+from compo.config import DataConfig, ModelConfig
+from compo.config_files import deep_merge, parse_config
 from compo.demo.embedded import EmbeddedData, embedded_pipeline, prepare_embedded
 from compo.demo.run import DemoSettings, compare
 from compo.eval.evaluate import displacement, score_file

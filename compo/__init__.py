@@ -13,9 +13,8 @@ from compo.config import (
     RayConfig,
     SplitConfig,
     TrainConfig,
-    load_config,
-    parse_config,
 )
+from compo.config_files import load_config, parse_config
 from compo.data.split import split
 from compo.errors import (
     CompoError,

@@ -7,13 +7,9 @@ with an error that names the file and the field and says how to fix it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from compo.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_TOKEN_ENV = "COMPO_ORACLE_API_TOKEN"  # the variable the service itself reads
 
@@ -182,6 +178,21 @@ class RayConfig(StrictModel):
         None, gt=0, description="start a new local instance with this object store size")
 
 
+class GenerationRadius(StrictModel):
+    """The radius of the perturbations that generate responses for the service oracle (its
+    own: compo.radius is the likelihood oracle's, far too small to change a response).
+
+    logit: r = value / (s * RMS ||h||), h the prompts' last hidden states and s the head's
+      logit scale: each logit of a perturbed head moves by about `value` nats (std), so one
+      value means about the same for every model; r is rounded to 3 significant digits.
+    raw: r = value.
+    Choose it with `compo probe` (README, "Choosing the generation radius").
+    """
+
+    mode: Literal["logit", "raw"] = "logit"
+    value: float = Field(2.0, gt=0)
+
+
 # likelihood: Definition 3.1 on the pair's own responses (in process or on Ray). service: the
 # policy generates a base response and one per perturbed output layer; the oracle service
 # (LLM judge or reward model) compares them. Its token is read from an environment variable.
@@ -196,17 +207,27 @@ class OracleConfig(StrictModel):
     token_env: str = Field(
         DEFAULT_TOKEN_ENV, min_length=1, description="environment variable holding the "
         "service's bearer token (unset: no token is sent)")
+    radius: GenerationRadius = Field(
+        default_factory=GenerationRadius, description="radius of the perturbations that "
+        "generate responses (see GenerationRadius; compo.radius is not used for them)")
     max_new_tokens: int = Field(128, gt=0, description="length limit of generated responses")
     temperature: float = Field(
         0.0, ge=0, description="sampling temperature; 0: greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (temperature > 0)")
-    noise: Literal["independent", "shared"] = Field(
-        "independent", description="sampling streams (temperature > 0): independent per "
-        "(seed, iteration, perturbation); shared: every perturbed response reuses the base "
-        "response's stream, so a verdict reflects the perturbation more than sampling luck")
-    generation_batch_size: int = Field(
-        8, gt=0, description="perturbations generated together (each holds a V x d float32 "
-        "direction in memory)")
+    noise: Literal["shared", "independent"] = Field(
+        "shared", description="sampling streams (temperature > 0): shared (common random "
+        "numbers): every perturbed response reuses the base response's stream, so a "
+        "verdict reflects the perturbation, not sampling luck; independent: a stream per "
+        "(seed, iteration, perturbation), where verdicts mostly measure sampling luck")
+    generation_batch_size: int | None = Field(
+        None, gt=0, description="perturbations generated together; None: as many as fit "
+        "in half the device's free memory (each holds a V x d direction in "
+        "compo.direction_dtype and its KV cache), a power of two, decided once per process; "
+        "set it to make batches independent of the machine's state")
+    signal_checks: int = Field(
+        4, ge=0, description="directions per iteration also judged at -z (antithetic): the "
+        "run warns when their verdicts are not opposite more often than a coin's; costs "
+        "signal_checks x prompts comparisons per iteration, not votes; 0: off")
     requests_in_flight: int = Field(
         4, gt=0, description="comparison requests a process keeps open while it generates "
         "the next batch (each holds one generation batch; overlaps judge latency)")
@@ -275,7 +296,7 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _chunks_hold_whole_generation_batches(self) -> TrainConfig:
         size, batch = self.ray and self.ray.chunk_size, self.oracle.generation_batch_size
-        if self.oracle.kind == "service" and size is not None and size % batch:
+        if self.oracle.kind == "service" and size is not None and batch and size % batch:
             raise ValueError(
                 f"ray.chunk_size ({size}) must be a multiple of oracle.generation_batch_size "
                 f"({batch}), so every topology generates the same batches (e.g. chunk_size: "
@@ -328,73 +349,3 @@ class ChesConfig(StrictModel):
             raise ValueError("set either ches.top_fraction or ches.threshold, not both "
                              "(neither: as many pairs as the margin marks noisy)")
         return self
-
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def format_validation_error(error: ValidationError, source: str) -> str:
-    """Render pydantic errors as 'source: field: problem (fix)' lines."""
-    lines = [f"{source}: invalid configuration"]
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<top level>"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown key; remove it or check its spelling")
-        elif item["type"] == "missing":
-            lines.append(f"  {field}: required; add it to the file")
-        else:
-            got = item.get("input")
-            got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-            lines.append(f"  {field}: {item['msg']}{got_text}")
-    return "\n".join(lines)
-
-
-def parse_config(cls: type[C], data: Any, source: str = "<config>") -> C:
-    """Validate a mapping into `cls`, raising ConfigError with a readable message."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
-
-
-def load_config(cls: type[C], path: str | Path, overrides: dict | None = None) -> C:
-    """Read a YAML file into `cls`; `overrides` (nested dicts) are merged on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_config(cls, deep_merge(data, overrides or {}), str(path))
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    """Return base updated by extra, recursing into nested mappings."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def dump_config(config: BaseModel) -> str:
-    """The resolved config as YAML (what a run saves next to its results)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def require_model_dir(path: str, field: str) -> None:
-    """A local model directory (save_pretrained) must be there."""
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"{field}={path}: no model there (config.json missing); point it at "
-                          "a directory written by save_pretrained (downloads are disabled)")
-
-
-def require_path(path: str, field: str) -> None:
-    """A data file or directory must be there."""
-    if not Path(path).exists():
-        raise ConfigError(f"{field}={path}: no such file or directory")

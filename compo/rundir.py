@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel
 
 from compo import fileio
-from compo.config import dump_config
+from compo.config_files import dump_config
 from compo.errors import RunError
 from compo.perturbation import GENERATOR
 

@@ -23,6 +23,7 @@ from compo.config import ComPOConfig, TrainConfig, in_process_options
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
 from compo.data.reselect import Selection, select_noisy
+from compo.diagnostics import RunWatch, progress_figures
 from compo.errors import ConfigError
 from compo.estimator import UpdateDecision, decide_from_shards
 from compo.model.checkpoint import read_output_layer
@@ -164,6 +165,7 @@ class ComPOTrainer:
             self.base_weight = read_output_layer(config.model.path, DTYPES[config.model.dtype])
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
+        self.watch = RunWatch(config)  # warnings when the votes carry no signal
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
 
     def trained_pairs(self) -> list[TokenizedPair]:
@@ -183,6 +185,7 @@ class ComPOTrainer:
         weight = weight.to(self.base_weight.device)
         self.offset = checkpoint.data_offset if checkpoint else 0
         self.run_dir.truncate_metrics(start)
+        self.watch.replay(self.run_dir.metrics())
         batches = schedule(len(self.pairs), self.config)
         bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
                    desc="ComPO", unit="it", disable=not progress)
@@ -197,7 +200,7 @@ class ComPOTrainer:
                     log.warning("data.reselect: no pair qualifies as noisy under the current "
                                 "weights; the run ends after %d iterations", done)
                     break
-                bar.set_postfix(ratio=f"{row['ratio']:.2f}", accepted=row["accepted"])
+                bar.set_postfix(progress_figures(row))
                 if done % self.config.checkpoint_every == 0:
                     self.run_dir.save_checkpoint(self._checkpoint(done, weight))
                 if self.on_iteration is not None:
@@ -210,6 +213,7 @@ class ComPOTrainer:
         finally:
             bar.close()
         self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+        self.watch.finish()
         return weight
 
     def _checkpoint(self, done: int, weight: torch.Tensor) -> Checkpoint:
@@ -245,6 +249,9 @@ class ComPOTrainer:
         result.extra.update(picked)
         row = metrics_row(iteration, batch, self.pairs, result, time.perf_counter() - started)
         row.update(self.source.metrics())
+        warnings = self.watch.observe(row)
+        if warnings:
+            row["warnings"] = warnings
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised
             row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)

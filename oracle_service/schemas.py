@@ -125,6 +125,9 @@ class ComparisonResult(BaseModel):
     cached: bool = False
     error: ComparisonError | None = Field(None, description="Set exactly when verdict=abstain.")
     perturbation: int | None = None
+    position_inconsistent: bool = Field(
+        False, description="The judge's verdicts for the two orders disagreed (a tie)."
+    )
 
 
 class ComparisonResponse(BaseModel):

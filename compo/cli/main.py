@@ -1,4 +1,4 @@
-"""The `compo` command line: demo, split, train, apply-delta, serve (and the pipeline's
+"""The `compo` command line: demo, split, train, probe, apply-delta, serve (and the pipeline's
 commands from compo/cli/pipeline.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import logging
 import sys
 
 from compo.cli.pipeline import add_pipeline_commands
-from compo.config import SplitConfig, TrainConfig, in_process_options, load_config
+from compo.config import SplitConfig, TrainConfig, in_process_options
+from compo.config_files import load_config
 from compo.errors import CompoError, ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
@@ -87,6 +88,49 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from compo.data.encoding import load_tokenized
+    from compo.model.head import output_layer
+    from compo.model.loading import load_model, load_tokenizer
+    from compo.service_oracle import probe
+
+    config = load_config(TrainConfig, args.config)
+    if config.oracle.kind != "service":
+        raise ConfigError(f"{args.config}: compo probe measures the service oracle's votes; "
+                          "set oracle.kind: service (and oracle.service_url)")
+    tokenizer = load_tokenizer(config.model.path)
+    pairs = probe.distinct_prompts(load_tokenized(config.data, tokenizer)[0], args.prompts)
+    model = load_model(config.model)
+    weight = output_layer(model).weight.detach().float().clone()
+    values = args.radii or [config.oracle.radius.value * f for f in probe.RADIUS_FACTORS]
+    if not all(value > 0 for value in values) or args.prompts < 1 or args.directions < 1:
+        raise ConfigError("compo probe: --radii must be > 0, --prompts and --directions >= 1")
+    temperatures = args.temperatures or [config.oracle.temperature]
+    rows = []
+    for number, (temperature, value) in enumerate(
+            (t, v) for t in temperatures for v in values):
+        setting = probe.setting_config(config, value, temperature, args.directions)
+        run_id = f"{config.run_id or 'run'}.probe-{number}"
+        rows.append(probe.probe_setting(model, tokenizer, pairs, weight, setting, run_id))
+    print(f"probe: {len(pairs)} prompts x {args.directions} directions, each judged at +z and "
+          f"-z against the base response (oracle.radius mode {config.oracle.radius.mode}; "
+          "identical responses are ties without a judge call)")
+    print(probe.probe_table(rows))
+    print(probe.recommendation(rows, config.oracle.radius.mode))
+    return 0
+
+
+def number_list(text: str) -> list[float]:
+    """A comma-separated list of positive numbers (argparse type)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 0.5,1,2") from error
+    if not all(value >= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 0")
+    return values
+
+
 def cmd_apply_delta(args) -> int:
     from compo.model.export import apply_delta
 
@@ -146,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="votes on a Ray cluster: auto, ray://host:10001 or host:port "
                        "(a config with a ray: section uses Ray without it)")
     train.set_defaults(func=cmd_train)
+
+    probe = sub.add_parser(
+        "probe", help="measure which generation radius and temperature give votes with signal",
+        description="Before a service-oracle run: per setting, a few directions are judged at "
+        "+z and -z on a few prompts; prints how often perturbed responses differ from the "
+        "base, whether +z / -z verdicts are opposite beyond a coin, and a recommendation.")
+    probe.add_argument("--config", required=True, help="the run YAML (oracle.kind: service)")
+    probe.add_argument("--radii", type=number_list, help="oracle.radius values, comma-"
+                       "separated (default: the config's value x 0.5, 1, 2, 4)")
+    probe.add_argument("--temperatures", type=number_list,
+                       help="comma-separated (default: the config's oracle.temperature)")
+    probe.add_argument("--prompts", type=int, default=4, help="distinct prompts of the data")
+    probe.add_argument("--directions", type=int, default=8, help="directions per setting")
+    probe.set_defaults(func=cmd_probe)
 
     delta = sub.add_parser("apply-delta", help="rebuild a tuned model from base + delta")
     delta.add_argument("--base", required=True, help="the run's base model directory")

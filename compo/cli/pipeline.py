@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from compo.config import deep_merge, load_config, parse_config
+from compo.config_files import deep_merge, load_config, parse_config
 from compo.errors import ConfigError
 from compo.eval.config import EvalConfig
 from compo.pipeline.config import PipelineConfig

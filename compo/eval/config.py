@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from compo.config import DataConfig, ModelConfig, StrictModel, require_model_dir, require_path
+from compo.config import DataConfig, ModelConfig, StrictModel
+from compo.config_files import require_model_dir, require_path
 
 
 class GenerationConfig(StrictModel):

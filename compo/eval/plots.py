@@ -2,7 +2,9 @@
 
 votes.png: vote ratio n-/m per iteration, the skip threshold, accepted/skipped iterations;
 updates.png: step size and kept fraction; logprobs.png: how the trained pairs' log-probs
-moved; split.png: margins (and CHES) of the split; first_stage.png: TRL's loss curve.
+moved; oracle.png (service oracle): identical responses, ties, position-inconsistent
+verdicts and abstentions per iteration, mean response length base vs perturbed;
+split.png: margins (and CHES) of the split; first_stage.png: TRL's loss curve.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ DPI = 110
 WIDE = (10, 4)
 HEADROOM = 1.25  # y-axis room above the highest vote ratio for the legend
 COLORS = {"accepted": "tab:green", "skipped": "tab:red", "chosen": "tab:blue",
-          "rejected": "tab:orange", "threshold": "black"}
+          "rejected": "tab:orange", "threshold": "black", "identical": "tab:brown",
+          "ties": "tab:grey", "position_inconsistent": "tab:pink", "abstained": "tab:red",
+          "base": "tab:blue", "perturbed": "tab:orange"}
+SHARES = {"identical": "identical to the base", "ties": "judge ties",
+          "position_inconsistent": "position-inconsistent", "abstained": "abstained"}
 OVERLAP_COLORS = {(True, True): "tab:purple", (True, False): "tab:blue",
                   (False, True): "tab:orange", (False, False): "lightgrey"}
 
@@ -80,6 +86,23 @@ def logp_points(rows: list[dict], side: str) -> tuple[list[tuple[int, float]],
     return accepted, total
 
 
+def oracle_rows(rows: list[dict]) -> list[dict]:
+    """The rows with service-oracle comparisons."""
+    return [row for row in rows if (row.get("oracle") or {}).get("comparisons")]
+
+
+def share_points(rows: list[dict], name: str) -> list[tuple[int, float]]:
+    """(iteration, share of the comparisons) of one diagnostic count (SHARES)."""
+    return [(row["iteration"], row["oracle"][name] / row["oracle"]["comparisons"])
+            for row in oracle_rows(rows)]
+
+
+def length_points(rows: list[dict], side: str) -> list[tuple[int, float]]:
+    """(iteration, mean length in characters) of the base or the perturbed responses."""
+    return [(row["iteration"], row["oracle"][f"{side}_chars"]) for row in oracle_rows(rows)
+            if row["oracle"].get(f"{side}_chars") is not None]
+
+
 def xs_ys(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
     return [x for x, _ in points], [y for _, y in points]
 
@@ -136,6 +159,25 @@ def plot_logprobs(rows: list[dict], path: Path) -> Path:
     return save(figure, path)
 
 
+def plot_oracle(rows: list[dict], path: Path) -> Path:
+    """The service oracle's diagnostics: shares of the comparisons, response lengths."""
+    figure, (left, right) = new_figure(2)
+    for name, label in SHARES.items():
+        left.plot(*xs_ys(share_points(rows, name)), marker=".", color=COLORS[name],
+                  label=label)
+    left.set(xlabel="iteration", ylabel="share of comparisons", ylim=(0, 1.05),
+             title="Identical responses (ties, no signal), judge ties, inconsistent, abstained")
+    for side in ("base", "perturbed"):
+        right.plot(*xs_ys(length_points(rows, side)), marker=".", color=COLORS[side],
+                   label=f"{side} response")
+    right.set(xlabel="iteration", ylabel="mean length (characters)", ylim=(0, None),
+              title="Response length: base vs perturbed")
+    iteration_axis(left, right)
+    left.legend(fontsize="small")
+    right.legend()
+    return save(figure, path)
+
+
 def plot_split(split_dir: Path, path: Path) -> Path:
     """Margin histogram with the delta band; margin vs CHES coloured by criterion."""
     report = json.loads((split_dir / "report.json").read_text(encoding="utf-8"))
@@ -186,15 +228,19 @@ def compo_run_dir(folder: Path) -> Path | None:
 
 
 def plot_compo_run(run_dir: Path, out_dir: Path) -> list[Path]:
-    """votes.png, updates.png and logprobs.png of a ComPO run (none if it has no rows)."""
+    """votes.png, updates.png, logprobs.png (and oracle.png with the service oracle) of a
+    ComPO run (none if it has no rows)."""
     rows = fileio.read_jsonl(run_dir / "metrics.jsonl")
     if not rows:
         return []
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     threshold = config["compo"]["accept_ratio"]
-    return [plot_votes(rows, threshold, out_dir / "votes.png"),
-            plot_updates(rows, out_dir / "updates.png"),
-            plot_logprobs(rows, out_dir / "logprobs.png")]
+    paths = [plot_votes(rows, threshold, out_dir / "votes.png"),
+             plot_updates(rows, out_dir / "updates.png"),
+             plot_logprobs(rows, out_dir / "logprobs.png")]
+    if oracle_rows(rows):
+        paths.append(plot_oracle(rows, out_dir / "oracle.png"))
+    return paths
 
 
 def plot_pipeline(folder: str | Path) -> list[Path]:

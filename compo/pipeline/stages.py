@@ -20,16 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compo import fileio
-from compo.config import (
-    DataConfig,
-    ModelConfig,
-    SplitConfig,
-    TrainConfig,
-    dump_config,
-    parse_config,
-    require_model_dir,
-    require_path,
-)
+from compo.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
+from compo.config_files import dump_config, parse_config, require_model_dir, require_path
 from compo.errors import ConfigError
 from compo.eval.config import EvalConfig
 from compo.pipeline.config import PipelineConfig

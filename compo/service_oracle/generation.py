@@ -1,8 +1,10 @@
 """Generation under a perturbed output layer: the body runs normally on the generated
-tokens, the head is logits = h W^T + r h z^T (the small term in float32).
+tokens, the head is logits = h W^T + r h z^T (the small term accumulated in float32).
 
-Per prompt the body encodes the prompt once (KV cache, reused by every row of a batch).
-Sampling streams are functions of (run seed, iteration, perturbation, prompt) only.
+Per prompt the body encodes the prompt once per iteration (KV cache, copied to every row
+of a batch, never recomputed). Directions stay in compo.direction_dtype (bf16: 2 bytes an
+entry; a 7B head's direction is 262 MB, not 524). Sampling streams are functions of (run
+seed, iteration, perturbation, prompt) only.
 """
 
 from __future__ import annotations
@@ -17,14 +19,23 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from compo.config import ComPOConfig, OracleConfig
+from compo.config import GenerationRadius, OracleConfig
 from compo.model.head import PLAIN, Head, head_input, softcap
-from compo.model.loading import DTYPES, model_device
-from compo.perturbation import GOLDEN, MASK64, direction_key, direction_rows, mix64_int
+from compo.model.loading import model_device
+from compo.perturbation import (
+    BLOCK_ELEMENTS,
+    GOLDEN,
+    MASK64,
+    direction_key,
+    direction_rows,
+    mix64_int,
+)
 
 BASE_INDEX = -1  # sampling stream of the base response (perturbation indices are >= 0)
 SAMPLING_SALT = 0x5EED_C0DE_5A3B_1E57  # keeps sampling streams apart from direction keys
 SEED_BITS = 63  # torch.Generator seeds are taken as non-negative int64
+RADIUS_DIGITS = 3  # a resolved radius keeps 3 significant digits: last-bit differences of
+# the hidden states between processes never change it
 
 
 def sampling_seed(seed: int, iteration: int, index: int, prompt: int) -> int:
@@ -41,27 +52,43 @@ class Prefix:
     hidden: torch.Tensor  # [1, d], model dtype
 
 
+def perturbation_products(directions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """h_p z_p^T per row: directions [P, V, d], hidden [P, d] -> [P, V] float32.
+
+    bf16 x bf16 products are exact in float32; on CUDA they accumulate in float32 without a
+    float32 copy of the directions. Elsewhere a low-precision row is widened one at a time.
+    """
+    if directions.dtype == torch.float32:
+        return torch.bmm(directions, hidden.float()[:, :, None])[:, :, 0]
+    if directions.is_cuda and hidden.dtype == directions.dtype:
+        return torch.bmm(directions, hidden[:, :, None], out_dtype=torch.float32)[:, :, 0]
+    hidden = hidden.float()
+    return torch.stack([row.float() @ h for row, h in zip(directions, hidden, strict=True)])
+
+
 @dataclass
 class PerturbedHead:
-    """Output layer W (float32 master) plus r * z per row, with the family's head:
-    logits = softcap(s * (h W^T + b) + s * r * h z^T)."""
+    """Output layer W (float32 master) plus sign_p * r * z_p per row, with the family's head:
+    logits = softcap(s * (h W^T + b) + s * sign * r * h z^T)."""
 
     weight: torch.Tensor  # [V, d]
-    directions: torch.Tensor | None  # [P, V, d] float32; None: the base (one row)
+    directions: torch.Tensor | None  # [P, V, d] in the direction dtype; None: the base
     radius: float
     head: Head = PLAIN
+    signs: torch.Tensor | None = None  # [P] of +1 / -1 (antithetic rows); None: all +1
 
     @property
     def rows(self) -> int:
         return 1 if self.directions is None else self.directions.shape[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [P, V] of hidden states [P, d]."""
-        hidden = hidden.float()
-        logits = self.head.pre_cap(hidden, self.weight)
+        """Float32 logits [P, V] of hidden states [P, d] (model dtype)."""
+        logits = self.head.pre_cap(hidden.float(), self.weight)
         if self.directions is not None:
-            step = self.radius * self.head.scale
-            logits += step * torch.einsum("pvd,pd->pv", self.directions, hidden)
+            products = perturbation_products(self.directions, hidden)
+            if self.signs is not None:
+                products *= self.signs[:, None]
+            logits += (self.radius * self.head.scale) * products
         return softcap(logits, self.head.cap)
 
 
@@ -149,10 +176,36 @@ def until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
     return tokens[: tokens.index(eos_id) + 1]
 
 
-def perturbation_head(weight: torch.Tensor, keys: Sequence[int], compo: ComPOConfig,
-                      head: Head) -> PerturbedHead:
-    """The head of several perturbations, directions rounded like the estimator's."""
+def perturbation_head(weight: torch.Tensor, keys: Sequence[int], dtype: torch.dtype,
+                      radius: float, head: Head, signs: Sequence[int] | None = None
+                      ) -> PerturbedHead:
+    """The head of several perturbations: directions rounded to `dtype` like the
+    estimator's, made a block of rows at a time (no float32 copy of all P directions)."""
     rows, cols = weight.shape
-    directions = direction_rows(keys, 0, rows, cols, weight.device,
-                                DTYPES[compo.direction_dtype]).float()
-    return PerturbedHead(weight, directions, compo.radius, head)
+    directions = torch.empty(len(keys), rows, cols, dtype=dtype, device=weight.device)
+    block = BLOCK_ELEMENTS.get(weight.device.type, BLOCK_ELEMENTS["cpu"])
+    step = max(1, min(rows, block // max(1, len(keys) * cols)))
+    for start in range(0, rows, step):
+        end = min(rows, start + step)
+        directions[:, start:end] = direction_rows(keys, start, end, cols, weight.device, dtype)
+    sign = None if signs is None else torch.tensor(signs, dtype=torch.float32,
+                                                   device=weight.device)
+    return PerturbedHead(weight, directions, radius, head, sign)
+
+
+def significant(value: float, digits: int = RADIUS_DIGITS) -> float:
+    """`value` rounded to `digits` significant digits."""
+    return float(f"{value:.{digits - 1}e}")
+
+
+def generation_radius(config: GenerationRadius, hidden: Sequence[torch.Tensor],
+                      scale: float = 1.0) -> float:
+    """r for generation: raw, or value / (scale * RMS ||h||) over the prompts' last hidden
+    states, so each logit moves by ~value nats (std): h z_v ~ N(0, ||h||^2) for z ~ N(0, I)."""
+    if config.mode == "raw":
+        return config.value
+    norms = torch.cat([h.double().reshape(-1, h.shape[-1]).norm(dim=-1).cpu() for h in hidden])
+    rms = float(norms.pow(2).mean().sqrt())
+    if not rms > 0:
+        raise ValueError("the prompts' hidden states are zero: use oracle.radius.mode raw")
+    return significant(config.value / (abs(scale) * rms))

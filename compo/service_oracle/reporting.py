@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 EXTRA_FIELDS = ("abstained", "ratio", "update_norm", "seconds", "perturbations_per_s")
 # figures of the row's "oracle" (service oracle) and "ray" entries, posted as oracle_<name>
 # and ray_<name>; each Ray worker's work as worker_per_s.<name>, worker_perturbations.<name>
-ORACLE_FIELDS = ("comparisons", "identical", "generate_s", "compare_s")
+ORACLE_FIELDS = ("comparisons", "responses", "identical", "identical_share", "ties",
+                 "position_inconsistent", "abstained", "base_chars", "perturbed_chars",
+                 "generate_s", "compare_s")
+CHECK_FIELDS = ("pairs", "opposite", "b")  # the antithetic signal check: oracle_check_<name>
 RAY_FIELDS = ("workers", "dead", "unavailable", "redispatched", "failures", "rejected")
 WORKER_FIELDS = ("per_s", "perturbations")
 # what a failed post can raise: transport problems, HTTP errors, a response that is not valid
@@ -59,6 +62,8 @@ def nested_extras(row: dict) -> dict:
     """The row's "oracle" and "ray" figures as flat numbers (what the dashboard shows)."""
     oracle, ray = row.get("oracle") or {}, row.get("ray") or {}
     extras = {f"oracle_{name}": oracle[name] for name in ORACLE_FIELDS if name in oracle}
+    check = oracle.get("signal_check") or {}
+    extras |= {f"oracle_check_{name}": check[name] for name in CHECK_FIELDS if name in check}
     extras |= {f"ray_{name}": ray[name] for name in RAY_FIELDS if name in ray}
     for worker, work in (ray.get("per_worker") or {}).items():
         extras |= {f"worker_{name}.{worker}": work[name] for name in WORKER_FIELDS}

@@ -4,7 +4,9 @@ oracle service.
 Per iteration the base response of each prompt is generated with the master weight W and
 each perturbed one with W + r z (compo/service_oracle/generation.py). Pairs (prompt,
 a = base, b = perturbed) go to the service; verdict b is a vote of -1 (perturbed better),
-a or tie +1, abstain 0 (excluded from m and n_minus, counted in the metrics).
+a or tie +1, abstain 0 (excluded from m and n_minus, counted in the metrics). The counts
+(identical responses, lengths, ties, position-inconsistent verdicts, the antithetic signal
+check) are sums, so a Ray coordinator adds its workers' counts (compo/service_oracle/metrics.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import torch
@@ -24,6 +26,7 @@ from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ConfigError
 from compo.model.head import head_of
+from compo.model.loading import DTYPES
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction_key
 from compo.service_oracle.generation import (
@@ -32,10 +35,12 @@ from compo.service_oracle.generation import (
     Prefix,
     encode_prefix,
     generate,
+    generation_radius,
     perturbation_head,
     sampling_seed,
 )
-from compo.service_oracle.metrics import oracle_metrics
+from compo.service_oracle.memory import fitting_batch, free_bytes, row_bytes
+from compo.service_oracle.metrics import check_counts, check_run_id, oracle_metrics
 from compo.service_oracle.reporting import checked_run_id, service_token
 from compo.votes import local_rebuild
 from oracle_service.client import OracleServiceError, SyncOracleClient
@@ -108,8 +113,11 @@ class ServiceVoteSource:
                                        config.model.batch_size)  # log-probs for the metrics
         self.head = head_of(model)
         self.state, self.weight = None, None
+        self.radius: float | None = None  # the generation radius of the prepared prompts
+        self.batch_size = config.oracle.generation_batch_size  # None: sized on first use
         self.prompts: list[str] = []
         self.prefixes: list[Prefix] = []
+        self.prompt_tokens = 0  # the longest prepared prompt
         self.base: dict[tuple[int, int], list[str]] = {}
         self.counts: Counter = Counter()
         self.pool: ThreadPoolExecutor | None = None  # request threads, kept between calls
@@ -123,7 +131,13 @@ class ServiceVoteSource:
         self.weight = weight
         self.prompts = [prompt_text(pair, self.tokenizer) for pair in pairs]
         self.prefixes = [encode_prefix(self.model, pair.prompt_ids) for pair in pairs]
-        self.base, self.counts = {}, Counter()
+        self.prompt_tokens = max(len(pair.prompt_ids) for pair in pairs)
+        radius = generation_radius(self.config.oracle.radius,
+                                   [prefix.hidden for prefix in self.prefixes], self.head.scale)
+        if radius != self.radius:
+            log.info("generation radius r = %.3g (oracle.radius %s %g)", radius,
+                     self.config.oracle.radius.mode, self.config.oracle.radius.value)
+        self.radius, self.base, self.counts = radius, {}, Counter()
         return self.state.base_logprobs
 
     def logprobs(self, weight: torch.Tensor) -> torch.Tensor:
@@ -132,7 +146,7 @@ class ServiceVoteSource:
     def base_responses(self, seed: int, iteration: int) -> list[str]:
         """The base response per prompt, generated once per iteration."""
         if (seed, iteration) not in self.base:
-            head = PerturbedHead(self.weight, None, self.config.compo.radius, self.head)
+            head = PerturbedHead(self.weight, None, self.radius, self.head)
             self.base[seed, iteration] = [
                 self._texts(prefix, head, seed, iteration, [BASE_INDEX], prompt)[0]
                 for prompt, prefix in enumerate(self.prefixes)]
@@ -144,13 +158,29 @@ class ServiceVoteSource:
             raise ValueError(f"{len(texts)} base responses for {len(self.prefixes)} prompts")
         self.base[seed, iteration] = list(texts)
 
-    def responses(self, seed: int, iteration: int, indices: Sequence[int]) -> list[list[str]]:
-        """Perturbed responses [index][prompt], generation_batch_size perturbations at once."""
-        oracle, out = self.config.oracle, []
-        for start in range(0, len(indices), oracle.generation_batch_size):
-            group = list(indices[start : start + oracle.generation_batch_size])
+    def generation_batch(self) -> int:
+        """Perturbations per generation batch: configured, or sized once from free memory."""
+        if self.batch_size is None:
+            weight, compo = self.weight, self.config.compo
+            tokens = self.prompt_tokens + self.config.oracle.max_new_tokens
+            per_row = row_bytes(tuple(weight.shape), DTYPES[compo.direction_dtype],
+                                self.model.config, next(self.model.parameters()).dtype, tokens)
+            self.batch_size = fitting_batch(free_bytes(weight.device), per_row,
+                                            compo.num_perturbations)
+            log.info("generation batches of %d perturbations (%.0f MiB each), from free "
+                     "memory", self.batch_size, self.batch_size * per_row / 2**20)
+        return self.batch_size
+
+    def responses(self, seed: int, iteration: int, indices: Sequence[int],
+                  sign: int = 1) -> list[list[str]]:
+        """Perturbed responses [index][prompt] of W + sign * r z, a generation batch at a time
+        (sign -1: the antithetic responses of the signal check)."""
+        oracle, out, size = self.config.oracle, [], self.generation_batch()
+        for start in range(0, len(indices), size):
+            group = list(indices[start : start + size])
             keys = [direction_key(seed, iteration, index) for index in group]
-            head = perturbation_head(self.weight, keys, self.config.compo, self.head)
+            head = perturbation_head(self.weight, keys, DTYPES[self.config.compo.direction_dtype],
+                                     self.radius, self.head, [sign] * len(group))
             streams = [BASE_INDEX] * len(group) if oracle.noise == "shared" else group
             per_prompt = [self._texts(prefix, head, seed, iteration, streams, prompt)
                           for prompt, prefix in enumerate(self.prefixes)]
@@ -164,36 +194,76 @@ class ServiceVoteSource:
                       for s in streams]
         out = generate(self.model, prefix, head, self.config.oracle, generators,
                        self.tokenizer.eos_token_id)
+        self.counts["generated_tokens"] += sum(map(len, out.tokens))
         return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out.tokens]
 
     def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
         """Votes (int8, -1 / +1 / 0 abstain) from the verdicts. Each generation batch goes
-        to the service while the next one is generated (oracle.requests_in_flight)."""
+        to the service while the next one is generated (oracle.requests_in_flight); the
+        first oracle.signal_checks directions are also judged at -z (not votes)."""
         oracle, started = self.config.oracle, time.perf_counter()
         base = self.base_responses(seed, iteration)
         self.counts["generate_s"] += time.perf_counter() - started
         if self.pool is None:
             self.pool = ThreadPoolExecutor(oracle.requests_in_flight, "compare")
         pending = []
-        for first in range(0, len(indices), oracle.generation_batch_size):
-            group = indices[first : first + oracle.generation_batch_size]
-            started = time.perf_counter()
-            texts = self.responses(seed, iteration, group)
-            self.counts["generate_s"] += time.perf_counter() - started
-            self.counts["identical"] += sum(text == base[prompt] for row in texts
-                                            for prompt, text in enumerate(row))
-            pending.append(self.pool.submit(self.request, self.items(base, iteration, group,
-                                                                     texts)))
-        results = [result for future in pending for result in self.counted(future.result())]
+        for first in range(0, len(indices), self.generation_batch()):
+            group = indices[first : first + self.generation_batch()]
+            texts = self._timed_responses(seed, iteration, group)
+            same = self.count_responses(base, texts)
+            pending.append((self.pool.submit(self.request, self.items(base, iteration, group,
+                                                                      texts)), same))
+        checked = [index for index in indices if index < oracle.signal_checks]
+        check = self._submit_check(base, seed, iteration, checked) if checked else None
+        results = [result for future, same in pending
+                   for result in self.counted(future.result(), same)]
+        if check is not None:
+            self.count_check(results, list(indices), checked, check.result()[0])
         return votes_from_results(results, len(indices), len(self.prompts),
                                   self.config.compo.vote_rule)
 
+    def _timed_responses(self, seed: int, iteration: int, indices: Sequence[int],
+                         sign: int = 1) -> list[list[str]]:
+        started = time.perf_counter()
+        texts = self.responses(seed, iteration, indices, sign)
+        self.counts["generate_s"] += time.perf_counter() - started
+        return texts
+
+    def _submit_check(self, base: Sequence[str], seed: int, iteration: int,
+                      indices: Sequence[int]) -> Future:
+        """Judge the antithetic responses W - r z of `indices` (under the check's run id)."""
+        texts = self._timed_responses(seed, iteration, indices, sign=-1)
+        items = self.items(base, iteration, indices, texts, check_run_id(self.run_id))
+        return self.pool.submit(self.request, items)
+
+    def count_responses(self, base: Sequence[str], texts: Sequence[Sequence[str]]
+                        ) -> list[bool]:
+        """Count perturbed responses, those identical to the base, lengths in characters;
+        whether each (in item order) is identical."""
+        same = [text == base[prompt] for row in texts for prompt, text in enumerate(row)]
+        self.counts["responses"] += len(same)
+        self.counts["identical"] += sum(same)
+        self.counts["base_chars"] += len(texts) * sum(map(len, base))
+        self.counts["perturbed_chars"] += sum(len(text) for row in texts for text in row)
+        return same
+
+    def count_check(self, results: Sequence[ComparisonResult], indices: list[int],
+                    checked: Sequence[int], antithetic: Sequence[ComparisonResult]) -> None:
+        """Pairs (+z, -z) with two decisive verdicts, how many are opposite, how many b."""
+        prompts = len(self.prompts)
+        for row, index in enumerate(checked):
+            start = indices.index(index) * prompts
+            for plus, minus in zip(results[start : start + prompts],
+                                   antithetic[row * prompts : (row + 1) * prompts], strict=True):
+                self.counts.update(check_counts(plus.verdict, minus.verdict))
+
     def items(self, base: Sequence[str], iteration: int, indices: Sequence[int],
-              texts: Sequence[Sequence[str]]) -> list[ComparisonItem]:
+              texts: Sequence[Sequence[str]], run_id: str | None = None
+              ) -> list[ComparisonItem]:
         """(prompt, base, perturbed) per perturbation and prompt, labelled for the stats."""
         return [ComparisonItem(prompt=self.prompts[prompt], response_a=base[prompt],
-                               response_b=text, run_id=self.run_id, iteration=iteration,
-                               perturbation=index)
+                               response_b=text, run_id=run_id or self.run_id,
+                               iteration=iteration, perturbation=index)
                 for index, row in zip(indices, texts, strict=True)
                 for prompt, text in enumerate(row)]
 
@@ -231,13 +301,18 @@ class ServiceVoteSource:
             client.close()
         self.pool, self.clients, self.local = None, [], threading.local()
 
-    def counted(self, answer: tuple[list[ComparisonResult], float]) -> list[ComparisonResult]:
-        """Count a request's verdicts, errors and seconds (in the calling thread)."""
+    def counted(self, answer: tuple[list[ComparisonResult], float],
+                identical: Sequence[bool]) -> list[ComparisonResult]:
+        """Count a request's verdicts, errors, the judge's own ties (responses that differ)
+        and seconds (in the calling thread)."""
         results, seconds = answer
+        self.counts["judge_ties"] += sum(r.verdict is VerdictLabel.TIE and not same
+                                         for r, same in zip(results, identical, strict=True))
         self.counts["compare_s"] += seconds
         self.counts["comparisons"] += len(results)
         self.counts.update(f"verdict_{r.verdict.value}" for r in results)
         self.counts.update(f"error_{r.error.kind.value}" for r in results if r.error)
+        self.counts["position_inconsistent"] += sum(r.position_inconsistent for r in results)
         return results
 
     def take_counts(self) -> dict:

@@ -186,6 +186,7 @@ class ComparisonService:
             cached=cached,
             error=verdict.error,
             perturbation=item.perturbation,
+            position_inconsistent=verdict.position_inconsistent,
         )
 
     def _cost_usd(self, verdict: Verdict) -> float | None:

@@ -10,6 +10,7 @@ const COLORS = {
   chosen: "#1f77b4", rejected: "#ff7f0e", a: "#1f77b4", b: "#2ca02c", tie: "#bbbbbb",
   abstain: "#d62728", p50: "#1f77b4", p95: "#9467bd", identical: "#8c564b",
   inconsistent: "#e377c2", redispatched: "#ff7f0e", failures: "#d62728",
+  base: "#1f77b4", perturbed: "#ff7f0e",
 };
 const WORKER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                        "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -80,6 +81,9 @@ function judgeCharts(rows, stats) {
       key, label, "bars", at(its, (row) => row.votes[key]), {stack: true}))},
     identical: {yLabel: "identical", percent: true, series: [series("identical", "", "points",
       at(counted, (row) => row.oracle_identical / row.oracle_comparisons))]},
+    lengths: {yLabel: "characters", series: ["base", "perturbed"].map((side) => series(
+      side, `${side} response`, "line", at(counted.filter(known(`oracle_${side}_chars`)),
+                                           (row) => row[`oracle_${side}_chars`])))},
     latency: {yLabel: "ms", series: [
       series("p50", "p50", "line", at(its.filter(known("latency_ms_p50")),
                                       (row) => row.latency_ms_p50)),

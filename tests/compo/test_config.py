@@ -1,6 +1,7 @@
 import pytest
 
-from compo.config import TrainConfig, load_config
+from compo.config import TrainConfig
+from compo.config_files import load_config
 from compo.errors import ConfigError
 
 

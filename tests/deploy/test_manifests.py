@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from compo.cli.main import build_parser
-from compo.config import TrainConfig, load_config
+from compo.config import TrainConfig
+from compo.config_files import load_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import zlib
 
-from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
+from compo.config import (
+    ComPOConfig,
+    DataConfig,
+    GenerationRadius,
+    ModelConfig,
+    OracleConfig,
+    TrainConfig,
+)
 
 TOKEN_ENV = "COMPO_TEST_ORACLE_TOKEN"  # the run reads its token from here
 PERTURBATIONS = 24
@@ -52,6 +59,7 @@ def train_config(model_dir, pairs_file, tmp_path, run_id: str, url: str | None,
         seed=3, max_iterations=ITERATIONS, output_dir=str(tmp_path / "runs"), run_id=run_id,
         oracle_service_url=url,
         oracle=OracleConfig(kind=kind, token_env=TOKEN_ENV, max_new_tokens=4,
+                            radius=GenerationRadius(mode="raw", value=0.05),
                             generation_batch_size=12), **fields)
 
 

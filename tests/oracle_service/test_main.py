@@ -159,7 +159,8 @@ def test_requests_overlap_generation_up_to_requests_in_flight(
     with running_service(make_settings()) as http:
         config = train_config(model_dir, pairs_file, tmp_path, "overlap", str(http.base_url))
         config.oracle = config.oracle.model_copy(update={"generation_batch_size": 2,
-                                                         "requests_in_flight": in_flight})
+                                                         "requests_in_flight": in_flight,
+                                                         "signal_checks": 0})
         trainer = ComPOTrainer(config, start_run(config))
         source = trainer.source
         source.prepare(trainer.pairs[:1], trainer.base_weight.clone())

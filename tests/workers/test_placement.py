@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from compo.config import RayConfig, TrainConfig, parse_config
+from compo.config import RayConfig, TrainConfig
+from compo.config_files import parse_config
 from compo.errors import ConfigError, DistributedError
 from workers.placement import failure_reason, plan_workers
 from workers.protocol import INDEX_DTYPE, VoteBatch, answer_matches

@@ -14,7 +14,7 @@ import yaml
 from compo.cli.main import build_parser
 from compo.fileio import read_tensors
 
-SUBCOMMANDS = ["demo", "split", "train", "apply-delta", "serve"]
+SUBCOMMANDS = ["demo", "split", "train", "probe", "apply-delta", "serve"]
 
 
 def compo(*args, **kwargs) -> subprocess.CompletedProcess:

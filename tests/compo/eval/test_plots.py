@@ -61,3 +61,23 @@ def test_split_plot_and_pipeline_folder(tmp_path):
 
 def test_a_run_without_iterations_has_no_plots(tmp_path):
     assert plot_compo_run(write_run(tmp_path / "r", []), tmp_path / "p") == []
+
+
+BROWN = (0x8C, 0x56, 0x4B)  # tab:brown: the identical-response share
+
+
+def test_service_oracle_runs_get_the_diagnostics_plot(tmp_path):
+    from compo.eval.plots import length_points, share_points
+
+    folder = write_run(tmp_path / "s", [True, False])
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for row, identical in zip(rows, (2, 9), strict=True):
+        row["oracle"] = {"comparisons": 10, "identical": identical, "ties": 1,
+                         "position_inconsistent": 1, "abstained": 0, "base_chars": 30.0,
+                         "perturbed_chars": 33.5}
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = plot_compo_run(folder, tmp_path / "s/p")
+    assert [p.name for p in paths] == ["votes.png", "updates.png", "logprobs.png", "oracle.png"]
+    assert share_points(rows, "identical") == [(0, 0.2), (1, 0.9)]
+    assert length_points(rows, "perturbed") == [(0, 33.5), (1, 33.5)]
+    assert count_colour(paths[3], BROWN) > 0

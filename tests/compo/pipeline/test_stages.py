@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from compo.config import deep_merge, parse_config
+from compo.config_files import deep_merge, parse_config
 from compo.errors import ConfigError
 from compo.fileio import read_tensors
 from compo.model.export import fingerprint, read_delta

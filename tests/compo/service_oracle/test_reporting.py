@@ -1,8 +1,11 @@
 """What the coordinator posts per iteration: the metrics row's figures, the threshold, and
 the service oracle's and Ray's figures flattened to numbers (the dashboard draws them)."""
 
+from collections import Counter
+
 import pytest
 
+from compo.service_oracle.metrics import oracle_metrics
 from compo.service_oracle.reporting import iteration_summary
 
 ROW = {"iteration": 2, "m": 20, "n_minus": 6, "abstained": 4, "ratio": 0.3, "accepted": True,
@@ -24,8 +27,11 @@ def test_summary_has_the_row_figures_and_the_threshold():
 
 
 def test_service_oracle_and_ray_figures_are_flattened():
-    oracle = {"comparisons": 24, "identical": 3, "verdicts": {"a": 10, "b": 6, "tie": 4,
-              "abstain": 4}, "errors": {"timeout": 4}, "generate_s": 0.5, "compare_s": 0.7}
+    oracle = oracle_metrics(Counter(
+        comparisons=24, responses=24, identical=3, judge_ties=1, position_inconsistent=1,
+        verdict_a=10, verdict_b=6, verdict_tie=4, verdict_abstain=4, error_timeout=4,
+        base_chars=24 * 40, perturbed_chars=24 * 41, check_pairs=4, check_opposite=3,
+        check_b=5, generate_s=0.5, compare_s=0.7))["oracle"]
     pytest.importorskip("ray")
     from workers.stats import IterationStats
 
@@ -34,8 +40,12 @@ def test_service_oracle_and_ray_figures_are_flattened():
     ray = {"workers": 2, "dead": 0, "unavailable": 1, "version": 3, **stats.report()}
     summary = iteration_summary({**ROW, "oracle": oracle, "ray": ray}).model_dump()
     assert {k: v for k, v in summary.items() if k.startswith(("oracle_", "ray_", "worker_"))} == {
-        "oracle_comparisons": 24, "oracle_identical": 3, "oracle_generate_s": 0.5,
-        "oracle_compare_s": 0.7, "ray_workers": 2, "ray_dead": 0, "ray_unavailable": 1,
+        "oracle_comparisons": 24, "oracle_responses": 24, "oracle_identical": 3,
+        "oracle_identical_share": 0.125, "oracle_ties": 1, "oracle_position_inconsistent": 1,
+        "oracle_abstained": 4, "oracle_base_chars": 40.0, "oracle_perturbed_chars": 41.0,
+        "oracle_check_pairs": 4, "oracle_check_opposite": 3, "oracle_check_b": 5,
+        "oracle_generate_s": 0.5, "oracle_compare_s": 0.7, "ray_workers": 2, "ray_dead": 0,
+        "ray_unavailable": 1,
         "ray_redispatched": 2, "ray_failures": 1, "ray_rejected": 0,
         "worker_per_s.worker-0": 24.0, "worker_perturbations.worker-0": 12,
         "worker_per_s.worker-1": 32.0, "worker_perturbations.worker-1": 8}

@@ -6,17 +6,10 @@ import socket
 import pytest
 import torch
 
-from compo.config import (
-    ComPOConfig,
-    DataConfig,
-    ModelConfig,
-    OracleConfig,
-    TrainConfig,
-    parse_config,
-)
+from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
+from compo.config_files import parse_config
 from compo.errors import ConfigError
 from compo.model.head import head_of, output_layer
-from compo.model.loading import load_model, load_tokenizer
 from compo.perturbation import direction, direction_key
 from compo.service_oracle.generation import (
     PerturbedHead,
@@ -31,11 +24,6 @@ from oracle_service.schemas import ComparisonError, ComparisonResult, ErrorKind,
 
 RADIUS = 0.05  # big enough that the tiny model's perturbed responses differ from the base
 NEW_TOKENS = 6
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load_model(ModelConfig(path=str(model_dir))), load_tokenizer(model_dir)
 
 
 def prompt_ids(tokenizer, text="What is 2 plus 3?"):
@@ -58,7 +46,7 @@ def test_delta_head_generation_equals_a_model_whose_weight_is_w_plus_rz(loaded):
     prompt, eos = prompt_ids(tokenizer), tokenizer.eos_token_id
     keys = [direction_key(3, 1, index) for index in range(3)]
     config = OracleConfig(max_new_tokens=NEW_TOKENS)
-    perturbed = perturbation_head(weight, keys, ComPOConfig(radius=RADIUS), head_of(model))
+    perturbed = perturbation_head(weight, keys, torch.float32, RADIUS, head_of(model))
     ours = generate(model, encode_prefix(model, prompt), perturbed, config,
                     [torch.Generator()] * 3, eos, keep_logits=True)
     base = generate(model, encode_prefix(model, prompt), PerturbedHead(weight, None, RADIUS),
@@ -87,9 +75,10 @@ def service_source(loaded, tmp_path, pairs_file, url="http://127.0.0.1:9", **ora
     model, tokenizer = loaded
     config = TrainConfig(
         model=ModelConfig(path="unused"), data=DataConfig(path=str(pairs_file)),
-        compo=ComPOConfig(num_perturbations=4, radius=1e-9), seed=5,
-        oracle=OracleConfig(kind="service", service_url=url, max_new_tokens=NEW_TOKENS,
-                            **oracle))
+        compo=ComPOConfig(num_perturbations=4), seed=5,
+        oracle=OracleConfig(**{"kind": "service", "service_url": url,
+                               "max_new_tokens": NEW_TOKENS,
+                               "radius": {"mode": "raw", "value": 1e-9}, **oracle}))
     return ServiceVoteSource(model, tokenizer, config, "gen-test")
 
 
@@ -172,15 +161,23 @@ def test_oracle_config_is_strict_and_selects_the_source(loaded, model_dir, pairs
         default_source(service, model, tokenizer, "my run")
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("temperature, noise", [(0.0, "shared"), (1.0, "shared"),
+                                                (1.0, "independent")])
 def test_perturbed_responses_identical_to_the_base_are_counted(loaded, tmp_path, pairs_file,
-                                                               temperature):
+                                                               temperature, noise):
     url = f"http://127.0.0.1:{free_port()}"  # votes abstain; what was generated is counted
     source = prepared(service_source(loaded, tmp_path, pairs_file, url=url,
-                                     temperature=temperature), loaded[1], pairs_file)
+                                     temperature=temperature, noise=noise), loaded[1],
+                      pairs_file)
     source.votes(5, 0, list(range(4)))
     base = source.base_responses(5, 0)[0]
-    same = sum(row[0] == base for row in source.responses(5, 0, range(4)))
-    assert source.metrics()["oracle"]["identical"] == same
-    # radius ~0: greedy responses all equal the base one; sampled ones mostly do not
-    assert same == 4 if temperature == 0.0 else same < 4
+    texts = [row[0] for row in source.responses(5, 0, range(4))]
+    same = sum(text == base for text in texts)
+    oracle = source.metrics()["oracle"]
+    assert (oracle["identical"], oracle["responses"]) == (same, 4)
+    assert oracle["identical_share"] == same / 4
+    assert oracle["base_chars"] == len(base)
+    assert oracle["perturbed_chars"] == sum(map(len, texts)) / 4
+    # radius ~0: greedy responses, and sampled ones under common random numbers (the
+    # default), equal the base one; with independent streams they mostly do not
+    assert same == 4 if noise == "shared" else same < 4

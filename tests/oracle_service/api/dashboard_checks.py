@@ -56,6 +56,10 @@ def check_comparisons_match_stats(driver, summaries: list[dict], stats: dict | N
     counted = [s for s in summaries if s.get("oracle_comparisons")]
     assert points(driver, "identical", "identical") == [
         (s["iteration"], s["oracle_identical"] / s["oracle_comparisons"]) for s in counted]
+    for side in ("base", "perturbed"):
+        assert points(driver, "lengths", side) == [
+            (s["iteration"], s[f"oracle_{side}_chars"]) for s in counted
+            if s.get(f"oracle_{side}_chars") is not None]
     section = driver.execute_script(
         "const s = document.getElementById('judge'); "
         "return [s.hidden, document.getElementById('judge-note').textContent];")
@@ -103,3 +107,6 @@ def check_page_matches_plots(driver, rows: list[dict], threshold: float) -> None
         accepted, total = plots.logp_points(rows, side)
         assert points(driver, "logp", side) == accepted
         assert points(driver, "logp_total", side) == total
+    assert points(driver, "identical", "identical") == plots.share_points(rows, "identical")
+    for side in ("base", "perturbed"):
+        assert points(driver, "lengths", side) == plots.length_points(rows, side)

@@ -114,6 +114,7 @@ def test_identical_responses_tie_without_a_judge_call(
         "cached": False,
         "error": None,
         "perturbation": 7,
+        "position_inconsistent": False,
     }
     assert fake_judge.judge.requests == []
 

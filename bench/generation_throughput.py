@@ -1,0 +1,126 @@
+"""Generated tokens/s and comparisons/s of one worker: perturbed-head generation (the prompt
+encoded once, its KV cache copied to every row; directions made in compo.direction_dtype)
+against the bare operation that bounds it, Hugging Face `generate` of the same number of
+rows with the plain output layer (each row encodes the prompt itself). Same random model,
+same prompt, greedy, no EOS (every row generates --new-tokens), A/B interleaved. Prints one
+JSON line.
+
+  python bench/generation_throughput.py                  # CPU, small Mistral-like shape
+  python bench/generation_throughput.py --device cuda --shape scaled --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from compo.config import OracleConfig
+from compo.model.head import head_of, output_layer
+from compo.model.loading import DTYPES, prepare_model
+from compo.perturbation import direction_key
+from compo.service_oracle.generation import encode_prefix, generate, perturbation_head
+from compo.service_oracle.memory import fitting_batch, free_bytes, row_bytes
+
+SHAPES = {  # Mistral-7B's proportions at smaller width and depth
+    "small": dict(hidden_size=256, intermediate_size=896, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=1),
+    "scaled": dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
+                   num_attention_heads=8, num_key_value_heads=2),
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8),
+}
+VOCAB = 32000
+RADIUS = 0.05
+
+
+def build(shape: str, device: str, dtype: str):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=VOCAB, max_position_embeddings=4096, **SHAPES[shape])
+    model = MistralForCausalLM(config).to(device, DTYPES[dtype]).eval()
+    return prepare_model(model)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def ours(model, prompt, rows: int, new_tokens: int, direction_dtype: str, device: str
+         ) -> tuple[float, float]:
+    """Seconds to make the directions and generate `rows` perturbed responses; seconds of
+    the directions alone."""
+    sync(device)
+    started = time.perf_counter()
+    weight = output_layer(model).weight.detach().float()
+    keys = [direction_key(0, 0, index) for index in range(rows)]
+    head = perturbation_head(weight, keys, DTYPES[direction_dtype], RADIUS, head_of(model))
+    sync(device)
+    directions = time.perf_counter() - started
+    generate(model, encode_prefix(model, prompt), head, OracleConfig(max_new_tokens=new_tokens),
+             [torch.Generator()] * rows, None)
+    sync(device)
+    return time.perf_counter() - started, directions
+
+
+def bare(model, prompt, rows: int, new_tokens: int, device: str) -> float:
+    """Seconds of HF generate of `rows` plain responses (the prompt encoded per row)."""
+    ids = torch.tensor([prompt] * rows, device=device)
+    sync(device)
+    started = time.perf_counter()
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                   pad_token_id=0)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--direction-dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--rows", type=int, help="perturbations per batch (default: from "
+                        "free memory, as oracle.generation_batch_size: null does)")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    model = build(args.shape, args.device, args.dtype)
+    shape = tuple(output_layer(model).weight.shape)
+    per_row = row_bytes(shape, DTYPES[args.direction_dtype], model.config, DTYPES[args.dtype],
+                        args.prompt_tokens + args.new_tokens)
+    rows = args.rows or fitting_batch(free_bytes(torch.device(args.device)), per_row, 1600)
+    prompt = torch.randint(4, VOCAB, (args.prompt_tokens,), generator=torch.Generator()
+                           .manual_seed(1)).tolist()
+    ours(model, prompt, rows, 2, args.direction_dtype, args.device)  # warm-up
+    bare(model, prompt, rows, 2, args.device)
+    times = {"ours": [], "directions": [], "bare": []}
+    for _ in range(args.repeats):  # interleaved: both see the same machine state
+        total, directions = ours(model, prompt, rows, args.new_tokens, args.direction_dtype,
+                                 args.device)
+        times["ours"].append(total)
+        times["directions"].append(directions)
+        times["bare"].append(bare(model, prompt, rows, args.new_tokens, args.device))
+    best = {name: min(values) for name, values in times.items()}
+    tokens = rows * args.new_tokens
+    print(json.dumps({
+        "shape": args.shape, "device": args.device, "dtype": args.dtype,
+        "direction_dtype": args.direction_dtype, "rows": rows,
+        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "threads": torch.get_num_threads(),
+        "ours_tokens_per_s": round(tokens / best["ours"], 1),
+        "ours_comparisons_per_s": round(rows / best["ours"], 2),
+        "bare_hf_generate_tokens_per_s": round(tokens / best["bare"], 1),
+        "ours_over_bare": round(best["bare"] / best["ours"], 3),
+        "directions_share_of_ours": round(best["directions"] / best["ours"], 3),
+        "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()}}))
+
+
+if __name__ == "__main__":
+    main()

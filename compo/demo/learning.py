@@ -1,0 +1,167 @@
+"""Does ComPO learn from votes on generated responses? The pieces of the check on the
+embedded default (bench/learning.py runs it, tests/compo/demo/test_learning.py at a
+smaller scale): a sequence-classification reward model fitted on the demo's training pairs
+(Bradley-Terry), ComPO with the oracle service as its oracle, and greedy responses of the
+start and the trained output layer on held-out prompts."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional
+
+from compo.config import (
+    ClipConfig,
+    ComPOConfig,
+    DataConfig,
+    GenerationRadius,
+    ModelConfig,
+    OracleConfig,
+    TrainConfig,
+)
+from compo.data.encoding import load_tokenized
+from compo.data.formats import TokenizedPair
+from compo.demo.embedded import EmbeddedData
+from compo.demo.tiny import save_model
+from compo.model.head import head_of, output_layer
+from compo.model.loading import load_model, load_tokenizer
+from compo.service_oracle.generation import PerturbedHead, encode_prefix, generate
+from compo.train import ComPOTrainer, start_run
+from oracle_service.backends.reward_model import format_text
+
+SEPARATOR = "\n\n"  # oracle_service Settings.reward_text_separator's default
+
+
+@dataclass(frozen=True)
+class RewardFit:
+    """The reward model: a tiny Llama with a scalar head, fitted on (chosen, rejected)."""
+
+    hidden: int = 64
+    layers: int = 2
+    steps: int = 150
+    batch: int = 16
+    lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class LearningSettings:
+    """One ComPO run against the service (small enough for 2 CPU cores)."""
+
+    iterations: int = 30
+    perturbations: int = 64
+    radius: float = 2.0  # oracle.radius value (mode logit)
+    step_scale: float = 8.0  # a step of the size of a perturbation's effect on the logits
+    accept_ratio: float = 0.05
+    keep: float = 0.1  # clip: the share of entries of the unit estimate kept
+    batch_size: int = 1  # prompts per iteration
+    max_new_tokens: int = 24
+    heldout_prompts: int = 40
+
+
+def reward_texts(tokenizer, rows: list[dict], key: str) -> list[str]:
+    """The texts the service's reward-model backend scores for (prompt, rows[key])."""
+    return [format_text(tokenizer, row["prompt"], row[key], SEPARATOR) for row in rows]
+
+
+def scores(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Scalar rewards [N] of the texts (one padded batch)."""
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    return model(**encoded).logits[:, 0]
+
+
+def fit_reward_model(model_dir: Path, rows: list[dict], out: Path, seed: int,
+                     fit: RewardFit = RewardFit()) -> Path:
+    """A LlamaForSequenceClassification on the start model's tokenizer, fitted with the
+    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) on `rows`; saved to `out`."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = load_tokenizer(model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=fit.hidden,
+                         intermediate_size=3 * fit.hidden, num_hidden_layers=fit.layers,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=1024)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=fit.lr)
+    rng = random.Random(seed)
+    chosen, rejected = (reward_texts(tokenizer, rows, key) for key in ("chosen", "rejected"))
+    for _ in range(fit.steps):
+        batch = rng.sample(range(len(rows)), min(fit.batch, len(rows)))
+        margin = (scores(model, tokenizer, [chosen[i] for i in batch])
+                  - scores(model, tokenizer, [rejected[i] for i in batch]))
+        loss = -functional.logsigmoid(margin).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return save_model(model.eval(), tokenizer, out)
+
+
+@torch.inference_mode()
+def pair_accuracy(reward_dir: Path, rows: list[dict]) -> float:
+    """Share of pairs whose chosen response the reward model scores above the rejected."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(reward_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    chosen = scores(model, tokenizer, reward_texts(tokenizer, rows, "chosen"))
+    rejected = scores(model, tokenizer, reward_texts(tokenizer, rows, "rejected"))
+    return float((chosen > rejected).float().mean())
+
+
+def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, seed: int,
+                 settings: LearningSettings) -> TrainConfig:
+    """ComPO on the training pairs' prompts, voting with the service at `url`."""
+    return TrainConfig(
+        model=ModelConfig(path=str(data.model_dir)), data=DataConfig(path=str(data.train)),
+        compo=ComPOConfig(num_perturbations=settings.perturbations,
+                          step_scale=settings.step_scale, accept_ratio=settings.accept_ratio,
+                          clip=ClipConfig(mode="fraction", value=settings.keep),
+                          vote_rule="majority"),
+        seed=seed, batch_size=settings.batch_size, max_iterations=settings.iterations,
+        output_dir=str(run_dir),
+        run_id=f"learn-{seed}", checkpoint_every=settings.iterations,
+        oracle=OracleConfig(kind="service", service_url=url, token_env=token_env,
+                            radius=GenerationRadius(value=settings.radius),
+                            max_new_tokens=settings.max_new_tokens, signal_checks=0))
+
+
+def train_compo(config: TrainConfig) -> torch.Tensor:
+    """Run ComPO; the trained float32 output layer."""
+    trainer = ComPOTrainer(config, start_run(config))
+    try:
+        return trainer.run(progress=False)
+    finally:
+        trainer.close()
+
+
+def heldout_prompts(data: EmbeddedData, tokenizer, count: int) -> list[TokenizedPair]:
+    """The first `count` held-out pairs (their prompts are never trained on)."""
+    return load_tokenized(DataConfig(path=str(data.heldout)), tokenizer)[0][:count]
+
+
+@torch.inference_mode()
+def greedy_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
+                     max_new_tokens: int) -> list[str]:
+    """Greedy responses to the pairs' prompts with output layer `weight` (float32)."""
+    head = PerturbedHead(weight, None, 0.0, head_of(model))
+    config = OracleConfig(max_new_tokens=max_new_tokens)
+    out = []
+    for pair in pairs:
+        tokens = generate(model, encode_prefix(model, pair.prompt_ids), head, config,
+                          [torch.Generator()], tokenizer.eos_token_id).tokens[0]
+        out.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return out
+
+
+def start_and_trained(data: EmbeddedData, weight: torch.Tensor, settings: LearningSettings
+                      ) -> tuple[list[TokenizedPair], list[str], list[str]]:
+    """Held-out prompts and their greedy responses before and after ComPO."""
+    model = load_model(ModelConfig(path=str(data.model_dir)))
+    tokenizer = load_tokenizer(data.model_dir)
+    pairs = heldout_prompts(data, tokenizer, settings.heldout_prompts)
+    start = output_layer(model).weight.detach().float().clone()
+    return (pairs, greedy_responses(model, tokenizer, start, pairs, settings.max_new_tokens),
+            greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens))
