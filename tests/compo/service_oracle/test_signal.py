@@ -1,6 +1,8 @@
 """Diagnostics of the votes against the real service: ties, position-inconsistent verdicts,
 the antithetic signal check, and the warnings of a run whose votes carry no signal."""
 
+import zlib
+
 import pytest
 
 from compo.config import GenerationRadius
@@ -10,10 +12,19 @@ from tests.oracle_service.scripted import PERTURBATIONS, TOKEN_ENV, train_config
 CHECKS = 6
 
 
+BIASED_BUCKETS = 3  # one pair in 3 (by a position-free hash) meets the judge's position bias
+
+
+def biased(first: str, second: str) -> bool:
+    """Pairs on which the judge just names the first response shown, whatever it is."""
+    return zlib.crc32("\0".join(sorted((first, second))).encode()) % BIASED_BUCKETS == 0
+
+
 def shorter_or_first(prompt: str, first: str, second: str) -> str:
-    """Prefers the shorter response; for equal lengths it names the first one shown (a
-    position bias, which judge_position_mode=both turns into an inconsistent tie)."""
-    if len(first) == len(second):
+    """Prefers the shorter response; for equal lengths, and on biased pairs, it names the
+    first one shown (a position bias, which judge_position_mode=both turns into an
+    inconsistent tie)."""
+    if len(first) == len(second) or biased(first, second):
         return "A"
     return "A" if len(first) < len(second) else "B"
 
@@ -21,7 +32,7 @@ def shorter_or_first(prompt: str, first: str, second: str) -> str:
 def expected_verdict(base: str, text: str) -> str:
     if text == base:
         return "identical"
-    if len(text) == len(base):
+    if len(text) == len(base) or biased(base, text):
         return "inconsistent"
     return "b" if len(text) < len(base) else "a"
 
