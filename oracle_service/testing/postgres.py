@@ -19,6 +19,7 @@ from pathlib import Path
 
 SERVER_USER = "postgres"  # who owns the cluster when we are root
 SUPERUSER = "compo"
+SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")  # runuser lives in sbin
 START_TIMEOUT_S = 60
 FAST_UNSAFE = "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
 
@@ -36,6 +37,19 @@ def server_binary(name: str) -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
+def run_as_server_user() -> list[str]:
+    """The command prefix that runs as SERVER_USER when we are root (PostgreSQL refuses
+    root); found in the system bin directories when a minimal PATH leaves out sbin."""
+    if os.geteuid() != 0:
+        return []
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_BIN_DIRS])
+    runuser = shutil.which("runuser", path=path)
+    if runuser is None:
+        raise PostgresUnavailable("runuser not found: as root the server runs as "
+                                  f"{SERVER_USER!r}; install util-linux or run as another user")
+    return [runuser, "-u", SERVER_USER, "--"]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,8 +64,8 @@ class ThrowawayPostgres:
         self.port = 0
 
     def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", SERVER_USER, "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True)
+        done = subprocess.run([*run_as_server_user(), *command], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise PostgresUnavailable(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
 
