@@ -9,6 +9,13 @@ large sums:
                = e[target] - log1p(sum_v p_v * expm1(e_v))
 with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
 p = softmax(base logits).
+
+With compo.perturb.mlp_last_layers = k the MLPs of the last k layers move too: the master
+is the stack of compo/model/layout.py, the body runs once up to the first moved layer, and
+per direction the tail (compo/model/tail.py) reruns to h'; then
+  e = s * ((h' - h) W^T + r h' z^T)
+the exact pre-cap change of the logits under W + r z, with h' - h the float32 difference of
+the two tail outputs (never of two sets of logits).
 """
 
 from __future__ import annotations

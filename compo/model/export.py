@@ -24,7 +24,7 @@ from compo.model.loading import DTYPES
 
 
 def fingerprint(weight: torch.Tensor) -> str:
-    """sha256 of the float32 bytes of a weight (identifies the base output layer)."""
+    """sha256 of the float32 bytes of a weight (identifies the base the delta is for)."""
     data = weight.detach().float().contiguous().cpu().numpy().tobytes()
     return hashlib.sha256(data).hexdigest()
 
@@ -60,10 +60,10 @@ def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
     indices, values, metadata = read_delta(path)
     shape = json.loads(metadata["shape"])
     if list(weight.shape) != shape:
-        raise DeltaError(f"{path}: delta is for an output layer of shape {shape}, the base "
+        raise DeltaError(f"{path}: delta is for moved weights of shape {shape}, the base "
                          f"model has {list(weight.shape)}; use the base the run started from")
     if fingerprint(weight) != metadata["base_sha256"]:
-        raise DeltaError(f"{path}: the base model's output layer differs from the one the "
+        raise DeltaError(f"{path}: the base model's moved weights differ from the ones the "
                          "delta was made from; use the run's model.path")
     tuned = weight.detach().double().cpu().clone()
     tuned.view(-1).index_add_(0, indices, values.double())

@@ -89,8 +89,8 @@ def decoder_layers(model: nn.Module, name: str = "model") -> nn.ModuleList:
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ModelError(f"{name}: {type(model).__name__} has no get_decoder().layers list; "
-                         "compo.perturb.mlp_last_layers needs a Llama-style decoder (set it "
-                         "to 0 to move the output layer only)")
+                         "moving MLPs needs a Llama-style decoder; set "
+                         "compo.perturb.mlp_last_layers: 0 to move the output layer only")
     return layers
 
 
