@@ -33,7 +33,14 @@ from compo.model.layout import Layout, layout_of, model_tensors
 from compo.model.loading import DTYPES
 from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
 from compo.model.tail import Tail, TailBatch
-from compo.perturbation import LANES, direction_chunks, direction_key, normals, plan_blocks
+from compo.perturbation import (
+    BLOCK_ELEMENTS,
+    LANES,
+    direction_chunks,
+    direction_key,
+    normals,
+    plan_blocks,
+)
 
 
 @dataclass
@@ -131,14 +138,18 @@ def sequence_totals(state: OracleState, at_target: torch.Tensor, spread: torch.T
 
 
 def tail_logprob_changes(state: OracleState, tail: Tail, layout: Layout, keys: Sequence[int],
-                         radius: float, chunk_rows: int) -> torch.Tensor:
+                         radius: float, chunk_rows: int, block_elements: int) -> torch.Tensor:
     """[P, S] float64 changes when the output layer and the MLPs of the last layers move by
-    radius * z(key): the tail reruns once per direction, the body not at all."""
+    radius * z(key): the tail reruns for groups of directions (as many as block_elements
+    moved values hold), the body not at all."""
+    moved_elements = (layout.shape[0] - layout.head.rows) * layout.width
+    per_group = max(1, block_elements // moved_elements)
     out = []
-    for key in keys:
-        moved = moved_tensors(layout, state.master, key, radius)
-        hidden = tail.head_input(state.tail_batches, moved)
-        out.append(sequence_totals(state, *tail_token_changes(state, hidden, key, radius,
+    for start in range(0, len(keys), per_group):
+        group = keys[start : start + per_group]
+        moved = [moved_tensors(layout, state.master, key, radius) for key in group]
+        hidden = tail.head_inputs(state.tail_batches, moved)  # [P, N, d]
+        out.append(sequence_totals(state, *tail_token_changes(state, hidden, group, radius,
                                                               chunk_rows)))
     return torch.cat(out)
 
@@ -182,18 +193,18 @@ def moved_tensors(layout: Layout, master: torch.Tensor, key: int, radius: float
     return moved
 
 
-def tail_token_changes(state: OracleState, hidden: torch.Tensor, key: int, radius: float,
-                       chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like token_changes for one direction [1, N] when the head input also moved (to
-    `hidden` [N, d]): pre-cap change s * ((h' - h) W^T + r h' z^T), never a difference of
-    two sets of logits; h' - h is the float32 difference of the two tail outputs."""
-    shift = hidden - state.inputs.hidden  # [N, d]
-    spread = torch.zeros(1, hidden.shape[0], device=hidden.device)
+def tail_token_changes(state: OracleState, hidden: torch.Tensor, keys: Sequence[int],
+                       radius: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like token_changes when the head input also moved (to `hidden` [P, N, d], one per
+    direction): pre-cap change s * ((h' - h) W^T + r h' z^T), never a difference of two
+    sets of logits; h' - h is the float32 difference of the two tail outputs."""
+    shift = hidden - state.inputs.hidden  # [P, N, d]
+    spread = torch.zeros(len(keys), hidden.shape[1], device=hidden.device)  # [P, N]
     at_target = torch.zeros_like(spread)
-    for rows, chunk in direction_chunks([key], state.shape, chunk_rows, hidden.device):
-        pre = shift @ state.master[rows].T + radius * (hidden @ chunk[0].T)  # [N, r]
+    for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device):
+        pre = shift @ state.master[rows].T + radius * torch.bmm(hidden, chunk.transpose(1, 2))
         base = None if state.base_logits is None else state.base_logits[:, rows]
-        change = logit_change(pre[None] * state.head.scale, 1.0, base, state.cap)
+        change = logit_change(pre * state.head.scale, 1.0, base, state.cap)  # [P, N, r]
         accumulate(state, rows, change, at_target, spread)
     return at_target, spread
 
@@ -266,8 +277,10 @@ class LikelihoodOracle:
         """Log-prob change per sequence [P, S] for the given perturbation indices."""
         keys = [direction_key(seed, iteration, index) for index in indices]
         if state.tail_batches is not None:
+            block = self.config.block_elements or BLOCK_ELEMENTS.get(
+                state.probs.device.type, BLOCK_ELEMENTS["cpu"])
             return tail_logprob_changes(state, self.tail, self.layout, keys,
-                                        self.config.radius, self.chunk_rows(state))
+                                        self.config.radius, self.chunk_rows(state), block)
         step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)
         return logprob_changes(state, keys, step, self.chunk_rows(state), self.fused(state))
 

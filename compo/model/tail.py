@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.nn import functional as F
 
 from compo.errors import ModelError
 from compo.model.head import CHECK_EPS_UNITS, Head, head_input, probe_ids
@@ -27,6 +27,8 @@ from compo.model.scoring import HeadInputs, completion_index, pad_batch, sequenc
 
 TAIL_DTYPE = torch.float32  # the moved layers run in this dtype (master weights are float32)
 FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f")  # after the last layer
+STACKING_PROBE = (0.9, 1.1)  # weight factors of the load-time check of stacked directions
+STACKING_TOLERANCE = 1e-5  # relative: float32 rounding of bmm against the single product
 
 
 @dataclass
@@ -78,6 +80,38 @@ def capture(model: nn.Module, layers: Sequence[nn.Module], **inputs
     return recorded[0][0], [cast_floats(kw, TAIL_DTYPE) for kw in kwargs], head_in
 
 
+class StackedLinear(nn.Module):
+    """A moved MLP projection of the tail copy: its own weight, or one weight per direction
+    [P, out, in], each applied to its share of a batch stacked P times (direction-major)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.stacked: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stacked is None:
+            return F.linear(x, self.weight, self.bias)
+        count = self.stacked.shape[0]
+        out = torch.bmm(x.reshape(count, -1, x.shape[-1]), self.stacked.transpose(1, 2))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def tile_batch(value, count: int, batch: int):
+    """Keyword arguments of a batch of `batch` sequences for the same batch stacked `count`
+    times: tensors of rank >= 2 whose first dimension is the batch are repeated."""
+    if isinstance(value, torch.Tensor):
+        tiled = value.dim() >= 2 and value.shape[0] == batch
+        return value.repeat(count, *[1] * (value.dim() - 1)) if tiled else value
+    if isinstance(value, tuple | list):
+        return type(value)(tile_batch(v, count, batch) for v in value)
+    if isinstance(value, dict):
+        return {k: tile_batch(v, count, batch) for k, v in value.items()}
+    return value
+
+
 class Tail:
     """Float32 copies of the last k layers and the final norm, run with moved MLP weights."""
 
@@ -88,7 +122,22 @@ class Tail:
         self.layers = [copy.deepcopy(layer).to(TAIL_DTYPE).eval() for layer in self.originals]
         self.norm = copy.deepcopy(final_norm(model)).to(TAIL_DTYPE).eval()
         names = {id(m): n for n, m in model.named_modules()}
-        self.prefixes = [names[id(layer)] + "." for layer in self.originals]
+        self.projections: dict[str, StackedLinear] = {}  # moved parameter name -> module
+        for layer, original in zip(self.layers, self.originals, strict=True):
+            prefix = names[id(original)] + "."
+            for block in layout.moved_layers:
+                if block.name.startswith(prefix):
+                    self.projections[block.name] = self._stack(layer, block.name, prefix)
+
+    @staticmethod
+    def _stack(layer: nn.Module, name: str, prefix: str) -> StackedLinear:
+        """Replace the projection `name` inside the layer copy by a StackedLinear."""
+        path = name.removeprefix(prefix).removesuffix(".weight")
+        parent_path, _, attribute = path.rpartition(".")
+        parent = layer.get_submodule(parent_path)
+        stacked = StackedLinear(getattr(parent, attribute))
+        setattr(parent, attribute, stacked)
+        return stacked
 
     def prepare(self, sequences, pad_id: int, batch_size: int) -> tuple[list[TailBatch],
                                                                         HeadInputs]:
@@ -109,23 +158,38 @@ class Tail:
         empty = torch.empty(0, self.layout.width, device=device)
         return batches, HeadInputs(empty, targets, segment, len(sequences))
 
-    @torch.no_grad()
     def head_input(self, batches: Sequence[TailBatch], moved: Mapping[str, torch.Tensor]
                    ) -> torch.Tensor:
         """What the output layer receives at completion positions [N, d] float32, with the
         moved tensors (by parameter name) in place of the model's."""
-        out = []
-        for batch in batches:
-            hidden = batch.hidden.to(TAIL_DTYPE)
-            for layer, prefix, kwargs in zip(self.layers, self.prefixes, batch.layer_kwargs,
-                                             strict=True):
-                params = {name.removeprefix(prefix): value for name, value in moved.items()
-                          if name.startswith(prefix)}
-                hidden = functional_call(layer, params, (hidden,), kwargs)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            hidden = self.norm(hidden)
-            out.append(hidden.reshape(-1, hidden.shape[-1])[batch.index])
-        return torch.cat(out)
+        return self.head_inputs(batches, [moved])[0]
+
+    @torch.no_grad()
+    def head_inputs(self, batches: Sequence[TailBatch],
+                    moved: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """head_input for P sets of moved tensors at once: [P, N, d]. The batch is stacked
+        P times, so each layer runs once for all of them."""
+        count = len(moved)
+        for name, projection in self.projections.items():
+            values = [m.get(name) for m in moved]
+            projection.stacked = None if all(v is None for v in values) else torch.stack(
+                [projection.weight if v is None else v for v in values])
+        try:
+            out = [self._run(batch, count) for batch in batches]
+        finally:
+            for projection in self.projections.values():
+                projection.stacked = None
+        return torch.cat(out, dim=1)
+
+    def _run(self, batch: TailBatch, count: int) -> torch.Tensor:
+        """One batch through the tail, stacked `count` times: [count, n, d]."""
+        size = batch.hidden.shape[0]
+        hidden = batch.hidden.to(TAIL_DTYPE).repeat(count, 1, 1)
+        for layer, kwargs in zip(self.layers, batch.layer_kwargs, strict=True):
+            hidden = layer(hidden, **tile_batch(kwargs, count, size))
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden = self.norm(hidden)
+        return hidden.reshape(count, -1, hidden.shape[-1])[:, batch.index]
 
     def logprobs(self, batches: Sequence[TailBatch], targets: HeadInputs,
                  master: torch.Tensor, head: Head, dtype: torch.dtype = torch.float32
@@ -151,4 +215,17 @@ class Tail:
                              f"its final norm and output layer as ComPO reruns them (off by "
                              f"{error:.3g}, allowed {allowed:.3g}); set "
                              "compo.perturb.mlp_last_layers: 0 for this family")
+        self._check_stacking([batch], name)
         return error
+
+    def _check_stacking(self, batches: list[TailBatch], name: str) -> None:
+        """Two sets of moved weights run stacked must give what each gives alone."""
+        own = {n: p.weight for n, p in self.projections.items()}
+        sets = [{n: w * factor for n, w in own.items()} for factor in STACKING_PROBE]
+        stacked = self.head_inputs(batches, sets)
+        alone = torch.stack([self.head_input(batches, moved) for moved in sets])
+        error = float((stacked - alone).abs().max() / (alone.abs().max() + 1.0))
+        if not error <= STACKING_TOLERANCE:
+            raise ModelError(f"{name}: {type(self.model).__name__}'s last layers mix the "
+                             f"sequences of a batch (stacked directions off by {error:.3g}); "
+                             "set compo.perturb.mlp_last_layers: 0 for this family")
