@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import torch
-from perturbation_throughput import SHAPES, build_model, describe, make_pair
+from perturbation_throughput import SHAPES, build_model, describe, make_pair, timed
 
 from compo.config import ComPOConfig
 from compo.oracle import LikelihoodOracle
@@ -39,14 +37,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=64)
     return parser.parse_args()
-
-
-def timed(function, device: str) -> float:
-    started = time.perf_counter()
-    function()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 def bound_call(oracle: LikelihoodOracle, state, count: int):
