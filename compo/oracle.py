@@ -32,7 +32,7 @@ from compo.model.head import Head, head_of
 from compo.model.layout import Layout, layout_of, model_tensors
 from compo.model.loading import DTYPES
 from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
-from compo.model.tail import Tail, TailBatch
+from compo.model.tail import TAIL_DTYPES, Tail, TailBatch
 from compo.perturbation import (
     BLOCK_ELEMENTS,
     LANES,
@@ -147,7 +147,7 @@ def tail_logprob_changes(state: OracleState, tail: Tail, layout: Layout, keys: S
     out = []
     for start in range(0, len(keys), per_group):
         group = keys[start : start + per_group]
-        moved = [moved_tensors(layout, state.master, key, radius) for key in group]
+        moved = [moved_tensors(layout, state.master, key, radius, tail.dtype) for key in group]
         hidden = tail.head_inputs(state.tail_batches, moved)  # [P, N, d]
         out.append(sequence_totals(state, *tail_token_changes(state, hidden, group, radius,
                                                               chunk_rows)))
@@ -180,16 +180,16 @@ def accumulate(state: OracleState, rows: slice, change: torch.Tensor,
     spread += (state.probs[:, rows] * change.expm1_()).sum(-1)  # change is a fresh tensor
 
 
-def moved_tensors(layout: Layout, master: torch.Tensor, key: int, radius: float
-                  ) -> dict[str, torch.Tensor]:
-    """The MLP tensors of the stack moved by radius * z(key), by name (float32): each
+def moved_tensors(layout: Layout, master: torch.Tensor, key: int, radius: float,
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The MLP tensors of the stack moved by radius * z(key), by name, in `dtype`: each
     block's values start at element block.start * d of the direction."""
     moved = {}
     for block in layout.moved_layers:
         z = normals([key], block.start * layout.width, block.rows * layout.width,
-                    master.device)[0].view(block.rows, layout.width)
-        moved[block.name] = layout.tensor(master, block) + radius * (z.T if block.transposed
-                                                                     else z)
+                    master.device)[0].view(block.rows, layout.width).to(dtype)
+        start = layout.tensor(master, block).to(dtype)
+        moved[block.name] = start + radius * (z.T if block.transposed else z)
     return moved
 
 
@@ -198,7 +198,8 @@ def tail_token_changes(state: OracleState, hidden: torch.Tensor, keys: Sequence[
     """Like token_changes when the head input also moved (to `hidden` [P, N, d], one per
     direction): pre-cap change s * ((h' - h) W^T + r h' z^T), never a difference of two
     sets of logits; h' - h is the float32 difference of the two tail outputs."""
-    shift = hidden - state.inputs.hidden  # [P, N, d]
+    shift = (hidden - state.inputs.hidden).float()  # [P, N, d], from the tail's dtype
+    hidden = hidden.float()
     spread = torch.zeros(len(keys), hidden.shape[1], device=hidden.device)  # [P, N]
     at_target = torch.zeros_like(spread)
     for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device):
@@ -249,7 +250,8 @@ class LikelihoodOracle:
         self.head = head_of(model)
         self.direction_dtype = DTYPES[config.direction_dtype]
         self.layout = layout_of(model, config.perturb.mlp_last_layers)
-        self.tail = Tail(model, self.layout) if self.layout.moved_layers else None
+        self.tail = (Tail(model, self.layout, dtype=TAIL_DTYPES[config.perturb.tail_dtype])
+                     if self.layout.moved_layers else None)
         if self.tail is not None:
             if config.products == "fused":
                 raise ConfigError("compo.products: fused computes the output layer's votes "

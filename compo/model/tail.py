@@ -4,8 +4,9 @@ when the MLPs of the last k layers move (compo.perturb.mlp_last_layers).
 The body runs once per batch up to the first moved layer; pre-hooks record that layer's
 input and every moved layer's keyword arguments (mask, rotary embeddings: per layer, as
 families with sliding-window layers pass different masks). The tail then reruns from there
-in float32 with any values of the moved tensors (torch.func.functional_call), so a
-bfloat16 checkpoint's tail moves by steps its own dtype could not hold. At load time the
+in float64 (compo.perturb.tail_dtype) with any values of the moved tensors stacked along
+the batch, so a bfloat16 checkpoint's tail moves by steps its own dtype could not hold and
+h' - h carries no cancellation of the residual stream. At load time the
 tail with the model's own weights is checked against what the output layer receives.
 """
 
@@ -25,7 +26,8 @@ from compo.model.layout import Layout, decoder_layers, moved_layer_count
 from compo.model.loading import model_device
 from compo.model.scoring import HeadInputs, completion_index, pad_batch, sequence_logprobs
 
-TAIL_DTYPE = torch.float32  # the moved layers run in this dtype (master weights are float32)
+DEFAULT_TAIL_DTYPE = torch.float64  # h' - h of the tail carries no float32 cancellation
+TAIL_DTYPES = {"float64": torch.float64, "float32": torch.float32}  # compo.perturb.tail_dtype
 FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f")  # after the last layer
 STACKING_PROBE = (0.9, 1.1)  # weight factors of the load-time check of stacked directions
 STACKING_TOLERANCE = 1e-5  # relative: float32 rounding of bmm against the single product
@@ -36,7 +38,7 @@ class TailBatch:
     """One batch of sequences as the tail needs it."""
 
     hidden: torch.Tensor  # [B, L, d] input of the first moved layer (model dtype)
-    layer_kwargs: list[dict]  # per moved layer: its keyword arguments, floats in TAIL_DTYPE
+    layer_kwargs: list[dict]  # per moved layer: its keyword arguments, floats in the tail's dtype
     index: torch.Tensor  # [n] flat positions in B * L that predict completion tokens
 
 
@@ -62,9 +64,10 @@ def final_norm(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, layers: Sequence[nn.Module], **inputs
+def capture(model: nn.Module, layers: Sequence[nn.Module], dtype: torch.dtype, **inputs
             ) -> tuple[torch.Tensor, list[dict], torch.Tensor]:
-    """(input of layers[0], every layer's kwargs, what the output layer receives)."""
+    """(input of layers[0], every layer's kwargs with floats in `dtype`, what the output
+    layer receives)."""
     recorded: list[tuple[torch.Tensor, dict]] = []
 
     def record(module, args, kwargs):
@@ -77,7 +80,7 @@ def capture(model: nn.Module, layers: Sequence[nn.Module], **inputs
         for handle in handles:
             handle.remove()
     kwargs = [{k: v for k, v in kw.items() if k != "hidden_states"} for _, kw in recorded]
-    return recorded[0][0], [cast_floats(kw, TAIL_DTYPE) for kw in kwargs], head_in
+    return recorded[0][0], [cast_floats(kw, dtype) for kw in kwargs], head_in
 
 
 class StackedLinear(nn.Module):
@@ -115,12 +118,13 @@ def tile_batch(value, count: int, batch: int):
 class Tail:
     """Float32 copies of the last k layers and the final norm, run with moved MLP weights."""
 
-    def __init__(self, model: nn.Module, layout: Layout, name: str = "model"):
-        self.model, self.layout = model, layout
+    def __init__(self, model: nn.Module, layout: Layout, name: str = "model",
+                 dtype: torch.dtype = DEFAULT_TAIL_DTYPE):
+        self.model, self.layout, self.dtype = model, layout, dtype
         count = moved_layer_count(layout)
         self.originals = list(decoder_layers(model, name)[-count:])
-        self.layers = [copy.deepcopy(layer).to(TAIL_DTYPE).eval() for layer in self.originals]
-        self.norm = copy.deepcopy(final_norm(model)).to(TAIL_DTYPE).eval()
+        self.layers = [copy.deepcopy(layer).to(dtype).eval() for layer in self.originals]
+        self.norm = copy.deepcopy(final_norm(model)).to(dtype).eval()
         names = {id(m): n for n, m in model.named_modules()}
         self.projections: dict[str, StackedLinear] = {}  # moved parameter name -> module
         for layer, original in zip(self.layers, self.originals, strict=True):
@@ -147,8 +151,8 @@ class Tail:
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
             ids, mask = pad_batch(chunk, pad_id, device)
-            hidden, kwargs, _ = capture(self.model, self.originals, input_ids=ids,
-                                        attention_mask=mask)
+            hidden, kwargs, _ = capture(self.model, self.originals, self.dtype,
+                                        input_ids=ids, attention_mask=mask)
             index, chunk_targets, chunk_segment = completion_index(chunk, ids.shape[1], start,
                                                                    device)
             batches.append(TailBatch(hidden, kwargs, index))
@@ -160,8 +164,8 @@ class Tail:
 
     def head_input(self, batches: Sequence[TailBatch], moved: Mapping[str, torch.Tensor]
                    ) -> torch.Tensor:
-        """What the output layer receives at completion positions [N, d] float32, with the
-        moved tensors (by parameter name) in place of the model's."""
+        """What the output layer receives at completion positions [N, d] (the tail's dtype),
+        with the moved tensors (by parameter name) in place of the model's."""
         return self.head_inputs(batches, [moved])[0]
 
     @torch.no_grad()
@@ -173,7 +177,7 @@ class Tail:
         for name, projection in self.projections.items():
             values = [m.get(name) for m in moved]
             projection.stacked = None if all(v is None for v in values) else torch.stack(
-                [projection.weight if v is None else v for v in values])
+                [projection.weight if v is None else v.to(self.dtype) for v in values])
         try:
             out = [self._run(batch, count) for batch in batches]
         finally:
@@ -184,7 +188,7 @@ class Tail:
     def _run(self, batch: TailBatch, count: int) -> torch.Tensor:
         """One batch through the tail, stacked `count` times: [count, n, d]."""
         size = batch.hidden.shape[0]
-        hidden = batch.hidden.to(TAIL_DTYPE).repeat(count, 1, 1)
+        hidden = batch.hidden.to(self.dtype).repeat(count, 1, 1)
         for layer, kwargs in zip(self.layers, batch.layer_kwargs, strict=True):
             hidden = layer(hidden, **tile_batch(kwargs, count, size))
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -204,10 +208,11 @@ class Tail:
         """The tail with the model's own weights against the output layer's input on a
         probe; refuses a family whose forward does something else. Returns the error."""
         ids = probe_ids(self.model)
-        hidden, kwargs, head_in = capture(self.model, self.originals, input_ids=ids)
+        hidden, kwargs, head_in = capture(self.model, self.originals, self.dtype,
+                                          input_ids=ids)
         batch = TailBatch(hidden, kwargs, torch.arange(ids.shape[1], device=ids.device))
         mine = self.head_input([batch], {})
-        error = float((mine - head_in[0].to(TAIL_DTYPE)).abs().max())
+        error = float((mine - head_in[0].to(self.dtype)).abs().max())
         largest = float(head_in.abs().max())
         allowed = CHECK_EPS_UNITS * torch.finfo(head_in.dtype).eps * (largest + 1.0)
         if not error <= allowed:

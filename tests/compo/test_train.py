@@ -151,7 +151,9 @@ def test_moved_mlps_train_resume_export_and_apply_exactly(model_dir, pairs_file,
     assert torch.equal(resumed, weight)
 
     summary = export_run(trainer, weight)
-    assert all(abs(kept - 1) < 1e-6 for kept in summary["export"]["kept_fraction"])
+    # the master's change is measured with the float64 tail, final/'s with its own float32
+    # forward: they agree to float32's precision of the body
+    assert all(abs(kept - 1) < 1e-4 for kept in summary["export"]["kept_fraction"])
     original = load_model(ModelConfig(path=str(model_dir))).state_dict()
     final = load_model(ModelConfig(path=str(trainer.run_dir.path / "final"))).state_dict()
     changed = sorted(name for name in original if not torch.equal(original[name], final[name]))

@@ -31,7 +31,7 @@ def test_padded_batches_and_moved_tensors():
     own = tail.head_input(batches, {})
     expected = torch.cat([head_input(model, input_ids=torch.tensor([p + c]))[0, len(p) - 1 : -1]
                           for p, c in sequences])
-    assert torch.allclose(own, expected, atol=1e-5)
+    assert torch.allclose(own.float(), expected, atol=1e-5)
     assert targets.targets.tolist() == [8, 9, 12, 13, 14, 15]
     tensors = model_tensors(model, layout)
     moved = {name: value * 2 for name, value in tensors.items() if "mlp" in name}
@@ -40,7 +40,7 @@ def test_padded_batches_and_moved_tensors():
             dict(model.named_parameters())[name].copy_(value)
     doubled = torch.cat([head_input(model, input_ids=torch.tensor([p + c]))[0, len(p) - 1 : -1]
                          for p, c in sequences])
-    assert torch.allclose(tail.head_input(batches, moved), doubled, atol=1e-5)
+    assert torch.allclose(tail.head_input(batches, moved).float(), doubled, atol=1e-5)
     assert not torch.allclose(doubled, expected, atol=1e-3)
 
 
