@@ -56,6 +56,8 @@ if [ "$dry_run" = 1 ]; then
                 --ours-per-round 2 --reference-per-round 1 --agreement 2)
     agreement=(--device cpu --tokens 40 --hidden 64 --vocab 100 --perturbations 2)
     ray=(--workers 2 --perturbations 32 --iterations 1 --vocab 512 --hidden 32)
+    moved=(--device cpu --shape tiny --prompt-tokens 8 --completion-tokens 16
+           --perturbations 2 --rounds 1)
 else
     device=cuda
     test_paths=(tests)
@@ -65,14 +67,17 @@ else
     agreement=(--device cuda --perturbations 50)
     ray=(--workers 1 2 --gpus-per-worker 0.5 --perturbations 800 --iterations 2
          --vocab 32000 --hidden 512 --chunk-size 64)
+    moved=(--device cuda --shape mistral-7b --prompt-tokens 128 --completion-tokens 1000
+           --perturbations 8 --rounds 3)
 fi
 
-# the step limits add up to 8 minutes
+# the step limits add up to 9 minutes
 step gpu_tests 150 "$python" -m pytest -q -m gpu -p no:cacheprovider \
     --junitxml "$steps/gpu_tests.xml" "${test_paths[@]}"
 step throughput 150 "$python" bench/perturbation_throughput.py "${throughput[@]}"
 step fused_agreement 60 env "${interpret[@]}" "$python" bench/fused_agreement.py "${agreement[@]}"
 step ray_two_workers 120 "$python" bench/ray_scaling.py "${ray[@]}"
+step moved_layers 60 "$python" bench/moved_layers.py "${moved[@]}"
 
 "$python" - "$steps" "$out" "$device" "$dry_run" <<'EOF'
 """Gather every step's status, seconds and JSON figures into one file (written atomically)."""

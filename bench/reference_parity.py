@@ -1,6 +1,10 @@
-"""Evidence on the embedded default for the reference code's trial-step check and for ROPO.
+"""Evidence on the embedded default for moved MLPs, the reference code's trial-step check
+and ROPO.
 
-One command, two tables (issue #13, 4(b) and 4(c)):
+One command, three tables (issue #13, 4(a), 4(b) and 4(c)):
+  (a) ComPO from DPO_clean on the noisy pairs moving the output layer only vs the output
+      layer and the MLPs of the last 2 layers (the paper's Table 5): accepted iterations,
+      y+ up / y- down counts as in (b), seconds per iteration.
   (b) ComPO from DPO_clean on the noisy pairs, without and with `accept_check: trial_step`
       (the reference's trial step of -5 g_clip): accepted iterations, refusals, and how many
       trained pairs' log pi(y+) went up / log pi(y-) went down (final/ vs ComPO's start).
@@ -43,11 +47,13 @@ def pipelines(data: EmbeddedData, workdir: Path) -> dict[str, PipelineConfig]:
                               "first_stage": {"skip": True, "checkpoint": str(
                                   workdir / "dpo_clean" / "first_stage" / "model")},
                               "compo": {"train": {"compo": {"accept_check": "trial_step"}}}})
+    moved = deep_merge(trial, {"output_dir": str(workdir / "dpo_clean_moved"), "compo": {
+        "train": {"compo": {"accept_check": "none", "perturb": {"mlp_last_layers": 2}}}}})
     ropo = deep_merge(base, {**shared, "output_dir": str(workdir / "ropo_clean"),
                              "first_stage": {"trainer": "ropo"}})
     return {name: parse_config(PipelineConfig, value, f"reference_parity: {name}")
             for name, value in (("dpo_clean", base), ("dpo_clean_trial", trial),
-                                ("ropo_clean", ropo))}
+                                ("dpo_clean_moved", moved), ("ropo_clean", ropo))}
 
 
 def compo_row(summary: dict, start: str, noisy: Path) -> dict:
@@ -56,6 +62,7 @@ def compo_row(summary: dict, start: str, noisy: Path) -> dict:
     rows = fileio.read_jsonl(run_dir / "metrics.jsonl")
     moved = compare(run_dir, Path(start), noisy)
     return {"iterations": len(rows), "accepted": sum(row["accepted"] for row in rows),
+            "seconds_per_iteration": sum(row["seconds"] for row in rows) / max(1, len(rows)),
             "trial_refused": sum(row.get("trial_check") == "refused" for row in rows),
             "pairs": moved["pairs"], **{key: moved[key] for key in COUNTS},
             "mean_chosen_change": moved["mean_chosen_change"],
@@ -63,7 +70,16 @@ def compo_row(summary: dict, start: str, noisy: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """Tables (b) and (c)."""
+    """Tables (a), (b) and (c)."""
+    a = ["| ComPO from DPO_clean moves | accepted / iterations | y+ up | y- down | both | "
+         "mean d log pi(y+) | mean d log pi(y-) | s / iteration |", "|---" * 8 + "|"]
+    for name, label in (("dpo_clean", "the output layer (default)"),
+                        ("dpo_clean_moved", "output layer + MLPs of the last 2 layers")):
+        row = result["compo"][name]
+        a.append(f"| {label} | {row['accepted']} / {row['iterations']} | " + " | ".join(
+            f"{row[key]} / {row['pairs']}" for key in COUNTS)
+            + f" | {row['mean_chosen_change']:+.3f} | {row['mean_rejected_change']:+.3f} | "
+            f"{row['seconds_per_iteration']:.2f} |")
     b = ["| ComPO from DPO_clean | accepted / iterations | refused by the trial step | "
          "y+ up | y- down | both | mean d log pi(y+) | mean d log pi(y-) |", "|---" * 8 + "|"]
     for name, label in (("dpo_clean", "no check (the paper)"),
@@ -81,7 +97,7 @@ def markdown(result: dict) -> str:
                  f"{first['log pi(y-) rose']} / {first['pairs']} | {row['accepted']} / "
                  f"{row['iterations']} | " + " | ".join(
                      f"{row[key]} / {row['pairs']}" for key in COUNTS) + " |")
-    return "\n".join(b) + "\n\n" + "\n".join(c) + "\n"
+    return "\n\n".join("\n".join(table) for table in (a, b, c)) + "\n"
 
 
 def main() -> None:

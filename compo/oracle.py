@@ -9,6 +9,13 @@ large sums:
                = e[target] - log1p(sum_v p_v * expm1(e_v))
 with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
 p = softmax(base logits).
+
+With compo.perturb.mlp_last_layers = k the MLPs of the last k layers move too: the master
+is the stack of compo/model/layout.py, the body runs once up to the first moved layer, and
+per direction the tail (compo/model/tail.py) reruns to h'; then
+  e = s * ((h' - h) W^T + r h' z^T)
+the exact pre-cap change of the logits under W + r z, with h' - h the float32 difference of
+the two tail outputs (never of two sets of logits).
 """
 
 from __future__ import annotations
@@ -20,10 +27,20 @@ import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
-from compo.model.head import Head, head_of, output_layer
+from compo.errors import ConfigError
+from compo.model.head import Head, head_of
+from compo.model.layout import Layout, layout_of, model_tensors
 from compo.model.loading import DTYPES
 from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
-from compo.perturbation import LANES, direction_chunks, direction_key, plan_blocks
+from compo.model.tail import TAIL_DTYPES, Tail, TailBatch
+from compo.perturbation import (
+    BLOCK_ELEMENTS,
+    LANES,
+    direction_chunks,
+    direction_key,
+    normals,
+    plan_blocks,
+)
 
 
 @dataclass
@@ -37,6 +54,8 @@ class OracleState:
     base_logprobs: torch.Tensor  # [S] float64
     head: Head  # bias, logit scale and soft-cap of the model family
     shape: tuple[int, int]  # (V, d) of the output layer
+    master: torch.Tensor | None = None  # the stacked master [R, d] (moved MLPs only)
+    tail_batches: list[TailBatch] | None = None  # the tail's inputs (moved MLPs only)
 
     @property
     def cap(self) -> float | None:
@@ -106,10 +125,33 @@ def logprob_changes(state: OracleState, keys: Sequence[int], radius: float,
             state.base_logits, state.cap)
     else:
         at_target, spread = token_changes(state, keys, radius, chunk_rows)
+    return sequence_totals(state, at_target, spread)
+
+
+def sequence_totals(state: OracleState, at_target: torch.Tensor, spread: torch.Tensor
+                    ) -> torch.Tensor:
+    """Per-token changes [P, N] summed per sequence: [P, S] float64."""
     per_token = at_target.double() - torch.log1p(spread.double())  # [P, N]
-    totals = torch.zeros(len(keys), state.base_logprobs.numel(), dtype=torch.float64,
+    totals = torch.zeros(per_token.shape[0], state.base_logprobs.numel(), dtype=torch.float64,
                          device=per_token.device)
     return totals.index_add_(1, state.inputs.segment, per_token)
+
+
+def tail_logprob_changes(state: OracleState, tail: Tail, layout: Layout, keys: Sequence[int],
+                         radius: float, chunk_rows: int, block_elements: int) -> torch.Tensor:
+    """[P, S] float64 changes when the output layer and the MLPs of the last layers move by
+    radius * z(key): the tail reruns for groups of directions (as many as block_elements
+    moved values hold), the body not at all."""
+    moved_elements = (layout.shape[0] - layout.head.rows) * layout.width
+    per_group = max(1, block_elements // moved_elements)
+    out = []
+    for start in range(0, len(keys), per_group):
+        group = keys[start : start + per_group]
+        moved = [moved_tensors(layout, state.master, key, radius, tail.dtype) for key in group]
+        hidden = tail.head_inputs(state.tail_batches, moved)  # [P, N, d]
+        out.append(sequence_totals(state, *tail_token_changes(state, hidden, group, radius,
+                                                              chunk_rows)))
+    return torch.cat(out)
 
 
 def token_changes(state: OracleState, keys: Sequence[int], radius: float,
@@ -117,19 +159,54 @@ def token_changes(state: OracleState, keys: Sequence[int], radius: float,
     """Per token [P, N] float32: the target's logit change and sum_v p_v expm1(change_v),
     accumulated over blocks of chunk_rows output rows."""
     hidden = product_operand(state.inputs.hidden, state.direction_dtype)
-    targets = state.inputs.targets
-    spread = torch.zeros(len(keys), targets.numel(), device=hidden.device)  # [P, N]
-    at_target = torch.zeros_like(spread)
+    spread = torch.zeros(len(keys), state.inputs.targets.numel(), device=hidden.device)
+    at_target = torch.zeros_like(spread)  # [P, N]
     for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device,
                                         state.direction_dtype):
         base = None if state.base_logits is None else state.base_logits[:, rows]
         change = logit_change(exact_products(hidden, chunk), radius, base, state.cap)
-        local = targets - rows.start  # target token's column inside this chunk
-        inside = (local >= 0) & (local < change.shape[2])
-        column = local.clamp(0, change.shape[2] - 1).expand(len(keys), -1)[..., None]
-        picked = change.gather(2, column).squeeze(2)
-        at_target += torch.where(inside, picked, torch.zeros_like(picked))
-        spread += (state.probs[:, rows] * change.expm1_()).sum(-1)  # change is a fresh tensor
+        accumulate(state, rows, change, at_target, spread)
+    return at_target, spread
+
+
+def accumulate(state: OracleState, rows: slice, change: torch.Tensor,
+               at_target: torch.Tensor, spread: torch.Tensor) -> None:
+    """Add one block of output rows' logit changes [P, N, r] into at_target and spread."""
+    local = state.inputs.targets - rows.start  # target token's column inside this block
+    inside = (local >= 0) & (local < change.shape[2])
+    column = local.clamp(0, change.shape[2] - 1).expand(change.shape[0], -1)[..., None]
+    picked = change.gather(2, column).squeeze(2)
+    at_target += torch.where(inside, picked, torch.zeros_like(picked))
+    spread += (state.probs[:, rows] * change.expm1_()).sum(-1)  # change is a fresh tensor
+
+
+def moved_tensors(layout: Layout, master: torch.Tensor, key: int, radius: float,
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The MLP tensors of the stack moved by radius * z(key), by name, in `dtype`: each
+    block's values start at element block.start * d of the direction."""
+    moved = {}
+    for block in layout.moved_layers:
+        z = normals([key], block.start * layout.width, block.rows * layout.width,
+                    master.device)[0].view(block.rows, layout.width).to(dtype)
+        start = layout.tensor(master, block).to(dtype)
+        moved[block.name] = start + radius * (z.T if block.transposed else z)
+    return moved
+
+
+def tail_token_changes(state: OracleState, hidden: torch.Tensor, keys: Sequence[int],
+                       radius: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like token_changes when the head input also moved (to `hidden` [P, N, d], one per
+    direction): pre-cap change s * ((h' - h) W^T + r h' z^T), never a difference of two
+    sets of logits; h' - h is the float32 difference of the two tail outputs."""
+    shift = (hidden - state.inputs.hidden).float()  # [P, N, d], from the tail's dtype
+    hidden = hidden.float()
+    spread = torch.zeros(len(keys), hidden.shape[1], device=hidden.device)  # [P, N]
+    at_target = torch.zeros_like(spread)
+    for rows, chunk in direction_chunks(keys, state.shape, chunk_rows, hidden.device):
+        pre = shift @ state.master[rows].T + radius * torch.bmm(hidden, chunk.transpose(1, 2))
+        base = None if state.base_logits is None else state.base_logits[:, rows]
+        change = logit_change(pre * state.head.scale, 1.0, base, state.cap)  # [P, N, r]
+        accumulate(state, rows, change, at_target, spread)
     return at_target, spread
 
 
@@ -172,16 +249,40 @@ class LikelihoodOracle:
         self.pad_id, self.batch_size = pad_id, batch_size
         self.head = head_of(model)
         self.direction_dtype = DTYPES[config.direction_dtype]
+        self.layout = layout_of(model, config.perturb.mlp_last_layers)
+        self.tail = (Tail(model, self.layout, dtype=TAIL_DTYPES[config.perturb.tail_dtype])
+                     if self.layout.moved_layers else None)
+        if self.tail is not None:
+            if config.products == "fused":
+                raise ConfigError("compo.products: fused computes the output layer's votes "
+                                  "only; with compo.perturb.mlp_last_layers use auto or eager")
+            self.tail.check()
 
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> OracleState:
-        """Run the model body once for these pairs; `weight` is the float32 master W."""
-        inputs = head_inputs(self.model, pair_sequences(pairs), self.pad_id, self.batch_size)
-        return build_state(inputs, weight, self.head, self.direction_dtype)
+        """Run the model body once for these pairs; `weight` is the float32 master (the
+        stacked [R, d] of compo/model/layout.py; the output layer alone when k = 0)."""
+        if self.tail is None:
+            inputs = head_inputs(self.model, pair_sequences(pairs), self.pad_id,
+                                 self.batch_size)
+            return build_state(inputs, weight, self.head, self.direction_dtype)
+        batches, targets = self.tail.prepare(pair_sequences(pairs), self.pad_id,
+                                             self.batch_size)
+        tensors = self.layout.tensors(weight)
+        hidden = self.tail.head_input(batches, tensors)
+        inputs = HeadInputs(hidden, targets.targets, targets.segment, targets.num_sequences)
+        state = build_state(inputs, tensors[self.layout.head.name], self.head, torch.float32)
+        state.master, state.tail_batches = weight, batches
+        return state
 
     def changes(self, state: OracleState, seed: int, iteration: int,
                 indices: Sequence[int]) -> torch.Tensor:
         """Log-prob change per sequence [P, S] for the given perturbation indices."""
         keys = [direction_key(seed, iteration, index) for index in indices]
+        if state.tail_batches is not None:
+            block = self.config.block_elements or BLOCK_ELEMENTS.get(
+                state.probs.device.type, BLOCK_ELEMENTS["cpu"])
+            return tail_logprob_changes(state, self.tail, self.layout, keys,
+                                        self.config.radius, self.chunk_rows(state), block)
         step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)
         return logprob_changes(state, keys, step, self.chunk_rows(state), self.fused(state))
 
@@ -204,10 +305,14 @@ class LikelihoodOracle:
         """Output-layer rows per generated block."""
         return plan_blocks(1, state.shape, self.config.block_elements, state.probs.device)[1]
 
-    def logprobs(self, state: OracleState, weight: torch.Tensor) -> torch.Tensor:
-        """Log-probs [S] of the prepared sequences under another output weight."""
-        return sequence_logprobs(state.inputs, weight, state.head)
+    def logprobs(self, state: OracleState, weight: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Log-probs [S] of the prepared sequences under another master (head math in
+        `dtype`)."""
+        if state.tail_batches is None:
+            return sequence_logprobs(state.inputs, weight, state.head, dtype)
+        return self.tail.logprobs(state.tail_batches, state.inputs, weight, state.head, dtype)
 
     def master_weight(self) -> torch.Tensor:
-        """A float32 copy of the model's output layer (the update is applied to it)."""
-        return output_layer(self.model).weight.detach().float().clone()
+        """The float32 master: a copy of everything the directions move, stacked [R, d]."""
+        return self.layout.stack(model_tensors(self.model, self.layout)).clone()

@@ -29,7 +29,7 @@ class Checkpoint:
     """State after `iterations_done` iterations."""
 
     iterations_done: int
-    weight: torch.Tensor  # float32 master output layer [V, d]
+    weight: torch.Tensor  # float32 master [R, d]: the output layer (and moved MLPs, layout.py)
     data_offset: int = 0  # data.reselect: where the next scan for noisy pairs starts
 
 

@@ -26,10 +26,10 @@ from compo.data.reselect import Selection, select_noisy
 from compo.diagnostics import RunWatch, progress_figures
 from compo.errors import ConfigError
 from compo.estimator import UpdateDecision, decide_from_shards
-from compo.model.checkpoint import read_output_layer
+from compo.model.checkpoint import read_master
 from compo.model.export import write_delta
 from compo.model.exported import check_kept, export_dtype, measure_export, write_final
-from compo.model.head import output_layer
+from compo.model.layout import layout_of, model_tensors
 from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
@@ -157,12 +157,16 @@ class ComPOTrainer:
         if source is not None and in_process_options(config):
             raise ConfigError(f"{', '.join(in_process_options(config))}: not supported when "
                               "votes come from elsewhere (Ray workers); remove them")
+        moved_layers = config.compo.perturb.mlp_last_layers
         if source is None:
             self.model = load_model(config.model)
-            self.base_weight = output_layer(self.model).weight.detach().float().clone()
+            self.layout = layout_of(self.model, moved_layers)  # what the directions move
+            self.base_weight = self.layout.stack(model_tensors(self.model, self.layout))
             source = default_source(config, self.model, self.tokenizer, run_id)
         else:
-            self.base_weight = read_output_layer(config.model.path, DTYPES[config.model.dtype])
+            self.layout, self.base_weight = read_master(config.model.path,
+                                                        DTYPES[config.model.dtype],
+                                                        moved_layers)
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
         self.watch = RunWatch(config)  # warnings when the votes carry no signal
@@ -283,12 +287,14 @@ def export_run(trainer: ComPOTrainer, weight: torch.Tensor) -> dict:
     """delta.safetensors, final/ (the checkpoint with its output layer replaced) and
     export_report.json (what final/ keeps of the change, measured on it)."""
     config, out = trainer.config, trainer.run_dir.path
-    summary = write_delta(out / "delta.safetensors", trainer.base_weight, weight)
+    summary = write_delta(out / "delta.safetensors", trainer.base_weight, weight,
+                          trainer.layout)
     dtype = export_dtype(config.export.dtype, config.model)
-    write_final(config.model.path, weight, out / "final", dtype)
+    write_final(config.model.path, trainer.layout.tensors(weight.cpu()), out / "final", dtype)
     report = trainer.measure_export(config.model, out / "final", trainer.trained_pairs(),
                                     trainer.tokenizer.pad_token_id, trainer.base_weight,
-                                    weight, network=trainer.model)
+                                    weight, network=trainer.model,
+                                    mlp_last_layers=config.compo.perturb.mlp_last_layers)
     fileio.write_json(out / "export_report.json", report)
     summary.update(export=report, export_keeps=check_kept(report, config.export.dtype))
     return summary

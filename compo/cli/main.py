@@ -18,7 +18,9 @@ Made by `compo conformance --out docs/conformance.md` (tiny random float32 model
 family, compo/demo/families.py; r = 5e-4). Base error: the largest difference between
 ComPO's log pi(y|x) and the one from the model's own logits, in nats. Perturbed error: the
 largest relative error of ComPO's log-prob change against a float64 full forward pass with
-W + r z. Votes agree: perturbations whose vote equals the float64 one. A family whose
+W + r z. Votes agree: perturbations whose vote equals the float64 one. The last two
+columns: the same with the MLPs of the last 2 layers moving too (compo.perturb:
+{mlp_last_layers: 2}; families whose MLPs ComPO cannot rerun are refused). A family whose
 forward does something after the output layer that ComPO does not reproduce is refused at
 load time (compo/model/head.py) and listed as refused. Check your own checkpoint with
 `compo conformance --model PATH`.

@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from compo import fileio
 from compo.errors import ModelError
+from compo.model.layout import Layout, layout_of
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -24,14 +25,18 @@ HEAD_SHARD = "model-output-layer.safetensors"  # where an untied head goes in a 
 PICKLED = {".bin", ".pt", ".pth", ".ckpt"}  # weights not copied (the safetensors are used)
 
 
-def head_names(path: str | Path) -> tuple[str, str | None]:
-    """(output layer weight name, the input embedding's name when the two are tied), read
-    from the architecture built on the meta device (no weights are loaded)."""
+def meta_network(path: str | Path) -> torch.nn.Module:
+    """The architecture of a checkpoint built on the meta device (no weights are loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     with torch.device("meta"):
-        network = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def head_names(path: str | Path) -> tuple[str, str | None]:
+    """(output layer weight name, the input embedding's name when the two are tied)."""
+    network = meta_network(path)
     names = {id(module): name for name, module in network.named_modules()}
     head = network.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
@@ -74,31 +79,54 @@ def read_output_layer(path: str | Path, dtype: torch.dtype) -> torch.Tensor:
     return read_tensor(path, name).to(dtype).float()
 
 
+def read_master(path: str | Path, dtype: torch.dtype, mlp_last_layers: int = 0
+                ) -> tuple[Layout, torch.Tensor]:
+    """The layout and float32 stacked master of everything the directions move
+    (compo/model/layout.py), read from the files as a model loaded in `dtype` holds it."""
+    layout = layout_of(meta_network(path), mlp_last_layers, str(path))
+    tensors = {layout.head.name: read_output_layer(path, dtype)}
+    for block in layout.moved_layers:
+        tensors[block.name] = read_tensor(path, block.name).to(dtype).float()
+    return layout, layout.stack(tensors)
+
+
 def copy_with_output_layer(base: str | Path, head: torch.Tensor, out: str | Path,
                            dtype: torch.dtype) -> Path:
     """A copy of checkpoint `base` in `out` whose output layer is `head` (stored in `dtype`);
     a head that was tied to the input embedding becomes a tensor of its own."""
+    return copy_with_tensors(base, {head_names(base)[0]: head}, out, dtype)
+
+
+def copy_with_tensors(base: str | Path, replaced: dict[str, torch.Tensor], out: str | Path,
+                      dtype: torch.dtype) -> Path:
+    """A copy of checkpoint `base` in `out` with the named tensors replaced (stored in
+    `dtype`); the files that hold none of them are copied as they are."""
     base, out = Path(base), Path(out)
-    name, _ = head_names(base)
+    head, _ = head_names(base)
     files = weight_files(base)
-    target = files.get(name) or (SINGLE_FILE if (base / SINGLE_FILE).is_file() else HEAD_SHARD)
+    default = SINGLE_FILE if (base / SINGLE_FILE).is_file() else HEAD_SHARD  # an untied head
+    targets: dict[str, list[str]] = {}
+    for name in replaced:
+        if name not in files and name != head:
+            raise ModelError(f"{base}: the checkpoint has no tensor {name}")
+        targets.setdefault(files.get(name, default), []).append(name)
     building = out.parent / f".{out.name}.partial"  # `out` appears complete or not at all
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     for item in base.iterdir():
-        if item.is_file() and item.name != target and item.suffix not in PICKLED:
+        if item.is_file() and item.name not in targets and item.suffix not in PICKLED:
             shutil.copy2(item, building / item.name)
-    tensors = {}
-    if (base / target).is_file():
-        with safe_open(str(base / target), framework="pt") as handle:
-            metadata = handle.metadata()
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    else:
-        metadata = {"format": "pt"}
-    tensors[name] = head.detach().to("cpu", dtype).contiguous()
-    fileio.write_tensors(building / target, tensors, metadata)
-    if name not in files:
-        untie(building, name, target)
+    for target, names in targets.items():
+        tensors, metadata = {}, {"format": "pt"}
+        if (base / target).is_file():
+            with safe_open(str(base / target), framework="pt") as handle:
+                metadata = handle.metadata()
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        for name in names:
+            tensors[name] = replaced[name].detach().to("cpu", dtype).contiguous()
+        fileio.write_tensors(building / target, tensors, metadata)
+    if head in replaced and head not in files:
+        untie(building, head, files.get(head, default))
     shutil.rmtree(out, ignore_errors=True)
     building.rename(out)
     return out

@@ -1,9 +1,11 @@
-"""Export: the sparse output-layer delta of a run, and the tuned model rebuilt from it.
+"""Export: the sparse delta of a run, and the tuned model rebuilt from it.
 
-delta.safetensors holds `indices` (int64, flat positions in W) and `values` (float64,
+delta.safetensors holds `indices` (int64, flat positions in the stacked master [R, d] of
+compo/model/layout.py: the output layer W when only it moves) and `values` (float64,
 W_tuned - W_base: the difference of two float32 numbers is exact in float64, so base +
 delta rebuilds the tuned float32 weights bit for bit), with the shape and a fingerprint
-of the base output layer in its metadata so it is only applied to the model it came from.
+of the base in its metadata so it is only applied to the model it came from, and the
+layout: which tensor each row belongs to.
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ import torch
 
 from compo import fileio
 from compo.errors import DeltaError
-from compo.model.checkpoint import copy_with_output_layer, read_output_layer
+from compo.model.checkpoint import copy_with_tensors, read_master
+from compo.model.layout import Layout, moved_layer_count
 from compo.model.loading import DTYPES
 
 
 def fingerprint(weight: torch.Tensor) -> str:
-    """sha256 of the float32 bytes of a weight (identifies the base output layer)."""
+    """sha256 of the float32 bytes of a weight (identifies the base the delta is for)."""
     data = weight.detach().float().contiguous().cpu().numpy().tobytes()
     return hashlib.sha256(data).hexdigest()
 
 
-def write_delta(path: str | Path, base: torch.Tensor, tuned: torch.Tensor) -> dict:
+def write_delta(path: str | Path, base: torch.Tensor, tuned: torch.Tensor,
+                layout: Layout | None = None) -> dict:
     """Save the non-zero entries of tuned - base; returns a small summary."""
     change = (tuned.double().cpu() - base.double().cpu()).reshape(-1)
     indices = change.nonzero().squeeze(1)
     metadata = {"shape": json.dumps(list(base.shape)), "base_sha256": fingerprint(base),
                 "format": "compo-sparse-delta-v1"}
+    if layout is not None:
+        metadata["layout"] = layout.describe()
     fileio.write_tensors(path, {"indices": indices, "values": change[indices]}, metadata)
     return {"entries": indices.numel(), "fraction": indices.numel() / change.numel(),
             "bytes": Path(path).stat().st_size}
@@ -54,10 +60,10 @@ def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
     indices, values, metadata = read_delta(path)
     shape = json.loads(metadata["shape"])
     if list(weight.shape) != shape:
-        raise DeltaError(f"{path}: delta is for an output layer of shape {shape}, the base "
+        raise DeltaError(f"{path}: delta is for moved weights of shape {shape}, the base "
                          f"model has {list(weight.shape)}; use the base the run started from")
     if fingerprint(weight) != metadata["base_sha256"]:
-        raise DeltaError(f"{path}: the base model's output layer differs from the one the "
+        raise DeltaError(f"{path}: the base model's moved weights differ from the ones the "
                          "delta was made from; use the run's model.path")
     tuned = weight.detach().double().cpu().clone()
     tuned.view(-1).index_add_(0, indices, values.double())
@@ -66,7 +72,15 @@ def apply_delta_to(weight: torch.Tensor, path: str | Path) -> torch.Tensor:
 
 def apply_delta(base_dir: str | Path, delta_path: str | Path, out_dir: str | Path,
                 dtype: str = "float32") -> Path:
-    """Rebuild the tuned model from its base directory and a delta file (the base's output
-    layer read as a model loaded in `dtype` holds it, the tuned one stored in `dtype`)."""
-    tuned = apply_delta_to(read_output_layer(base_dir, DTYPES[dtype]), delta_path)
-    return copy_with_output_layer(base_dir, tuned, out_dir, DTYPES[dtype])
+    """Rebuild the tuned model from its base directory and a delta file (the base's moved
+    tensors read as a model loaded in `dtype` holds them, the tuned ones stored in
+    `dtype`)."""
+    _, _, metadata = read_delta(delta_path)
+    recorded = Layout.from_description(metadata["layout"]) if "layout" in metadata else None
+    moved_layers = moved_layer_count(recorded) if recorded is not None else 0
+    layout, base = read_master(base_dir, DTYPES[dtype], moved_layers)
+    if recorded is not None and recorded != layout:
+        raise DeltaError(f"{delta_path}: made for tensors {[b.name for b in recorded.blocks]}; "
+                         f"{base_dir} has {[b.name for b in layout.blocks]}")
+    tuned = apply_delta_to(base, delta_path)
+    return copy_with_tensors(base_dir, layout.tensors(tuned), out_dir, DTYPES[dtype])

@@ -19,10 +19,12 @@ import torch
 from compo import fileio
 from compo.config import ModelConfig
 from compo.data.formats import TokenizedPair
-from compo.model.checkpoint import copy_with_output_layer
+from compo.model.checkpoint import copy_with_tensors
 from compo.model.head import head_of
+from compo.model.layout import layout_of
 from compo.model.loading import DTYPES, load_model, prepare_model
 from compo.model.scoring import head_inputs, pair_sequences, sequence_logprobs
+from compo.model.tail import Tail
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,11 @@ def export_dtype(export: str, model: ModelConfig) -> torch.dtype:
     return torch.float32 if export == "float32" else DTYPES[model.dtype]
 
 
-def write_final(base: str | Path, head: torch.Tensor, out: str | Path,
+def write_final(base: str | Path, tensors: dict[str, torch.Tensor], out: str | Path,
                 dtype: torch.dtype) -> Path:
-    """The checkpoint with its output layer replaced; a float32 head marks the checkpoint
-    float32 so that dtype="auto" loads it as it is."""
-    out = copy_with_output_layer(base, head, out, dtype)
+    """The checkpoint with its moved tensors (by name) replaced; float32 tensors mark the
+    checkpoint float32 so that dtype="auto" loads them as they are."""
+    out = copy_with_tensors(base, tensors, out, dtype)
     if dtype == torch.float32:
         config_path = out / "config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -51,13 +53,21 @@ def write_final(base: str | Path, head: torch.Tensor, out: str | Path,
 
 
 def pair_changes(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int,
-                 before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """[y+, y-] change of log-probs summed over pairs, from output weight before to after
-    (the body runs once)."""
-    inputs = head_inputs(model, pair_sequences(pairs), pad_id, batch_size)
-    head = head_of(model)
-    change = (sequence_logprobs(inputs, after, head, REPORT_DTYPE)
-              - sequence_logprobs(inputs, before, head, REPORT_DTYPE))
+                 before: torch.Tensor, after: torch.Tensor, mlp_last_layers: int = 0
+                 ) -> torch.Tensor:
+    """[y+, y-] change of log-probs summed over pairs, from master before to after (the
+    body runs once)."""
+    layout, head, sequences = layout_of(model, mlp_last_layers), head_of(model), \
+        pair_sequences(pairs)
+    if layout.moved_layers:
+        tail = Tail(model, layout)
+        batches, targets = tail.prepare(sequences, pad_id, batch_size)
+        change = (tail.logprobs(batches, targets, after, head, REPORT_DTYPE)
+                  - tail.logprobs(batches, targets, before, head, REPORT_DTYPE))
+    else:
+        inputs = head_inputs(model, sequences, pad_id, batch_size)
+        change = (sequence_logprobs(inputs, after, head, REPORT_DTYPE)
+                  - sequence_logprobs(inputs, before, head, REPORT_DTYPE))
     return torch.stack([change[0::2].sum(), change[1::2].sum()]).cpu()
 
 
@@ -82,11 +92,11 @@ def kept(exported: torch.Tensor, master: torch.Tensor) -> list[float | None]:
 
 def measure_export(model: ModelConfig, final: str | Path, pairs: list[TokenizedPair],
                    pad_id: int, base_weight: torch.Tensor, master: torch.Tensor,
-                   network=None) -> dict:
+                   network=None, mlp_last_layers: int = 0) -> dict:
     """export_report.json's figures; `network`: the run's model if it is still loaded."""
     network = network if network is not None else load_model(model)
     master_change = pair_changes(network, pairs, pad_id, model.batch_size, base_weight,
-                                 master)
+                                 master, mlp_last_layers)
     final_logprobs, dtype = loaded_logprobs(final, "auto", model.device, pairs, pad_id,
                                             model.batch_size)
     base_logprobs, _ = loaded_logprobs(model.path, dtype, model.device, pairs, pad_id,

@@ -41,7 +41,7 @@ def pair_sequences(pairs: Sequence[TokenizedPair]) -> list[tuple[list[int], list
     return sequences
 
 
-def _pad_batch(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input ids and attention mask for prompt+completion sequences."""
     rows = [prompt + completion for prompt, completion in sequences]
     width = max(len(row) for row in rows)
@@ -53,22 +53,36 @@ def _pad_batch(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tens
     return ids.to(device), mask.to(device)
 
 
+def completion_index(sequences, width: int, first_sequence: int, device
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a padded batch [B, width]: flat positions that predict completion tokens, those
+    tokens, and the sequence number (first_sequence + row) of each."""
+    index, targets, segment = [], [], []
+    for row, (prompt, completion) in enumerate(sequences):
+        if not prompt:  # compo/data/encoding.py refuses such pairs, naming the row
+            raise DataError("a sequence without prompt tokens: nothing predicts its "
+                            "first completion token")
+        first = row * width + len(prompt) - 1  # position whose output predicts completion[0]
+        index.append(torch.arange(first, first + len(completion)))
+        targets.append(torch.tensor(completion))
+        segment.append(torch.full((len(completion),), first_sequence + row))
+    return (torch.cat(index).to(device), torch.cat(targets).to(device),
+            torch.cat(segment).to(device))
+
+
 def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -> HeadInputs:
     """Run the body once per sequence; keep the hidden states at completion positions."""
     device = model_device(model)
     hidden, targets, segment = [], [], []
     for start in range(0, len(sequences), batch_size):
         batch = sequences[start : start + batch_size]
-        ids, mask = _pad_batch(batch, pad_id, device)
+        ids, mask = pad_batch(batch, pad_id, device)
         states = head_input(model, input_ids=ids, attention_mask=mask)
-        for offset, (prompt, completion) in enumerate(batch):
-            if not prompt:  # compo/data/encoding.py refuses such pairs, naming the row
-                raise DataError("a sequence without prompt tokens: nothing predicts its "
-                                "first completion token")
-            first = len(prompt) - 1  # position whose output predicts completion[0]
-            hidden.append(states[offset, first : first + len(completion)])
-            targets.append(torch.tensor(completion, device=device))
-            segment.append(torch.full((len(completion),), start + offset, device=device))
+        index, batch_targets, batch_segment = completion_index(batch, ids.shape[1], start,
+                                                               device)
+        hidden.append(states.reshape(-1, states.shape[-1])[index])
+        targets.append(batch_targets)
+        segment.append(batch_segment)
     return HeadInputs(torch.cat(hidden), torch.cat(targets), torch.cat(segment), len(sequences))
 
 

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-STEPS = {"gpu_tests", "throughput", "fused_agreement", "ray_two_workers"}
+STEPS = {"gpu_tests", "throughput", "fused_agreement", "ray_two_workers", "moved_layers"}
 LIMIT_S = 480  # the check's budget on a GPU: 8 minutes
 
 
@@ -38,6 +38,7 @@ def test_dry_run_writes_every_step_s_figures_to_one_file(tmp_path):
         assert steps["fused_agreement"][variant]["vote_agreement"] == 1.0
         assert steps["fused_agreement"][variant]["max_relative_difference"] < 1e-4
     assert steps["ray_two_workers"]["workers"]["2"]["perturbations_per_s"] > 0
+    assert steps["moved_layers"]["cost_ratio"] > 0 and steps["moved_layers"]["limit_fraction"] > 0
     assert report["seconds"] < LIMIT_S
 
 

@@ -223,3 +223,22 @@ def test_fraction_threshold_is_the_kth_largest_magnitude_even_with_ties():
         expected = float(unit.abs().topk(keep).values.min())
         assert fraction_threshold(lambda t: counts_at_least(unit, t), unit.numel(),
                                   fraction) == expected
+
+
+def test_one_clip_threshold_over_the_whole_stack_of_moved_tensors():
+    """With moved MLPs the stack [R, d] is one vector: its unit norm and its clip threshold
+    are global, so a block whose entries are larger keeps more of them (compo/model/layout.py)."""
+    head_rows, mlp_rows, width = 64, 192, 32
+    total = torch.randn(head_rows + mlp_rows, width, generator=torch.Generator().manual_seed(0))
+    total[head_rows:] *= 3.0  # the votes say more about the MLP blocks
+    config = ComPOConfig(num_perturbations=10, accept_ratio=0.1,
+                         clip=ClipConfig(mode="fraction", value=0.1))
+    votes = torch.tensor([-1] * 5 + [1] * 5, dtype=torch.int8)
+    decision = decide_update(total, votes, config)
+    kept_rows = decision.update.indices // width
+    assert decision.update.indices.numel() == math.ceil(0.1 * total.numel())
+    in_head = int((kept_rows < head_rows).sum())
+    assert in_head < 0.02 * head_rows * width  # a per-tensor threshold would keep 10% there
+    unit = normalise(total)
+    assert torch.allclose(decision.direction.values.double(),
+                          unit.view(-1)[decision.direction.indices].double())

@@ -1,13 +1,19 @@
 """The likelihood oracle against a float64 full forward pass with W + r z."""
 
+import copy
+
+import pytest
 import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
+from compo.demo.families import build_family
 from compo.demo.tiny import build_llama
+from compo.errors import ConfigError
 from compo.model.head import output_layer
 from compo.model.loading import prepare_model
-from compo.oracle import LikelihoodOracle, combine
+from compo.model.scoring import completion_index, pad_batch, pair_sequences
+from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
 
 RADIUS = 5e-4  # the paper's Mistral-7B radius
@@ -120,3 +126,106 @@ def test_blocks_do_not_change_votes(tokenizer):
         results.append(oracle.changes(state, 2, 1, list(range(30))))
     assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-9)
     assert torch.allclose(results[0], results[2], rtol=1e-5, atol=1e-9)
+
+
+# --- compo.perturb.mlp_last_layers: the output layer and the MLPs of the last layers move
+
+MOVED_FAMILIES = ["Llama", "Gemma2", "Phi", "Phi3", "Cohere", "GPT-NeoX"]  # plain, soft-cap,
+# lm_head bias, fused gate_up projection, logit scale, other MLP names and final norm
+LAYER_RADIUS = 5e-3
+DIRECTIONS = 48
+
+
+def random_pairs(count: int, vocab: int, seed: int) -> list[TokenizedPair]:
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(length):
+        return torch.randint(3, vocab, (length,), generator=generator).tolist()
+
+    return [TokenizedPair(ids(3 + i % 4), ids(2 + i % 5), ids(4 + i % 3), f"p{i}")
+            for i in range(count)]
+
+
+def padded_forward_logprobs(model64, pairs) -> torch.Tensor:
+    """log pi(y|x) per sequence [2K] from Hugging Face's own forward on one right-padded
+    batch (its logits; the padding never reaches earlier positions)."""
+    sequences = pair_sequences(pairs)
+    ids, mask = pad_batch(sequences, 0, "cpu")
+    index, targets, segment = completion_index(sequences, ids.shape[1], 0, "cpu")
+    logits = model64(input_ids=ids, attention_mask=mask).logits.double()
+    picked = logits.reshape(-1, logits.shape[-1])[index].log_softmax(-1)
+    picked = picked.gather(1, targets[:, None]).squeeze(1)
+    return torch.zeros(len(sequences), dtype=torch.float64).index_add_(0, segment, picked)
+
+
+def moved_forward_changes(model64, layout, pairs, keys, radius: float) -> torch.Tensor:
+    """[P, 2K] change of log pi under the float64 model with every tensor of the layout
+    moved by radius * z(key) at its element offset."""
+    from compo.perturbation import normals
+
+    base = padded_forward_logprobs(model64, pairs)
+    params = dict(model64.named_parameters(remove_duplicate=False))
+    originals = {b.name: params[b.name].detach().clone() for b in layout.blocks}
+    out = []
+    with torch.no_grad():
+        for key in keys:
+            for block in layout.blocks:
+                z = normals([key], block.start * layout.width, block.rows * layout.width)[0]
+                z = z.view(block.rows, layout.width).double()
+                params[block.name].copy_(originals[block.name]
+                                         + radius * (z.T if block.transposed else z))
+            out.append(padded_forward_logprobs(model64, pairs) - base)
+        for name, value in originals.items():
+            params[name].copy_(value)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("family", MOVED_FAMILIES)
+def test_moved_mlp_changes_match_float64_forward_and_votes_agree(family):
+    model = build_family(family)
+    config = ComPOConfig(num_perturbations=DIRECTIONS, radius=LAYER_RADIUS,
+                         perturb={"mlp_last_layers": 2})
+    oracle = LikelihoodOracle(model, config, pad_id=0, batch_size=4)
+    assert len(oracle.layout.moved_layers) >= 4  # two layers' MLPs, >= 2 projections each
+    pairs = random_pairs(6, 128, seed=len(family))
+    state = oracle.prepare(pairs, oracle.master_weight())
+    ours = oracle.changes(state, 11, 0, list(range(DIRECTIONS)))
+    keys = [direction_key(11, 0, i) for i in range(DIRECTIONS)]
+    with torch.no_grad():
+        exact = moved_forward_changes(copy.deepcopy(model).double(), oracle.layout, pairs,
+                                      keys, LAYER_RADIUS)
+    assert float((ours - exact).abs().max() / exact.abs().max()) < 1e-3
+    ours_improved = torch.stack([pair_improved(row) for row in ours])
+    exact_improved = torch.stack([pair_improved(row) for row in exact])
+    agree = float((ours_improved == exact_improved).double().mean())
+    assert agree >= 0.999, f"{family}: pair decisions agree {agree:.4f}"
+    assert exact_improved.any() and not exact_improved.all()  # the votes are not constant
+
+
+def test_without_moved_layers_the_master_is_the_output_layer(tokenizer):
+    model = prepare_model(build_llama(len(tokenizer), hidden=32, layers=2, seed=1), "tiny")
+    oracle = LikelihoodOracle(model, ComPOConfig(), tokenizer.pad_token_id)
+    assert oracle.tail is None and len(oracle.layout.blocks) == 1
+    assert torch.equal(oracle.master_weight(), output_layer(model).weight.float())
+
+
+def test_moved_layers_log_probs_follow_the_master_and_the_fused_kernel_is_refused():
+    model = build_family("Llama")
+    config = ComPOConfig(perturb={"mlp_last_layers": 1})
+    oracle = LikelihoodOracle(model, config, pad_id=0)
+    pairs = random_pairs(3, 128, seed=0)
+    master = oracle.master_weight()
+    state = oracle.prepare(pairs, master)
+    assert torch.allclose(oracle.logprobs(state, master), state.base_logprobs, atol=1e-6)
+    moved = master.clone()
+    moved[oracle.layout.moved_layers[0].start :] *= 1.5  # only the MLP rows change
+    model15 = copy.deepcopy(model).double()
+    params = dict(model15.named_parameters())
+    with torch.no_grad():
+        for block in oracle.layout.moved_layers:
+            params[block.name].mul_(1.5)
+    with torch.no_grad():
+        expected = padded_forward_logprobs(model15, pairs)
+    assert torch.allclose(oracle.logprobs(state, moved), expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="fused"):
+        LikelihoodOracle(model, config.model_copy(update={"products": "fused"}), pad_id=0)

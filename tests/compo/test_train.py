@@ -127,6 +127,45 @@ def test_only_the_output_layer_moves(model_dir, pairs_file, tmp_path):
     assert changed == ["lm_head.weight"]
 
 
+def test_moved_mlps_train_resume_export_and_apply_exactly(model_dir, pairs_file, tmp_path):
+    from compo.model.export import apply_delta
+    from compo.model.loading import load_model
+
+    def moved(run_id, **kwargs):
+        return reference_config(model_dir, pairs_file, tmp_path, run_id,
+                                compo={"perturb": {"mlp_last_layers": 2}}, **kwargs)
+
+    weight, trainer = train(moved("m", checkpoint_every=2))
+    rows = trainer.run_dir.metrics()
+    assert sum(row["accepted"] for row in rows) >= 2
+    assert weight.shape == trainer.layout.shape and weight.shape[0] > trainer.layout.head.rows
+
+    def interrupt(row):
+        if row["iteration"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(moved("cut", checkpoint_every=2), on_iteration=interrupt)
+    resumed = ComPOTrainer(moved("cut", checkpoint_every=2),
+                           RunDirectory(tmp_path / "runs" / "cut")).run(progress=False)
+    assert torch.equal(resumed, weight)
+
+    summary = export_run(trainer, weight)
+    # the master's change is measured with the float64 tail, final/'s with its own float32
+    # forward: they agree to float32's precision of the body
+    assert all(abs(kept - 1) < 1e-4 for kept in summary["export"]["kept_fraction"])
+    original = load_model(ModelConfig(path=str(model_dir))).state_dict()
+    final = load_model(ModelConfig(path=str(trainer.run_dir.path / "final"))).state_dict()
+    changed = sorted(name for name in original if not torch.equal(original[name], final[name]))
+    assert changed == sorted(block.name for block in trainer.layout.blocks)
+    for name, tensor in trainer.layout.tensors(weight).items():
+        assert torch.equal(final[name], tensor)  # float32 export keeps the master exactly
+    rebuilt = apply_delta(model_dir, trainer.run_dir.path / "delta.safetensors",
+                          tmp_path / "applied")
+    again = load_model(ModelConfig(path=str(rebuilt))).state_dict()
+    assert all(torch.equal(again[name], final[name]) for name in final)
+
+
 def reference_config(model_dir, pairs_file, tmp_path, run_id, compo=None, data=None, **kwargs):
     """make_config with the reference code's options (compo and data fields added)."""
     config = make_config(model_dir, pairs_file, tmp_path, run_id, **kwargs)

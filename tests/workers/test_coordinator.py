@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from compo.config import TrainConfig
 from compo.data.encoding import load_tokenized
 from compo.errors import DistributedError
 from compo.model.loading import ModelConfig, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.rundir import RunDirectory
+from compo.train import ComPOTrainer, start_run
 from compo.votes import LocalVoteSource
 from workers.coordinator import RayVoteSource
 
@@ -36,6 +38,23 @@ def test_one_two_three_workers_give_bit_identical_weights(make_config, train_ray
     rows = results[3][1]
     assert all(len(row["ray"]["per_worker"]) >= 2 for row in rows)  # the work was shared
     assert sum(w["perturbations"] for w in rows[0]["ray"]["per_worker"].values()) == M
+
+
+def test_moved_mlps_on_two_workers_equal_the_local_run(make_config, train_ray):
+    def moved(run_id, ray=None):
+        config = make_config(run_id, ray)
+        return TrainConfig.model_validate({**config.model_dump(), "compo": {
+            **config.compo.model_dump(), "perturb": {"mlp_last_layers": 2}}})
+
+    local = moved("moved-local")
+    local_trainer = ComPOTrainer(local, start_run(local))
+    expected = local_trainer.run(progress=False)
+    weights, trainer = train_ray(moved("moved-ray", {"num_workers": 2}))
+    assert weights.shape == trainer.layout.shape and weights.shape[0] > trainer.layout.head.rows
+    assert torch.equal(weights, expected)
+    assert sum(row["accepted"] for row in trainer.run_dir.metrics()) >= 2
+    moved_rows = weights[trainer.layout.head.rows :]  # the step reached the MLP blocks too
+    assert not torch.equal(moved_rows, trainer.base_weight[trainer.layout.head.rows :])
 
 
 def test_bytes_per_iteration_are_measured_and_small(make_config, train_ray, model_dir):

@@ -26,7 +26,7 @@ def test_delta_refuses_a_different_base(model_dir, tmp_path):
     model = load_model(ModelConfig(path=str(model_dir)))
     base = output_layer(model).weight.detach().float().clone()
     write_delta(tmp_path / "d.safetensors", base, base + 1)
-    with pytest.raises(DeltaError, match="differs from the one"):
+    with pytest.raises(DeltaError, match="differ from the ones"):
         apply_delta_to(base + 0.1, tmp_path / "d.safetensors")
     with pytest.raises(DeltaError, match="shape"):
         apply_delta_to(base[:-1], tmp_path / "d.safetensors")
