@@ -35,7 +35,11 @@ from oracle_service.backends.reward_model import RewardModelBackend  # noqa: E40
 from oracle_service.core.settings import Settings  # noqa: E402
 from oracle_service.main import create_app  # noqa: E402
 from oracle_service.schemas import ComparisonItem  # noqa: E402
-from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge  # noqa: E402
+from oracle_service.testing.fake_judge import (  # noqa: E402
+    BackgroundServer,
+    FakeJudge,
+    prefer_longer,
+)
 
 TOKEN_ENV = "COMPO_LEARNING_BENCH_TOKEN"
 TOKEN = "learning-bench-token-8c1f"  # loopback services of this run only
@@ -57,10 +61,14 @@ def service(db: Path, **settings):
         yield server.url
 
 
-def serve_judge(db: Path, urls, stop) -> None:
+TASTES = {"shorter": prefer_shorter, "longer": prefer_longer}
+REWARDS = ("reward", "negated")
+
+
+def serve_judge(db: Path, taste: str, urls, stop) -> None:
     """In a process of its own (no GIL shared with generation): the fake judge with its
     taste and the service before it, until `stop` is set."""
-    with BackgroundServer(FakeJudge(prefer_shorter)) as judge, service(
+    with BackgroundServer(FakeJudge(TASTES[taste])) as judge, service(
             db, judge_base_url=f"{judge.url}/v1", judge_api_key="fake-judge-key",
             judge_model="fake-judge") as url:
         urls.put(url)
@@ -71,14 +79,15 @@ def serve_judge(db: Path, urls, stop) -> None:
 def oracle_url(kind: str, workdir: Path, reward_dir: Path):
     """The service for one oracle kind: reward model, or the fake judge with its taste."""
     db = workdir / f"{kind}.sqlite3"
-    if kind == "reward":
-        with service(db, backend="reward_model", reward_model_path=reward_dir,
+    if kind in REWARDS:
+        path = reward_dir if kind == "reward" else learning.negated_dir(reward_dir)
+        with service(db, backend="reward_model", reward_model_path=path,
                      reward_device="cpu") as url:
             yield url
         return
     context = multiprocessing.get_context("spawn")
     urls, stop = context.Queue(), context.Event()
-    process = context.Process(target=serve_judge, args=(db, urls, stop), daemon=True)
+    process = context.Process(target=serve_judge, args=(db, kind, urls, stop), daemon=True)
     process.start()
     try:
         yield urls.get(timeout=STARTUP_S)

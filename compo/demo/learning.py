@@ -59,6 +59,9 @@ class LearningSettings:
     batch_size: int = 1  # prompts per iteration
     max_new_tokens: int = 24
     heldout_prompts: int = 40
+    temperature: float = 0.0  # oracle.temperature of the run (0: greedy)
+    samples: int = 16  # sampled responses per held-out prompt for the expected metrics
+    sample_temperature: float = 1.0
 
 
 def reward_texts(tokenizer, rows: list[dict], key: str) -> list[str]:
@@ -125,7 +128,8 @@ def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, se
         run_id=f"learn-{seed}", checkpoint_every=settings.iterations,
         oracle=OracleConfig(kind="service", service_url=url, token_env=token_env,
                             radius=GenerationRadius(value=settings.radius),
-                            max_new_tokens=settings.max_new_tokens, signal_checks=0))
+                            max_new_tokens=settings.max_new_tokens, signal_checks=0,
+                            temperature=settings.temperature))
 
 
 def train_compo(config: TrainConfig) -> torch.Tensor:
@@ -165,3 +169,39 @@ def start_and_trained(data: EmbeddedData, weight: torch.Tensor, settings: Learni
     start = output_layer(model).weight.detach().float().clone()
     return (pairs, greedy_responses(model, tokenizer, start, pairs, settings.max_new_tokens),
             greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens))
+
+
+@torch.inference_mode()
+def sampled_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
+                      settings: LearningSettings, seed: int = 0) -> list[list[str]]:
+    """settings.samples responses per prompt sampled with output layer `weight`; the same
+    seeded streams for every weight (common random numbers between start and trained)."""
+    rows, cols = weight.shape
+    zeros = torch.zeros(settings.samples, rows, cols, dtype=weight.dtype)
+    head = PerturbedHead(weight, zeros, 0.0, head_of(model))
+    config = OracleConfig(max_new_tokens=settings.max_new_tokens,
+                          temperature=settings.sample_temperature)
+    out = []
+    for number, pair in enumerate(pairs):
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + number * 1009 + i)
+                      for i in range(settings.samples)]
+        tokens = generate(model, encode_prefix(model, pair.prompt_ids), head, config,
+                          generators, tokenizer.eos_token_id).tokens
+        out.append([tokenizer.decode(t, skip_special_tokens=True) for t in tokens])
+    return out
+
+
+def negated_dir(reward_dir: Path) -> Path:
+    """Where the negated reward model of `reward_dir` is kept (see negate_reward_model)."""
+    return reward_dir.with_name(reward_dir.name + "-negated")
+
+
+@torch.no_grad()
+def negate_reward_model(reward_dir: Path) -> Path:
+    """The reward model with its scalar head negated (reward -r): the opposite taste, for
+    the contrast of the learning check; saved next to `reward_dir`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    model.score.weight.neg_()
+    return save_model(model, load_tokenizer(reward_dir), negated_dir(reward_dir))
