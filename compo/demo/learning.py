@@ -28,7 +28,12 @@ from compo.demo.embedded import EmbeddedData
 from compo.demo.tiny import save_model
 from compo.model.head import head_of, output_layer
 from compo.model.loading import load_model, load_tokenizer
-from compo.service_oracle.generation import PerturbedHead, encode_prefix, generate
+from compo.service_oracle.generation import (
+    PerturbedHead,
+    encode_prefix,
+    generate,
+    sampling_seed,
+)
 from compo.train import ComPOTrainer, start_run
 from oracle_service.backends.reward_model import format_text
 
@@ -50,7 +55,7 @@ class RewardFit:
 class LearningSettings:
     """One ComPO run against the service (small enough for 2 CPU cores)."""
 
-    iterations: int = 30
+    iterations: int = 60
     perturbations: int = 64
     radius: float = 2.0  # oracle.radius value (mode logit)
     step_scale: float = 8.0  # a step of the size of a perturbation's effect on the logits
@@ -59,7 +64,7 @@ class LearningSettings:
     batch_size: int = 1  # prompts per iteration
     max_new_tokens: int = 24
     heldout_prompts: int = 40
-    temperature: float = 0.0  # oracle.temperature of the run (0: greedy)
+    temperature: float = 1.0  # oracle.temperature of the run (shared noise: CRN)
     samples: int = 16  # sampled responses per held-out prompt for the expected metrics
     sample_temperature: float = 1.0
 
@@ -160,15 +165,38 @@ def greedy_responses(model, tokenizer, weight: torch.Tensor, pairs: list[Tokeniz
     return out
 
 
-def start_and_trained(data: EmbeddedData, weight: torch.Tensor, settings: LearningSettings
-                      ) -> tuple[list[TokenizedPair], list[str], list[str]]:
-    """Held-out prompts and their greedy responses before and after ComPO."""
+@dataclass
+class HeldOut:
+    """Responses to the held-out prompts under one output layer."""
+
+    greedy: list[str]  # one per prompt
+    sampled: list[list[str]]  # settings.samples per prompt, the same streams for every layer
+
+
+def heldout_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
+                      settings: LearningSettings) -> HeldOut:
+    """Greedy and sampled responses to the pairs' prompts with output layer `weight`."""
+    return HeldOut(greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens),
+                   sampled_responses(model, tokenizer, weight, pairs, settings))
+
+
+def start_and_trained(data: EmbeddedData, weights: dict[str, torch.Tensor],
+                      settings: LearningSettings
+                      ) -> tuple[list[TokenizedPair], HeldOut, dict[str, HeldOut]]:
+    """Held-out prompts, their responses under the start model's output layer and under
+    each trained one (by name)."""
     model = load_model(ModelConfig(path=str(data.model_dir)))
     tokenizer = load_tokenizer(data.model_dir)
     pairs = heldout_prompts(data, tokenizer, settings.heldout_prompts)
     start = output_layer(model).weight.detach().float().clone()
-    return (pairs, greedy_responses(model, tokenizer, start, pairs, settings.max_new_tokens),
-            greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens))
+    return (pairs, heldout_responses(model, tokenizer, start, pairs, settings),
+            {name: heldout_responses(model, tokenizer, weight, pairs, settings)
+             for name, weight in weights.items()})
+
+
+def mean_length(texts: list[str]) -> float:
+    """Mean length in characters."""
+    return sum(map(len, texts)) / len(texts)
 
 
 @torch.inference_mode()
@@ -183,7 +211,7 @@ def sampled_responses(model, tokenizer, weight: torch.Tensor, pairs: list[Tokeni
                           temperature=settings.sample_temperature)
     out = []
     for number, pair in enumerate(pairs):
-        generators = [torch.Generator().manual_seed(seed * 1_000_003 + number * 1009 + i)
+        generators = [torch.Generator().manual_seed(sampling_seed(seed, 0, i, number))
                       for i in range(settings.samples)]
         tokens = generate(model, encode_prefix(model, pair.prompt_ids), head, config,
                           generators, tokenizer.eos_token_id).tokens
