@@ -5,9 +5,8 @@ import os
 import subprocess
 import sys
 
-import yaml
-
 import torch
+import yaml
 
 from compo.diagnostics import COIN_Z, coin_z
 from compo.service_oracle.probe import (
