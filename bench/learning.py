@@ -1,16 +1,21 @@
 """Does ComPO learn from an oracle that judges generated responses? On the embedded default
-(CPU, no download), per seed:
+(CPU, no download), per seed, a contrast of opposite tastes over the same start model and
+the same directions:
 
-(a) reward model: a sequence-classification model fitted on the demo's training pairs,
-    served by the oracle service (backend reward_model); ComPO with it as the oracle; the
-    mean reward (the service's own scoring) of greedy responses on held-out prompts, start
-    model vs trained;
-(b) judge with a known taste: the fake OpenAI-compatible judge preferring the shorter
-    response, behind the real service; the mean length (characters) of greedy responses on
-    held-out prompts, start vs trained.
+shorter / longer: the fake OpenAI-compatible judge preferring the shorter (the longer)
+    response, behind the real service; metric: mean length (characters) of held-out
+    responses;
+reward / negated: a sequence-classification model fitted on the demo's training pairs
+    (and the same model with its score negated), served by the oracle service (backend
+    reward_model); metric: mean reward under the un-negated model (the service's scoring).
 
-python bench/learning.py [--seeds 0,1,2] [--oracle reward,shorter] [--iterations 30]
-Prints a table and one JSON line per (oracle, seed).
+Training samples at oracle.temperature 1 with shared noise (common random numbers); the
+metrics are over `samples` sampled responses per held-out prompt (the same streams for the
+start and every trained model: an expected value) and over greedy responses.
+
+python bench/learning.py [--seeds 0,1,2] [--oracle shorter,longer,reward,negated]
+                         [--iterations 60]
+Prints one JSON line per (oracle, seed), a table and the contrasts per seed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ from oracle_service.backends.reward_model import RewardModelBackend  # noqa: E40
 from oracle_service.core.settings import Settings  # noqa: E402
 from oracle_service.main import create_app  # noqa: E402
 from oracle_service.schemas import ComparisonItem  # noqa: E402
-from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge  # noqa: E402
+from oracle_service.testing.fake_judge import (  # noqa: E402
+    BackgroundServer,
+    FakeJudge,
+    prefer_longer,
+)
 
 TOKEN_ENV = "COMPO_LEARNING_BENCH_TOKEN"
 TOKEN = "learning-bench-token-8c1f"  # loopback services of this run only
@@ -57,10 +66,14 @@ def service(db: Path, **settings):
         yield server.url
 
 
-def serve_judge(db: Path, urls, stop) -> None:
+TASTES = {"shorter": prefer_shorter, "longer": prefer_longer}
+REWARDS = ("reward", "negated")
+
+
+def serve_judge(db: Path, taste: str, urls, stop) -> None:
     """In a process of its own (no GIL shared with generation): the fake judge with its
     taste and the service before it, until `stop` is set."""
-    with BackgroundServer(FakeJudge(prefer_shorter)) as judge, service(
+    with BackgroundServer(FakeJudge(TASTES[taste])) as judge, service(
             db, judge_base_url=f"{judge.url}/v1", judge_api_key="fake-judge-key",
             judge_model="fake-judge") as url:
         urls.put(url)
@@ -71,14 +84,15 @@ def serve_judge(db: Path, urls, stop) -> None:
 def oracle_url(kind: str, workdir: Path, reward_dir: Path):
     """The service for one oracle kind: reward model, or the fake judge with its taste."""
     db = workdir / f"{kind}.sqlite3"
-    if kind == "reward":
-        with service(db, backend="reward_model", reward_model_path=reward_dir,
+    if kind in REWARDS:
+        path = reward_dir if kind == "reward" else learning.negated_dir(reward_dir)
+        with service(db, backend="reward_model", reward_model_path=path,
                      reward_device="cpu") as url:
             yield url
         return
     context = multiprocessing.get_context("spawn")
     urls, stop = context.Queue(), context.Event()
-    process = context.Process(target=serve_judge, args=(db, urls, stop), daemon=True)
+    process = context.Process(target=serve_judge, args=(db, kind, urls, stop), daemon=True)
     process.start()
     try:
         yield urls.get(timeout=STARTUP_S)
@@ -87,57 +101,103 @@ def oracle_url(kind: str, workdir: Path, reward_dir: Path):
         process.join(STARTUP_S)
 
 
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
+CONTRASTS = (("shorter", "longer"), ("reward", "negated"))  # (taste, its opposite)
+BETTER = {"shorter": "lower", "longer": "higher", "reward": "higher", "negated": "lower"}
 
 
-def measure(kind: str, reward_dir: Path, pairs, start: list[str], after: list[str]) -> dict:
-    """Start vs trained: mean reward (reward oracle) or mean length (shorter oracle)."""
-    if kind == "shorter":
-        return {"metric": "mean length (chars)", "start": mean(map(len, start)),
-                "after": mean(map(len, after)), "better": "lower"}
+def reward_scorer(reward_dir: Path):
+    """texts per prompt -> their mean reward under the reward model (the service's own
+    scoring; the negated model's runs are scored by the un-negated one too)."""
     backend = RewardModelBackend(Settings(api_token=TOKEN, backend="reward_model",
                                           reward_model_path=reward_dir, reward_device="cpu"))
-    items = [ComparisonItem(prompt=pair.row["prompt"], response_a=a, response_b=b)
-             for pair, a, b in zip(pairs, start, after, strict=True)]
-    scored = backend.score_pairs(items)
-    return {"metric": "mean reward", "start": mean(a for a, _ in scored),
-            "after": mean(b for _, b in scored), "better": "higher"}
+
+    def score(pairs, texts: list[list[str]]) -> float:
+        items = [ComparisonItem(prompt=pair.row["prompt"], response_a=text, response_b=text)
+                 for pair, row in zip(pairs, texts, strict=True) for text in row]
+        scored = backend.score_pairs(items)
+        return sum(a for a, _ in scored) / len(scored)
+    return score
 
 
-def run_one(kind: str, seed: int, workdir: Path, reward_dir: Path, data,
-            settings: learning.LearningSettings) -> dict:
-    started = time.perf_counter()
+def measure(kind: str, score, pairs, held: learning.HeldOut) -> dict:
+    """Mean length (length tastes) or mean reward (reward kinds) of the held-out responses,
+    sampled (the expected value) and greedy."""
+    if kind in TASTES:
+        return {"metric": "mean length (chars)",
+                "sampled": learning.mean_length([t for row in held.sampled for t in row]),
+                "greedy": learning.mean_length(held.greedy)}
+    return {"metric": "mean reward", "sampled": score(pairs, held.sampled),
+            "greedy": score(pairs, [[text] for text in held.greedy])}
+
+
+def train_one(kind: str, seed: int, workdir: Path, reward_dir: Path, data,
+              settings: learning.LearningSettings) -> tuple:
+    """ComPO against one oracle kind: the trained output layer and the run's metrics rows."""
     shutil.rmtree(workdir / f"runs-{kind}" / f"learn-{seed}", ignore_errors=True)
     with oracle_url(kind, workdir, reward_dir) as url:
         config = learning.compo_config(data, url, TOKEN_ENV, workdir / f"runs-{kind}", seed,
                                        settings)
         weight = learning.train_compo(config)
-    rows = fileio.read_jsonl(Path(config.output_dir) / config.run_id / "metrics.jsonl")
-    pairs, start, after = learning.start_and_trained(data, weight, settings)
-    result = measure(kind, reward_dir, pairs, start, after)
-    changed = sum(a != b for a, b in zip(start, after, strict=True))
-    return {"oracle": kind, "seed": seed, "prompts": len(pairs), **result,
-            "changed": changed, "accepted": sum(row["accepted"] for row in rows),
-            "iterations": len(rows), "seconds": round(time.perf_counter() - started, 1)}
+    return weight, fileio.read_jsonl(Path(config.output_dir) / config.run_id / "metrics.jsonl")
+
+
+def run_seed(kinds: list[str], seed: int, workdir: Path, reward_dir: Path, data,
+             settings: learning.LearningSettings) -> list[dict]:
+    """Every kind on one seed (the same directions), measured on the held-out prompts."""
+    started, trained = time.perf_counter(), {}
+    for kind in kinds:
+        trained[kind] = train_one(kind, seed, workdir, reward_dir, data, settings)
+    pairs, start, held = learning.start_and_trained(
+        data, {kind: weight for kind, (weight, _) in trained.items()}, settings)
+    score = reward_scorer(reward_dir)
+    results = []
+    for kind, (_, rows) in trained.items():
+        before, after = measure(kind, score, pairs, start), measure(kind, score, pairs, held[kind])
+        results.append({
+            "oracle": kind, "seed": seed, "prompts": len(pairs), "samples": settings.samples,
+            "metric": after["metric"], "better": BETTER[kind], "start": before["sampled"],
+            "after": after["sampled"], "greedy_start": before["greedy"],
+            "greedy_after": after["greedy"],
+            "changed": sum(a != b for a, b in zip(start.greedy, held[kind].greedy,
+                                                  strict=True)),
+            "accepted": sum(row["accepted"] for row in rows), "iterations": len(rows),
+            "seconds": round(time.perf_counter() - started, 1)})
+    return results
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| oracle | seed | held-out prompts | metric | start | after ComPO | responses "
-             "changed | accepted iterations |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| oracle | seed | held-out prompts | metric | start | after ComPO | greedy: "
+             "start | greedy: after | greedy responses changed | accepted iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['oracle']} | {r['seed']} | {r['prompts']} | {r['metric']} "
-                     f"({r['better']} is better) | {r['start']:.3f} | {r['after']:.3f} | "
-                     f"{r['changed']} | {r['accepted']}/{r['iterations']} |")
+                     f"({r['better']} is better), {r['samples']} samples per prompt | "
+                     f"{r['start']:.3f} | {r['after']:.3f} | {r['greedy_start']:.3f} | "
+                     f"{r['greedy_after']:.3f} | {r['changed']} | "
+                     f"{r['accepted']}/{r['iterations']} |")
     return "\n".join(lines)
+
+
+def contrasts(results: list[dict]) -> list[str]:
+    """Per seed and pair of opposite tastes: do the trained models end on opposite sides?"""
+    after = {(r["oracle"], r["seed"]): r["after"] for r in results}
+    lines = []
+    for taste, opposite in CONTRASTS:
+        for seed in sorted({r["seed"] for r in results}):
+            if (taste, seed) in after and (opposite, seed) in after:
+                sign = 1 if BETTER[taste] == "higher" else -1
+                holds = sign * (after[taste, seed] - after[opposite, seed]) > 0
+                lines.append(f"contrast {taste} vs {opposite}, seed {seed}: "
+                             f"{after[taste, seed]:.3f} vs {after[opposite, seed]:.3f} "
+                             f"({'holds' if holds else 'LOST'})")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/learning")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--oracle", default="reward,shorter")
+    parser.add_argument("--oracle", default="shorter,longer,reward,negated")
     parser.add_argument("--iterations", type=int, default=learning.LearningSettings.iterations)
     parser.add_argument("--perturbations", type=int,
                         default=learning.LearningSettings.perturbations)
@@ -146,10 +206,14 @@ def main() -> None:
                         default=learning.LearningSettings.step_scale)
     parser.add_argument("--keep", type=float, default=learning.LearningSettings.keep)
     parser.add_argument("--batch-size", type=int, default=learning.LearningSettings.batch_size)
+    parser.add_argument("--temperature", type=float,
+                        default=learning.LearningSettings.temperature)
+    parser.add_argument("--samples", type=int, default=learning.LearningSettings.samples)
     args = parser.parse_args()
     settings = replace(learning.LearningSettings(), iterations=args.iterations,
                        perturbations=args.perturbations, radius=args.radius,
-                       step_scale=args.step_scale, keep=args.keep, batch_size=args.batch_size)
+                       step_scale=args.step_scale, keep=args.keep, batch_size=args.batch_size,
+                       temperature=args.temperature, samples=args.samples)
     workdir = Path(args.workdir)
     os.environ[TOKEN_ENV] = TOKEN
     data = prepare_embedded(workdir / "embedded")
@@ -157,14 +221,17 @@ def main() -> None:
     if not (reward_dir / "config.json").is_file():
         learning.fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir,
                                   seed=0)
+    if not (learning.negated_dir(reward_dir) / "config.json").is_file():
+        learning.negate_reward_model(reward_dir)
     accuracy = learning.pair_accuracy(reward_dir, fileio.read_jsonl(data.heldout))
     print(f"reward model: held-out pair accuracy {accuracy:.1%}")
     results = []
-    for kind in args.oracle.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            results.append(run_one(kind, seed, workdir, reward_dir, data, settings))
-            print(json.dumps(results[-1]), flush=True)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        results += run_seed(args.oracle.split(","), seed, workdir, reward_dir, data, settings)
+        for result in results[-len(args.oracle.split(",")):]:
+            print(json.dumps(result), flush=True)
     print(table(results))
+    print("\n".join(contrasts(results)))
 
 
 if __name__ == "__main__":

@@ -197,14 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="measure which generation radius and temperature give votes with signal",
         description="Before a service-oracle run: per setting, a few directions are judged at "
         "+z and -z on a few prompts; prints how often perturbed responses differ from the "
-        "base, whether +z / -z verdicts are opposite beyond a coin, and a recommendation.")
+        "base, whether +z / -z verdicts are opposite beyond chance (a permutation test over "
+        "the directions, Bonferroni over the settings), and a recommendation.")
     probe.add_argument("--config", required=True, help="the run YAML (oracle.kind: service)")
     probe.add_argument("--radii", type=number_list, help="oracle.radius values, comma-"
                        "separated (default: the config's value x 0.5, 1, 2, 4)")
     probe.add_argument("--temperatures", type=number_list,
                        help="comma-separated (default: the config's oracle.temperature)")
     probe.add_argument("--prompts", type=int, default=4, help="distinct prompts of the data")
-    probe.add_argument("--directions", type=int, default=8, help="directions per setting")
+    probe.add_argument("--directions", type=int, default=16,
+                       help="directions per setting (the test's independent units)")
     probe.set_defaults(func=cmd_probe)
 
     delta = sub.add_parser("apply-delta", help="rebuild a tuned model from base + delta")

@@ -28,7 +28,12 @@ from compo.demo.embedded import EmbeddedData
 from compo.demo.tiny import save_model
 from compo.model.head import head_of, output_layer
 from compo.model.loading import load_model, load_tokenizer
-from compo.service_oracle.generation import PerturbedHead, encode_prefix, generate
+from compo.service_oracle.generation import (
+    PerturbedHead,
+    encode_prefix,
+    generate,
+    sampling_seed,
+)
 from compo.train import ComPOTrainer, start_run
 from oracle_service.backends.reward_model import format_text
 
@@ -50,7 +55,7 @@ class RewardFit:
 class LearningSettings:
     """One ComPO run against the service (small enough for 2 CPU cores)."""
 
-    iterations: int = 30
+    iterations: int = 60
     perturbations: int = 64
     radius: float = 2.0  # oracle.radius value (mode logit)
     step_scale: float = 8.0  # a step of the size of a perturbation's effect on the logits
@@ -59,6 +64,9 @@ class LearningSettings:
     batch_size: int = 1  # prompts per iteration
     max_new_tokens: int = 24
     heldout_prompts: int = 40
+    temperature: float = 1.0  # oracle.temperature of the run (shared noise: CRN)
+    samples: int = 16  # sampled responses per held-out prompt for the expected metrics
+    sample_temperature: float = 1.0
 
 
 def reward_texts(tokenizer, rows: list[dict], key: str) -> list[str]:
@@ -125,7 +133,8 @@ def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, se
         run_id=f"learn-{seed}", checkpoint_every=settings.iterations,
         oracle=OracleConfig(kind="service", service_url=url, token_env=token_env,
                             radius=GenerationRadius(value=settings.radius),
-                            max_new_tokens=settings.max_new_tokens, signal_checks=0))
+                            max_new_tokens=settings.max_new_tokens, signal_checks=0,
+                            temperature=settings.temperature))
 
 
 def train_compo(config: TrainConfig) -> torch.Tensor:
@@ -156,12 +165,71 @@ def greedy_responses(model, tokenizer, weight: torch.Tensor, pairs: list[Tokeniz
     return out
 
 
-def start_and_trained(data: EmbeddedData, weight: torch.Tensor, settings: LearningSettings
-                      ) -> tuple[list[TokenizedPair], list[str], list[str]]:
-    """Held-out prompts and their greedy responses before and after ComPO."""
+@dataclass
+class HeldOut:
+    """Responses to the held-out prompts under one output layer."""
+
+    greedy: list[str]  # one per prompt
+    sampled: list[list[str]]  # settings.samples per prompt, the same streams for every layer
+
+
+def heldout_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
+                      settings: LearningSettings) -> HeldOut:
+    """Greedy and sampled responses to the pairs' prompts with output layer `weight`."""
+    return HeldOut(greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens),
+                   sampled_responses(model, tokenizer, weight, pairs, settings))
+
+
+def start_and_trained(data: EmbeddedData, weights: dict[str, torch.Tensor],
+                      settings: LearningSettings
+                      ) -> tuple[list[TokenizedPair], HeldOut, dict[str, HeldOut]]:
+    """Held-out prompts, their responses under the start model's output layer and under
+    each trained one (by name)."""
     model = load_model(ModelConfig(path=str(data.model_dir)))
     tokenizer = load_tokenizer(data.model_dir)
     pairs = heldout_prompts(data, tokenizer, settings.heldout_prompts)
     start = output_layer(model).weight.detach().float().clone()
-    return (pairs, greedy_responses(model, tokenizer, start, pairs, settings.max_new_tokens),
-            greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens))
+    return (pairs, heldout_responses(model, tokenizer, start, pairs, settings),
+            {name: heldout_responses(model, tokenizer, weight, pairs, settings)
+             for name, weight in weights.items()})
+
+
+def mean_length(texts: list[str]) -> float:
+    """Mean length in characters."""
+    return sum(map(len, texts)) / len(texts)
+
+
+@torch.inference_mode()
+def sampled_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
+                      settings: LearningSettings, seed: int = 0) -> list[list[str]]:
+    """settings.samples responses per prompt sampled with output layer `weight`; the same
+    seeded streams for every weight (common random numbers between start and trained)."""
+    rows, cols = weight.shape
+    zeros = torch.zeros(settings.samples, rows, cols, dtype=weight.dtype)
+    head = PerturbedHead(weight, zeros, 0.0, head_of(model))
+    config = OracleConfig(max_new_tokens=settings.max_new_tokens,
+                          temperature=settings.sample_temperature)
+    out = []
+    for number, pair in enumerate(pairs):
+        generators = [torch.Generator().manual_seed(sampling_seed(seed, 0, i, number))
+                      for i in range(settings.samples)]
+        tokens = generate(model, encode_prefix(model, pair.prompt_ids), head, config,
+                          generators, tokenizer.eos_token_id).tokens
+        out.append([tokenizer.decode(t, skip_special_tokens=True) for t in tokens])
+    return out
+
+
+def negated_dir(reward_dir: Path) -> Path:
+    """Where the negated reward model of `reward_dir` is kept (see negate_reward_model)."""
+    return reward_dir.with_name(reward_dir.name + "-negated")
+
+
+@torch.no_grad()
+def negate_reward_model(reward_dir: Path) -> Path:
+    """The reward model with its scalar head negated (reward -r): the opposite taste, for
+    the contrast of the learning check; saved next to `reward_dir`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    model.score.weight.neg_()
+    return save_model(model, load_tokenizer(reward_dir), negated_dir(reward_dir))

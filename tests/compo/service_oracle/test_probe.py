@@ -5,10 +5,17 @@ import os
 import subprocess
 import sys
 
+import torch
 import yaml
 
-from compo.diagnostics import COIN_Z
-from compo.service_oracle.probe import MIN_PAIRS, ProbeRow, recommendation
+from compo.diagnostics import COIN_Z, coin_z
+from compo.service_oracle.probe import (
+    ALPHA,
+    MIN_PAIRS,
+    ProbeRow,
+    permutation_p,
+    recommendation,
+)
 from tests.oracle_service.scripted import TOKEN_ENV
 
 DIRECTIONS = 8
@@ -67,26 +74,65 @@ def test_probe_measures_each_radius_against_the_service_and_recommends(
     plus, minus = ({k: s["votes"][k] for k in ("a", "b")} for s in stats[2:])
     pairs = int(large["pairs"])  # both verdicts decisive: at most the decisive ones of a side
     assert 0 < pairs <= min(sum(plus.values()), sum(minus.values()))
-    signal = pairs >= MIN_PAIRS and float(large["z"]) >= COIN_Z
+    signal = pairs >= MIN_PAIRS and float(large["p"]) <= ALPHA / 2  # two settings tested
     assert large["signal"] == ("yes" if signal else "no")
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith(f"recommended: oracle.radius {{mode: raw, value: {LARGE:g}}}"
                            if signal else "no setting showed signal")
 
 
-def row(value, pairs=16, opposite=16, b=16, identical=0, temperature=0.0) -> ProbeRow:
-    return ProbeRow(value, value / 10, temperature, 32, identical, 0, pairs, opposite, b)
+def row(value, pairs=16, opposite=16, b=16, identical=0, temperature=0.0, p=1e-4) -> ProbeRow:
+    return ProbeRow(value, value / 10, temperature, 32, identical, 0, pairs, opposite, b, p)
 
 
 def test_the_smallest_radius_with_signal_is_recommended():
-    rows = [row(0.5, opposite=8), row(1.0), row(2.0), row(1.0, temperature=0.7)]
+    rows = [row(0.5, opposite=8, p=0.3), row(1.0), row(2.0), row(1.0, temperature=0.7)]
     assert recommendation(rows, "logit").startswith(
         "recommended: oracle.radius {mode: logit, value: 1} (r = 0.1) with "
         "oracle.temperature 0:")
-    assert not row(4.0, pairs=MIN_PAIRS - 1, opposite=MIN_PAIRS - 1).signal  # too few pairs
+    assert not row(4.0, pairs=MIN_PAIRS - 1, opposite=MIN_PAIRS - 1).signal(1)  # too few pairs
+
+
+def test_signal_is_corrected_for_the_number_of_settings_tested():
+    borderline = row(1.0, p=0.02)
+    assert borderline.signal(1) and not borderline.signal(4)  # 0.02 > 0.05 / 4
+    assert recommendation([borderline] * 4, "raw").startswith("no setting showed signal")
 
 
 def test_without_signal_the_advice_names_the_cause():
-    assert "try larger radii" in recommendation([row(1.0, pairs=0, identical=30)], "raw")
-    coin = recommendation([row(1.0, opposite=8)], "raw")
+    assert "try larger radii" in recommendation([row(1.0, pairs=0, identical=30, p=None)],
+                                                "raw")
+    coin = recommendation([row(1.0, opposite=8, p=0.5)], "raw")
     assert coin.startswith("no setting showed signal") and "cannot tell +z from -z" in coin
+
+
+def test_verdicts_opposite_at_plus_and_minus_z_have_a_small_p_value():
+    plus = torch.randint(0, 2, (16, 4), generator=torch.Generator().manual_seed(1)) * 2 - 1.0
+    assert permutation_p(plus, -plus) < ALPHA / 8
+    assert permutation_p(plus, plus) > 0.5  # the same verdicts: the opposite of signal
+
+
+def clustered_null(generator: torch.Generator, directions: int, prompts: int) -> torch.Tensor:
+    """Verdicts [directions, prompts] led by each direction's own effect (shared by its
+    prompts), drawn independently for +z and -z: a judge that cannot tell z from -z."""
+    effect = torch.randn(directions, 1, generator=generator)
+    return torch.sign(3 * effect + torch.randn(directions, prompts, generator=generator))
+
+
+def test_the_test_stays_honest_when_a_direction_moves_all_its_prompts_alike():
+    """The pooled coin z (pairs counted as independent) calls such a judge a signal far
+    more often than its 2.3% nominal rate; the permutation test over directions keeps
+    its level."""
+    generator = torch.Generator().manual_seed(0)
+    trials, directions, prompts = 200, 16, 8
+    coin_hits = test_hits = 0
+    for trial in range(trials):
+        plus, minus = (clustered_null(generator, directions, prompts) for _ in range(2))
+        decisive = (plus != 0) & (minus != 0)
+        pairs = int(decisive.sum())
+        opposite = int((decisive & (plus != minus)).sum())
+        b = int((decisive & (plus < 0)).sum() + (decisive & (minus < 0)).sum())
+        coin_hits += coin_z(pairs, opposite, b) >= COIN_Z
+        test_hits += permutation_p(plus, minus, permutations=500, seed=trial) <= ALPHA
+    assert coin_hits / trials > 0.1  # 19% measured
+    assert test_hits / trials <= 2 * ALPHA
