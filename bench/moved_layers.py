@@ -2,16 +2,17 @@
 the output layer alone, and against the bare operations that bound it.
 
 Per perturbation with k moved layers the oracle makes a direction over the head and the k
-MLPs, reruns the k layers and the final norm on the pair's tokens (float32), and computes
-the head's change from (h' - h) W^T and h' z^T. The bound: the bare float32 forward of those
-k layers on the captured inputs (weights fixed, no direction made) plus two GEMMs of the
+MLPs, reruns the k layers and the final norm on the pair's tokens (in --tail-dtype, float64
+by default as compo.perturb.tail_dtype), and computes the head's change from (h' - h) W^T
+and h' z^T. The bound: the bare forward of those k layers in the same dtype on the captured
+inputs (weights fixed, no direction made) plus two GEMMs of the
 head's shape, timed in the same run. Head-only, head + k MLPs and the bound interleaved
 round by round; votes of both oracles on the same pair. Prints one JSON line:
   cost_ratio     = seconds per perturbation, head + k MLPs / head only
   limit_fraction = bound per perturbation / ours (1.0: no overhead over the bare work)
 
   python bench/moved_layers.py                       # CPU, scaled Mistral shape, k = 2
-  python bench/moved_layers.py --shape mistral-proportions --layers 2
+  python bench/moved_layers.py --shape mistral-proportions --layers 2 [--tail-dtype float32]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="scaled")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=2, help="k, moved MLPs (last layers)")
+    parser.add_argument("--tail-dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--perturbations", type=int, default=8, help="per timed call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=64)
@@ -40,14 +42,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def bound_call(oracle: LikelihoodOracle, state, count: int):
-    """The bare work of `count` perturbations: k layers' forward + two head GEMMs each."""
+    """The bare work of `count` perturbations: k layers' forward (in the tail's dtype) + two
+    float32 head GEMMs each."""
     head = state.master[: oracle.layout.head.rows]
 
     def run():
         for _ in range(count):
             hidden = oracle.tail.head_input(state.tail_batches, {})
-            (hidden - state.inputs.hidden) @ head.T
-            hidden @ head.T
+            (hidden - state.inputs.hidden).float() @ head.T
+            hidden.float() @ head.T
 
     return run
 
@@ -59,7 +62,8 @@ def main() -> None:
                      SHAPES[args.shape]["vocab_size"])
     oracles, states = {}, {}
     for name, k in (("head", 0), ("moved", args.layers)):
-        config = ComPOConfig(radius=RADIUS, products="eager", perturb={"mlp_last_layers": k})
+        config = ComPOConfig(radius=RADIUS, products="eager",
+                             perturb={"mlp_last_layers": k, "tail_dtype": args.tail_dtype})
         oracles[name] = LikelihoodOracle(model, config, pad_id=0)
         states[name] = oracles[name].prepare([pair], oracles[name].master_weight())
     indices = list(range(args.perturbations))
@@ -76,6 +80,7 @@ def main() -> None:
     moved = oracles["moved"].layout
     print(json.dumps({
         "shape": args.shape, "device": describe(args.device), "moved_layers": args.layers,
+        "tail_dtype": args.tail_dtype,
         "tokens": args.prompt_tokens + args.completion_tokens,
         "stack_rows": moved.shape[0], "head_rows": moved.head.rows,
         "moved_parameters_over_head": round((moved.shape[0] - moved.head.rows)
