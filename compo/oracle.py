@@ -34,8 +34,8 @@ from compo.model.loading import DTYPES
 from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
 from compo.model.tail import TAIL_DTYPES, Tail, TailBatch
 from compo.perturbation import (
-    BLOCK_ELEMENTS,
     LANES,
+    block_budget,
     direction_chunks,
     direction_key,
     normals,
@@ -279,8 +279,7 @@ class LikelihoodOracle:
         """Log-prob change per sequence [P, S] for the given perturbation indices."""
         keys = [direction_key(seed, iteration, index) for index in indices]
         if state.tail_batches is not None:
-            block = self.config.block_elements or BLOCK_ELEMENTS.get(
-                state.probs.device.type, BLOCK_ELEMENTS["cpu"])
+            block = block_budget(self.config.block_elements, state.probs.device)
             return tail_logprob_changes(state, self.tail, self.layout, keys,
                                         self.config.radius, self.chunk_rows(state), block)
         step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)

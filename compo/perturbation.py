@@ -180,11 +180,17 @@ def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,
     return flat.reshape(len(keys), row_end - row_start, cols).to(dtype)
 
 
+def block_budget(block_elements: int | None, device="cpu") -> int:
+    """Direction values per block: the configured number, or the device kind's default."""
+    if block_elements is not None:
+        return block_elements
+    return BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cpu"])
+
+
 def plan_blocks(num: int, shape: tuple[int, int], block_elements: int | None,
                 device="cpu") -> tuple[int, int]:
     """(directions per group, rows per chunk) so a block holds ~block_elements values."""
-    if block_elements is None:
-        block_elements = BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cpu"])
+    block_elements = block_budget(block_elements, device)
     rows, cols = shape
     chunk_rows = max(1, min(rows, block_elements // cols))
     per_group = max(1, min(num, block_elements // (rows * cols)))

@@ -126,7 +126,7 @@ def copy_with_tensors(base: str | Path, replaced: dict[str, torch.Tensor], out: 
             tensors[name] = replaced[name].detach().to("cpu", dtype).contiguous()
         fileio.write_tensors(building / target, tensors, metadata)
     if head in replaced and head not in files:
-        untie(building, head, files.get(head, default))
+        untie(building, head, default)
     shutil.rmtree(out, ignore_errors=True)
     building.rename(out)
     return out

@@ -13,7 +13,7 @@ tail with the model's own weights is checked against what the output layer recei
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,15 +42,20 @@ class TailBatch:
     index: torch.Tensor  # [n] flat positions in B * L that predict completion tokens
 
 
-def cast_floats(value, dtype: torch.dtype):
-    """`value` with every floating tensor inside (tuples, lists, dicts) cast to dtype."""
+def map_tensors(value, change: Callable[[torch.Tensor], torch.Tensor]):
+    """`value` with `change` applied to every tensor inside (tuples, lists, dicts)."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
+        return change(value)
     if isinstance(value, tuple | list):
-        return type(value)(cast_floats(v, dtype) for v in value)
+        return type(value)(map_tensors(v, change) for v in value)
     if isinstance(value, dict):
-        return {k: cast_floats(v, dtype) for k, v in value.items()}
+        return {k: map_tensors(v, change) for k, v in value.items()}
     return value
+
+
+def cast_floats(value, dtype: torch.dtype):
+    """`value` with every floating tensor inside cast to dtype."""
+    return map_tensors(value, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -105,14 +110,11 @@ class StackedLinear(nn.Module):
 def tile_batch(value, count: int, batch: int):
     """Keyword arguments of a batch of `batch` sequences for the same batch stacked `count`
     times: tensors of rank >= 2 whose first dimension is the batch are repeated."""
-    if isinstance(value, torch.Tensor):
-        tiled = value.dim() >= 2 and value.shape[0] == batch
-        return value.repeat(count, *[1] * (value.dim() - 1)) if tiled else value
-    if isinstance(value, tuple | list):
-        return type(value)(tile_batch(v, count, batch) for v in value)
-    if isinstance(value, dict):
-        return {k: tile_batch(v, count, batch) for k, v in value.items()}
-    return value
+    def tile(t: torch.Tensor) -> torch.Tensor:
+        tiled = t.dim() >= 2 and t.shape[0] == batch
+        return t.repeat(count, *[1] * (t.dim() - 1)) if tiled else t
+
+    return map_tensors(value, tile)
 
 
 class Tail:

@@ -23,9 +23,9 @@ from compo.config import GenerationRadius, OracleConfig
 from compo.model.head import PLAIN, Head, head_input, softcap
 from compo.model.loading import model_device
 from compo.perturbation import (
-    BLOCK_ELEMENTS,
     GOLDEN,
     MASK64,
+    block_budget,
     direction_key,
     direction_rows,
     mix64_int,
@@ -183,7 +183,7 @@ def perturbation_head(weight: torch.Tensor, keys: Sequence[int], dtype: torch.dt
     estimator's, made a block of rows at a time (no float32 copy of all P directions)."""
     rows, cols = weight.shape
     directions = torch.empty(len(keys), rows, cols, dtype=dtype, device=weight.device)
-    block = BLOCK_ELEMENTS.get(weight.device.type, BLOCK_ELEMENTS["cpu"])
+    block = block_budget(None, weight.device)
     step = max(1, min(rows, block // max(1, len(keys) * cols)))
     for start in range(0, rows, step):
         end = min(rows, start + step)
