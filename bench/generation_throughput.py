@@ -1,9 +1,10 @@
 """Generated tokens/s and comparisons/s of one worker: perturbed-head generation (the prompt
 encoded once, its KV cache copied to every row; directions made in compo.direction_dtype)
 against the bare operation that bounds it, Hugging Face `generate` of the same number of
-rows with the plain output layer (each row encodes the prompt itself). Same random model,
-same prompt, greedy, no EOS (every row generates --new-tokens), A/B interleaved. Prints one
-JSON line.
+rows with the plain output layer (each row encodes the prompt itself), and that plus the
+one cost a perturbed head adds (h_p z_p^T per row and token over the materialised
+directions: `bound`). Same random model, same prompt, greedy, no EOS (every row generates
+--new-tokens), A/B interleaved. Prints one JSON line.
 
   python bench/generation_throughput.py                  # CPU, small Mistral-like shape
   python bench/generation_throughput.py --device cuda --shape scaled --dtype bfloat16
@@ -21,7 +22,12 @@ from compo.config import OracleConfig
 from compo.model.head import head_of, output_layer
 from compo.model.loading import DTYPES, prepare_model
 from compo.perturbation import direction_key
-from compo.service_oracle.generation import encode_prefix, generate, perturbation_head
+from compo.service_oracle.generation import (
+    encode_prefix,
+    generate,
+    perturbation_head,
+    perturbation_products,
+)
 from compo.service_oracle.memory import fitting_batch, free_bytes, row_bytes
 
 SHAPES = {  # Mistral-7B's proportions at smaller width and depth
@@ -61,10 +67,25 @@ def ours(model, prompt, rows: int, new_tokens: int, direction_dtype: str, device
     head = perturbation_head(weight, keys, DTYPES[direction_dtype], RADIUS, head_of(model))
     sync(device)
     directions = time.perf_counter() - started
-    generate(model, encode_prefix(model, prompt), head, OracleConfig(max_new_tokens=new_tokens),
-             [torch.Generator()] * rows, None)
+    greedy = OracleConfig(max_new_tokens=new_tokens, temperature=0)  # as the bare generate
+    generate(model, encode_prefix(model, prompt), head, greedy, [torch.Generator()] * rows, None)
     sync(device)
     return time.perf_counter() - started, directions
+
+
+def products(model, rows: int, new_tokens: int, direction_dtype: str, device: str) -> float:
+    """Seconds of the one thing a perturbed head adds and cannot avoid: per generated token,
+    h_p z_p^T for every row (perturbation_products over the materialised directions)."""
+    weight = output_layer(model).weight.detach().float()
+    keys = [direction_key(0, 0, index) for index in range(rows)]
+    head = perturbation_head(weight, keys, DTYPES[direction_dtype], RADIUS, head_of(model))
+    hidden = torch.randn(rows, weight.shape[1], device=device).to(weight.dtype)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(new_tokens):
+        perturbation_products(head.directions, hidden.to(next(model.parameters()).dtype))
+    sync(device)
+    return time.perf_counter() - started
 
 
 def bare(model, prompt, rows: int, new_tokens: int, device: str) -> float:
@@ -100,13 +121,15 @@ def main() -> None:
                            .manual_seed(1)).tolist()
     ours(model, prompt, rows, 2, args.direction_dtype, args.device)  # warm-up
     bare(model, prompt, rows, 2, args.device)
-    times = {"ours": [], "directions": [], "bare": []}
+    times = {"ours": [], "directions": [], "bare": [], "products": []}
     for _ in range(args.repeats):  # interleaved: both see the same machine state
         total, directions = ours(model, prompt, rows, args.new_tokens, args.direction_dtype,
                                  args.device)
         times["ours"].append(total)
         times["directions"].append(directions)
         times["bare"].append(bare(model, prompt, rows, args.new_tokens, args.device))
+        times["products"].append(products(model, rows, args.new_tokens, args.direction_dtype,
+                                          args.device))
     best = {name: min(values) for name, values in times.items()}
     tokens = rows * args.new_tokens
     print(json.dumps({
@@ -118,6 +141,8 @@ def main() -> None:
         "ours_comparisons_per_s": round(rows / best["ours"], 2),
         "bare_hf_generate_tokens_per_s": round(tokens / best["bare"], 1),
         "ours_over_bare": round(best["bare"] / best["ours"], 3),
+        "bound_tokens_per_s": round(tokens / (best["bare"] + best["products"]), 1),
+        "ours_over_bound": round((best["bare"] + best["products"]) / best["ours"], 3),
         "directions_share_of_ours": round(best["directions"] / best["ours"], 3),
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()}}))
 

@@ -14,8 +14,10 @@ metrics are over `samples` sampled responses per held-out prompt (the same strea
 start and every trained model: an expected value) and over greedy responses.
 
 python bench/learning.py [--seeds 0,1,2] [--oracle shorter,longer,reward,negated]
-                         [--iterations 60]
+                         [--iterations 90]
 Prints one JSON line per (oracle, seed), a table and the contrasts per seed.
+python bench/learning.py --defaults 5: the default run config (oracle.kind: service and
+nothing else) at the default temperature and at 0, against the shorter-taste judge.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compo import fileio  # noqa: E402
+from compo.config import DataConfig, ModelConfig, OracleConfig, TrainConfig  # noqa: E402
 from compo.demo import learning  # noqa: E402
 from compo.demo.embedded import prepare_embedded  # noqa: E402
 from oracle_service.backends.reward_model import RewardModelBackend  # noqa: E402
@@ -160,6 +163,8 @@ def run_seed(kinds: list[str], seed: int, workdir: Path, reward_dir: Path, data,
             "greedy_after": after["greedy"],
             "changed": sum(a != b for a, b in zip(start.greedy, held[kind].greedy,
                                                   strict=True)),
+            **{f"{name}_start": value for name, value in start.greedy_facts(pairs).items()},
+            **held[kind].greedy_facts(pairs),
             "accepted": sum(row["accepted"] for row in rows), "iterations": len(rows),
             "seconds": round(time.perf_counter() - started, 1)})
     return results
@@ -167,13 +172,17 @@ def run_seed(kinds: list[str], seed: int, workdir: Path, reward_dir: Path, data,
 
 def table(results: list[dict]) -> str:
     lines = ["| oracle | seed | held-out prompts | metric | start | after ComPO | greedy: "
-             "start | greedy: after | greedy responses changed | accepted iterations |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "start | greedy: after | greedy responses changed | greedy: chars, ended, "
+             "correct (start -> after) | accepted iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        facts = ", ".join(f"{r[f'{name}_start']:{form}} -> {r[name]:{form}}" for name, form
+                          in (("greedy_length", ".1f"), ("greedy_ended", ".0%"),
+                              ("greedy_correct", ".0%")))
         lines.append(f"| {r['oracle']} | {r['seed']} | {r['prompts']} | {r['metric']} "
                      f"({r['better']} is better), {r['samples']} samples per prompt | "
                      f"{r['start']:.3f} | {r['after']:.3f} | {r['greedy_start']:.3f} | "
-                     f"{r['greedy_after']:.3f} | {r['changed']} | "
+                     f"{r['greedy_after']:.3f} | {r['changed']} | {facts} | "
                      f"{r['accepted']}/{r['iterations']} |")
     return "\n".join(lines)
 
@@ -193,6 +202,29 @@ def contrasts(results: list[dict]) -> list[str]:
     return lines
 
 
+def default_run(workdir: Path, data, temperature: float, iterations: int) -> dict:
+    """A run config with nothing but `oracle.kind: service` (and where the service is), at
+    `temperature`, against the shorter-taste judge: what a new user's first run gets."""
+    run_id = f"defaults-t{temperature:g}"
+    shutil.rmtree(workdir / "runs-defaults" / run_id, ignore_errors=True)
+    with oracle_url("shorter", workdir, workdir) as url:
+        config = TrainConfig(
+            model=ModelConfig(path=str(data.model_dir)), data=DataConfig(path=str(data.train)),
+            max_iterations=iterations, output_dir=str(workdir / "runs-defaults"),
+            run_id=run_id, oracle=OracleConfig(kind="service", service_url=url,
+                                               token_env=TOKEN_ENV, temperature=temperature))
+        learning.train_compo(config)
+    rows = fileio.read_jsonl(Path(config.output_dir) / run_id / "metrics.jsonl")
+    checks = [row["oracle"]["signal_check"] for row in rows]
+    return {"temperature": temperature, "iterations": len(rows),
+            "accepted": sum(row["accepted"] for row in rows),
+            "vote_ratio": [round(row["ratio"], 3) for row in rows],
+            "identical_share": [round(row["oracle"]["identical_share"], 3) for row in rows],
+            "ties": [row["oracle"]["ties"] for row in rows],
+            "signal_check_opposite": f"{sum(c['opposite'] for c in checks)}/"
+                                     f"{sum(c['pairs'] for c in checks)}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/learning")
@@ -209,6 +241,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float,
                         default=learning.LearningSettings.temperature)
     parser.add_argument("--samples", type=int, default=learning.LearningSettings.samples)
+    parser.add_argument("--defaults", type=int, metavar="ITERATIONS",
+                        help="instead: runs with the default config (oracle.kind: service), "
+                        "at the default temperature and greedy, for this many iterations")
     args = parser.parse_args()
     settings = replace(learning.LearningSettings(), iterations=args.iterations,
                        perturbations=args.perturbations, radius=args.radius,
@@ -217,6 +252,10 @@ def main() -> None:
     workdir = Path(args.workdir)
     os.environ[TOKEN_ENV] = TOKEN
     data = prepare_embedded(workdir / "embedded")
+    if args.defaults:
+        for temperature in (OracleConfig().temperature, 0.0):
+            print(json.dumps(default_run(workdir, data, temperature, args.defaults)), flush=True)
+        return
     reward_dir = workdir / "reward-model"
     if not (reward_dir / "config.json").is_file():
         learning.fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir,

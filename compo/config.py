@@ -228,7 +228,9 @@ class OracleConfig(StrictModel):
         "generate responses (see GenerationRadius; compo.radius is not used for them)")
     max_new_tokens: int = Field(128, gt=0, description="length limit of generated responses")
     temperature: float = Field(
-        0.0, ge=0, description="sampling temperature; 0: greedy decoding")
+        1.0, ge=0, description="sampling temperature; 0: greedy decoding (at a radius that "
+        "changes responses, greedy verdicts are mostly ties: see README, 'Choosing the "
+        "generation radius')")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (temperature > 0)")
     noise: Literal["shared", "independent"] = Field(
         "shared", description="sampling streams (temperature > 0): shared (common random "

@@ -55,7 +55,7 @@ class RewardFit:
 class LearningSettings:
     """One ComPO run against the service (small enough for 2 CPU cores)."""
 
-    iterations: int = 60
+    iterations: int = 90
     perturbations: int = 64
     radius: float = 2.0  # oracle.radius value (mode logit)
     step_scale: float = 8.0  # a step of the size of a perturbation's effect on the logits
@@ -153,16 +153,18 @@ def heldout_prompts(data: EmbeddedData, tokenizer, count: int) -> list[Tokenized
 
 @torch.inference_mode()
 def greedy_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
-                     max_new_tokens: int) -> list[str]:
-    """Greedy responses to the pairs' prompts with output layer `weight` (float32)."""
+                     max_new_tokens: int) -> tuple[list[str], list[bool]]:
+    """Greedy responses to the pairs' prompts with output layer `weight` (float32), and
+    whether each ended (EOS within max_new_tokens)."""
     head = PerturbedHead(weight, None, 0.0, head_of(model))
-    config = OracleConfig(max_new_tokens=max_new_tokens)
-    out = []
+    config = OracleConfig(max_new_tokens=max_new_tokens, temperature=0)
+    texts, ended = [], []
     for pair in pairs:
         tokens = generate(model, encode_prefix(model, pair.prompt_ids), head, config,
                           [torch.Generator()], tokenizer.eos_token_id).tokens[0]
-        out.append(tokenizer.decode(tokens, skip_special_tokens=True))
-    return out
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+        ended.append(tokenizer.eos_token_id in tokens)
+    return texts, ended
 
 
 @dataclass
@@ -170,14 +172,24 @@ class HeldOut:
     """Responses to the held-out prompts under one output layer."""
 
     greedy: list[str]  # one per prompt
+    ended: list[bool]  # per greedy response: EOS reached (else cut at max_new_tokens)
     sampled: list[list[str]]  # settings.samples per prompt, the same streams for every layer
+
+    def greedy_facts(self, pairs: list[TokenizedPair]) -> dict[str, float]:
+        """What the reward model cannot be trusted with, from the demo's ground truth:
+        mean greedy length, share that ended, share equal to the pair's chosen response."""
+        right = sum(text.strip() == pair.row["chosen"].strip()
+                    for text, pair in zip(self.greedy, pairs, strict=True))
+        return {"greedy_length": mean_length(self.greedy),
+                "greedy_ended": sum(self.ended) / len(self.ended),
+                "greedy_correct": right / len(pairs)}
 
 
 def heldout_responses(model, tokenizer, weight: torch.Tensor, pairs: list[TokenizedPair],
                       settings: LearningSettings) -> HeldOut:
     """Greedy and sampled responses to the pairs' prompts with output layer `weight`."""
-    return HeldOut(greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens),
-                   sampled_responses(model, tokenizer, weight, pairs, settings))
+    greedy, ended = greedy_responses(model, tokenizer, weight, pairs, settings.max_new_tokens)
+    return HeldOut(greedy, ended, sampled_responses(model, tokenizer, weight, pairs, settings))
 
 
 def start_and_trained(data: EmbeddedData, weights: dict[str, torch.Tensor],

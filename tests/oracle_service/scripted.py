@@ -59,6 +59,7 @@ def train_config(model_dir, pairs_file, tmp_path, run_id: str, url: str | None,
         seed=3, max_iterations=ITERATIONS, output_dir=str(tmp_path / "runs"), run_id=run_id,
         oracle_service_url=url,
         oracle=OracleConfig(kind=kind, token_env=TOKEN_ENV, max_new_tokens=4,
+                            temperature=0,  # the scripted verdicts are of greedy responses
                             radius=GenerationRadius(mode="raw", value=0.05),
                             generation_batch_size=12), **fields)
 

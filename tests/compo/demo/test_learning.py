@@ -22,6 +22,7 @@ SMALL = replace(learning.LearningSettings(), iterations=30, perturbations=48,
                 heldout_prompts=16, samples=8)
 SEED = 0
 MIN_GAP = 1.0  # characters between the two tastes' mean held-out lengths
+MIN_REWARD_GAP = 0.25  # between the mean held-out rewards after the two signs
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,17 @@ def trained_lengths(embedded, workdir, seed: int) -> dict[str, float]:
             for name, h in held.items()}
 
 
+def trained_rewards(embedded, workdir, reward_dir, seed: int) -> dict[str, float]:
+    """Mean reward (the un-negated model's) of sampled held-out responses after ComPO with
+    the reward model and with its negation as the oracle, and of the start model's."""
+    weights = {name: bench.train_one(name, seed, workdir, reward_dir, embedded, SMALL)[0]
+               for name in bench.REWARDS}
+    pairs, start, held = learning.start_and_trained(embedded, weights, SMALL)
+    score = bench.reward_scorer(reward_dir)
+    return {"start": score(pairs, start.sampled),
+            **{name: score(pairs, h.sampled) for name, h in held.items()}}
+
+
 def test_the_reward_model_prefers_chosen_responses_it_never_saw(embedded, reward_dir):
     assert learning.pair_accuracy(reward_dir, fileio.read_jsonl(embedded.heldout)) > 0.6
 
@@ -61,3 +73,12 @@ def test_judges_of_opposite_tastes_move_held_out_lengths_apart(embedded, tmp_pat
     monkeypatch.setenv(bench.TOKEN_ENV, bench.TOKEN)
     length = trained_lengths(embedded, tmp_path, SEED)
     assert length["shorter"] + MIN_GAP < length["longer"], length
+
+
+def test_reward_models_of_opposite_signs_move_held_out_rewards_apart(embedded, reward_dir,
+                                                                     tmp_path, monkeypatch):
+    monkeypatch.setenv(bench.TOKEN_ENV, bench.TOKEN)
+    learning.negate_reward_model(reward_dir)
+    reward = trained_rewards(embedded, tmp_path, reward_dir, SEED)
+    assert reward["negated"] + MIN_REWARD_GAP < reward["reward"], reward
+    assert reward["start"] < reward["reward"], reward  # and the taste's own way

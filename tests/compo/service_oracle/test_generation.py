@@ -44,8 +44,9 @@ def test_bf16_directions_stay_bf16_and_generate_like_the_rounded_weight(loaded):
     prompt, eos = prompt_ids(tokenizer, SKY), tokenizer.eos_token_id
     head = perturbation_head(weight, KEYS, torch.bfloat16, RADIUS, head_of(model), [1, -1, 1])
     assert head.directions.dtype == torch.bfloat16  # 2 bytes an entry, never a float32 copy
-    out = generate(model, encode_prefix(model, prompt), head, OracleConfig(max_new_tokens=6),
-                   [torch.Generator()] * 3, eos)
+    greedy = OracleConfig(max_new_tokens=6, temperature=0)
+    out = generate(model, encode_prefix(model, prompt), head, greedy, [torch.Generator()] * 3,
+                   eos)
     for row, (key, sign) in enumerate(zip(KEYS, [1, -1, 1], strict=True)):
         rounded = direction(key, tuple(weight.shape)).bfloat16().float()
         assert out.tokens[row] == greedy_with_weight(model, weight + sign * RADIUS * rounded,
@@ -86,7 +87,7 @@ def test_the_prompt_is_encoded_once_and_never_again_per_row(loaded):
         for start in (0, 3):  # two batches of three perturbations from the same prefix
             keys = [direction_key(1, 0, index) for index in range(start, start + 3)]
             head = perturbation_head(weight, keys, torch.float32, RADIUS, head_of(model))
-            generate(model, prefix, head, OracleConfig(max_new_tokens=NEW_TOKENS),
+            generate(model, prefix, head, OracleConfig(max_new_tokens=NEW_TOKENS, temperature=0),
                      [torch.Generator()] * 3, None)
     finally:
         hook.remove()

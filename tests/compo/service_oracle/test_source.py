@@ -45,7 +45,7 @@ def test_delta_head_generation_equals_a_model_whose_weight_is_w_plus_rz(loaded):
     weight = output_layer(model).weight.detach().float().clone()
     prompt, eos = prompt_ids(tokenizer), tokenizer.eos_token_id
     keys = [direction_key(3, 1, index) for index in range(3)]
-    config = OracleConfig(max_new_tokens=NEW_TOKENS)
+    config = OracleConfig(max_new_tokens=NEW_TOKENS, temperature=0)
     perturbed = perturbation_head(weight, keys, torch.float32, RADIUS, head_of(model))
     ours = generate(model, encode_prefix(model, prompt), perturbed, config,
                     [torch.Generator()] * 3, eos, keep_logits=True)
@@ -67,7 +67,7 @@ def test_generation_stops_at_eos_and_keeps_it(loaded):
     eos, prefix = tokenizer.eos_token_id, encode_prefix(model, prompt_ids(tokenizer))
     weight[eos] = prefix.hidden[0].float() * 100.0  # EOS wins the first step by far
     out = generate(model, prefix, PerturbedHead(weight, None, RADIUS),
-                   OracleConfig(max_new_tokens=NEW_TOKENS), [torch.Generator()], eos)
+                   OracleConfig(max_new_tokens=NEW_TOKENS, temperature=0), [torch.Generator()], eos)
     assert out.tokens == [[eos]]
 
 
