@@ -153,6 +153,7 @@ def run_seed(kinds: list[str], seed: int, workdir: Path, reward_dir: Path, data,
     pairs, start, held = learning.start_and_trained(
         data, {kind: weight for kind, (weight, _) in trained.items()}, settings)
     score = reward_scorer(reward_dir)
+    start_facts = {f"{name}_start": value for name, value in start.greedy_facts(pairs).items()}
     results = []
     for kind, (_, rows) in trained.items():
         before, after = measure(kind, score, pairs, start), measure(kind, score, pairs, held[kind])
@@ -163,7 +164,7 @@ def run_seed(kinds: list[str], seed: int, workdir: Path, reward_dir: Path, data,
             "greedy_after": after["greedy"],
             "changed": sum(a != b for a, b in zip(start.greedy, held[kind].greedy,
                                                   strict=True)),
-            **{f"{name}_start": value for name, value in start.greedy_facts(pairs).items()},
+            **start_facts,
             **held[kind].greedy_facts(pairs),
             "accepted": sum(row["accepted"] for row in rows), "iterations": len(rows),
             "seconds": round(time.perf_counter() - started, 1)})
