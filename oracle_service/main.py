@@ -22,6 +22,7 @@ from oracle_service.api.schema import openapi_schema
 from oracle_service.backends import open_backend
 from oracle_service.core.comparisons import ComparisonService
 from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.sanitize import register_secrets
 from oracle_service.core.settings import (
     Settings,
     StartupError,
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; refuses a weak API token outside dev mode, and a judge without a key."""
     settings = settings if settings is not None else load_settings()
     settings.assert_safe_to_start()
+    register_secrets(settings.secret_values())  # no answer or log line shows them
     if not settings.auth_enabled:
         logger.warning("dev mode without COMPO_ORACLE_API_TOKEN: authentication is OFF")
     app = FastAPI(

@@ -6,13 +6,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import httpx2
 import pytest
 
+from oracle_service.backends import judge as judge_module
 from oracle_service.backends.base import Verdict
 from oracle_service.backends.judge import JudgeBackend
+from oracle_service.backends.judge_http import BoundedTransport
 from oracle_service.core.settings import Settings
 from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
-from oracle_service.testing.fake_judge import FakeReply
+from oracle_service.testing.fake_judge import BackgroundServer, FakeReply
+from oracle_service.testing.hostile_judge import HostileJudge
 
 LONG, SHORT = "a long and detailed answer", "short"
 
@@ -142,3 +146,43 @@ def test_requests_per_minute_limit_spaces_calls(make_settings, fake_judge):
     arrivals = sorted(r.at for r in fake_judge.judge.requests)
     assert len(arrivals) == 5
     assert 0.35 <= arrivals[-1] - arrivals[0] < 1.5  # 4 gaps of 0.1 s (unlimited: ~0.01 s)
+
+
+def test_a_bug_abstains_as_internal_error_and_is_logged_once_with_its_traceback(
+        make_settings, fake_judge, monkeypatch, caplog):
+    def broken_template(*args: object) -> str:
+        raise ZeroDivisionError("a bug in the service")
+
+    monkeypatch.setattr(judge_module, "render_template", broken_template)
+    [verdict] = run_judge(make_settings(judge_position_mode="both"), [one()])
+    assert_abstained(verdict, ErrorKind.INTERNAL_ERROR)
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(logged) == 1 and logged[0].levelname == "ERROR"
+    assert "see the service log" in verdict.error.message
+
+
+def test_error_bodies_are_cut_to_judge_max_kept_bytes_on_the_wire(make_settings):
+    """Of a 900 KB error body only judge_max_kept_bytes are read; a 2xx body is whole."""
+    judge = HostileJudge(plan=lambda prompt: prompt or None, huge_error_bytes=900_000)
+    kept = 2048
+    with BackgroundServer(judge) as upstream:
+        async def fetch(prompt: str) -> httpx2.Response:
+            transport = BoundedTransport(limit=1024 * 1024, kept=kept)
+            async with httpx2.AsyncClient(transport=transport) as client:
+                user = f"[Prompt]\n{prompt}\n\n[Response A]\nx\n\n[Response B]\nyy\n\n"
+                body = {"model": "m", "messages": [{"role": "user", "content": user}]}
+                return await client.post(f"{upstream.url}/v1/chat/completions", json=body)
+
+        error, good = asyncio.run(fetch("huge_error")), asyncio.run(fetch(""))
+    assert error.status_code == 500 and len(error.content) == kept
+    assert error.content.startswith(b'{"error": {"message": "internal error; trace follows')
+    assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] == "B"
+
+
+def test_a_reply_nested_400k_deep_is_an_invalid_response(make_settings):
+    judge = HostileJudge(plan=lambda prompt: "deep_json")
+    with BackgroundServer(judge) as upstream:
+        settings = make_settings(judge_base_url=f"{upstream.url}/v1")
+        [verdict] = run_judge(settings, [one()])
+    assert_abstained(verdict, ErrorKind.INVALID_RESPONSE)
+    assert "deeper than" in verdict.error.message
