@@ -31,6 +31,7 @@ from oracle_service.core.settings import (
 )
 from oracle_service.core.store import StoreError
 from oracle_service.core.stores import make_store
+from oracle_service.core.throttle import LoginThrottle
 
 logger = logging.getLogger("oracle_service")
 CONFIG_ERROR_EXIT = 2
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.service = None
     app.state.store = None
+    app.state.login_throttle = LoginThrottle(
+        settings.dashboard_login_failures, settings.dashboard_login_window_s
+    )
     middleware.install(app, settings.max_body_bytes)
     protected = [Depends(require_token)]
     app.include_router(health.open_router)

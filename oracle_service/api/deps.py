@@ -51,17 +51,23 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SECONDS_PER_HOUR = 3600.0
 
 
-def has_session(request: Request, settings: Settings) -> bool:
-    """A read (GET/HEAD) carrying a valid dashboard session cookie (core/session.py)."""
-    if request.method not in session.READ_METHODS:
-        return False
+async def session_valid(request: Request, settings: Settings) -> bool:
+    """The request's dashboard session cookie is genuine, not expired, and of the store's
+    current session epoch (a logout moves it on); the store is asked only then."""
     max_age_s = settings.dashboard_session_hours * SECONDS_PER_HOUR
     cookie = request.cookies.get(session.COOKIE_NAME)
-    return session.valid_session(cookie, settings.api_token.get_secret_value(), time.time(),
-                                 max_age_s)
+    token = settings.api_token.get_secret_value()
+    epoch = session.session_epoch(cookie, token, time.time(), max_age_s)
+    store = getattr(request.app.state, "store", None)
+    return epoch is not None and store is not None and epoch == await store.session_epoch()
 
 
-def require_token(
+async def has_session(request: Request, settings: Settings) -> bool:
+    """A read (GET/HEAD) carrying a valid dashboard session cookie (core/session.py)."""
+    return request.method in session.READ_METHODS and await session_valid(request, settings)
+
+
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
@@ -74,7 +80,7 @@ def require_token(
     given = credentials.credentials.encode(errors="replace") if credentials is not None else b""
     if credentials is not None and hmac.compare_digest(given, expected):
         return
-    if not has_session(request, settings):
+    if not await has_session(request, settings):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or invalid bearer token",
