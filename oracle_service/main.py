@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import logging.config
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ import yaml
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
-from oracle_service import __version__, cli
+from oracle_service import __version__, cli, serving
 from oracle_service.api import comparisons, dashboard, health, middleware, runs, stats
 from oracle_service.api.deps import UNAUTHORIZED, require_token
 from oracle_service.api.schema import openapi_schema
@@ -35,6 +36,7 @@ from oracle_service.core.throttle import LoginThrottle
 
 logger = logging.getLogger("oracle_service")
 CONFIG_ERROR_EXIT = 2
+STARTUP_FAILURE_EXIT = 3  # as uvicorn.run: the server did not start (e.g. the port is taken)
 
 
 @asynccontextmanager
@@ -95,19 +97,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Run the service with uvicorn until interrupted (what `compo serve` calls).
+    """Run the service with uvicorn until interrupted (what `compo serve` calls): logs
+    redacted, no query strings in the access log, request read deadlines (serving.py).
 
     SIGTERM/Ctrl-C: open requests get shutdown_timeout_s to finish, then are cancelled.
     """
-    logging.basicConfig(level=settings.log_level.upper())
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-    )
+    logging.config.dictConfig(serving.log_config(settings.log_level))
+    server = uvicorn.Server(serving.server_config(create_app(settings), settings))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(STARTUP_FAILURE_EXIT)
 
 
 async def check_store(settings: Settings) -> None:

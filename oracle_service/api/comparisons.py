@@ -12,12 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from oracle_service.api.deps import INVALID, TOO_LARGE, UNAVAILABLE, ServiceDep, SettingsDep
-from oracle_service.api.middleware import HTTP_413_TOO_LARGE
+from oracle_service.api.middleware import HTTP_413_TOO_LARGE, HTTP_499_CLIENT_GONE
 from oracle_service.schemas import API_PREFIX, ComparisonRequest, ComparisonResponse, ServiceLimits
 
 T = TypeVar("T")
 router = APIRouter(prefix=API_PREFIX, tags=["comparisons"])
-HTTP_499_CLIENT_GONE = 499  # nginx's code for "the client closed the request"
 _PROMPT_KEY = re.compile(rb'"prompt"\s*:')
 # The body is parsed here, not by FastAPI (straight from bytes to the model, without a tree
 # of Python objects in between), so its schema is declared by hand.
