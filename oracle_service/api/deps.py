@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 
 from oracle_service.core import session
 from oracle_service.core.comparisons import ComparisonService
@@ -17,12 +19,28 @@ from oracle_service.core.store import Store
 from oracle_service.schemas import ErrorBody, ValidationErrorBody
 
 bearer_scheme = HTTPBearer(auto_error=False, description="COMPO_ORACLE_API_TOKEN")
+Model = TypeVar("Model", bound=BaseModel)
 
 # Documented error answers (every one is an ErrorBody: {"detail": "..."}).
 UNAUTHORIZED = {401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}}
-TOO_LARGE = {413: {"model": ErrorBody, "description": "Batch or body larger than the limits"}}
+TOO_LARGE = {413: {"model": ErrorBody, "description": "Body larger than max_body_bytes"}}
 INVALID = {422: {"model": ValidationErrorBody, "description": "Invalid request"}}
 UNAVAILABLE = {503: {"model": ErrorBody, "description": "Starting up, or the store is down"}}
+
+
+def json_body(model: type[Model]) -> dict:
+    """The OpenAPI request body of a route that parses its body itself (parse_body)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def parse_body(model: type[Model], body: bytes) -> Model:
+    """The body as `model`, straight from the bytes; a 422 naming each problem."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def get_settings(request: Request) -> Settings:
