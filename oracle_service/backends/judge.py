@@ -196,6 +196,11 @@ class JudgeBackend:
         client = next(self._next_client)
         try:
             reply = parse_body(await client.post("/chat/completions", body=body, cast_to=bytes))
+        except InvalidReply as exc:
+            self._count_attempt("error")
+            # Without the parser's frames: they hold the reply (up to a MiB) for as long
+            # as the error lives, and asyncio's tasks make that a cycle only gc frees.
+            raise exc.with_traceback(None) from None
         except Exception:
             self._count_attempt("error")
             raise

@@ -109,9 +109,11 @@ def parse_body(body: bytes) -> ChatReply:
         raise InvalidReply(f"judge reply nests deeper than {MAX_REPLY_DEPTH} levels")
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8 (the body is not kept)
-        raise InvalidReply(f"judge reply is not valid JSON: {exc}") from None
-    return parse_reply(data)
+    except (ValueError, RecursionError) as exc:  # not JSON, or not UTF-8
+        problem = f"judge reply is not valid JSON: {exc}"
+    else:
+        return parse_reply(data)
+    raise InvalidReply(problem)  # raised here, its context is not the decoder's copy of the body
 
 
 def parse_reply(data: object) -> ChatReply:
@@ -122,8 +124,7 @@ def parse_reply(data: object) -> ChatReply:
     try:
         return ChatReply.model_validate(data)
     except PydanticValidationError as exc:
-        error = exc.errors()[0]
+        error = exc.errors(include_input=False)[0]
         where = ".".join(str(part) for part in error["loc"]) or "reply"
-        raise InvalidReply(
-            f"judge reply is not a chat completion: {where}: {error['msg']}"
-        ) from None
+        problem = f"judge reply is not a chat completion: {where}: {error['msg']}"
+    raise InvalidReply(problem)  # raised here, its context is not the error holding the reply

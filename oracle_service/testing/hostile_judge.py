@@ -12,6 +12,7 @@ that no verdict ever came from a fault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import threading
@@ -84,6 +85,7 @@ class HostileJudge:
         plan: Callable[[str], str | None] | None = None,
         latency_s: float = 0.0,
         huge_error_bytes: int = HUGE_ERROR_CHARS,
+        huge_error_status: int = 500,
     ) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown:
@@ -94,6 +96,7 @@ class HostileJudge:
         self.plan = plan  # prompt -> fault kind (or None: good), overrides the random draw
         self.latency_s = latency_s
         self.huge_error_bytes = huge_error_bytes  # the size of a huge_error reply's body
+        self.huge_error_status = huge_error_status  # 200: the same body as a non-completion
         self.served: list[Served] = []
         self.in_flight = 0  # calls being answered right now
         self._random = random.Random(seed)
@@ -189,8 +192,7 @@ class HostileJudge:
         await send_bytes(send, 401, error_body(message, code="invalid_api_key"))
 
     async def _huge_error(self, scope, receive, send, request) -> None:
-        padding = self.huge_error_bytes - len(error_body(HUGE_ERROR_HEAD))
-        await send_bytes(send, 500, error_body(HUGE_ERROR_HEAD + "x" * max(0, padding)))
+        await send_bytes(send, self.huge_error_status, huge_error_body(self.huge_error_bytes))
 
     async def _echo_key_content(self, scope, receive, send, request) -> None:
         """200 with the caller's key as the "verdict", bare: no pattern gives it away."""
@@ -241,6 +243,13 @@ def not_a_completion(kind: str, request: dict) -> tuple[str, bytes]:
         return json_type, b"[" * DEEP_NESTING + b"]" * DEEP_NESTING
     mutations[kind]()
     return json_type, json.dumps(good).encode()
+
+
+@functools.cache
+def huge_error_body(size: int) -> bytes:
+    """A 500's JSON error body of `size` bytes (built once per size)."""
+    padding = size - len(error_body(HUGE_ERROR_HEAD))
+    return error_body(HUGE_ERROR_HEAD + "x" * max(0, padding))
 
 
 def caller_key(scope: dict) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from collections.abc import Sequence
 
 import httpx2
@@ -186,3 +188,26 @@ def test_a_reply_nested_400k_deep_is_an_invalid_response(make_settings):
         [verdict] = run_judge(settings, [one()])
     assert_abstained(verdict, ErrorKind.INVALID_RESPONSE)
     assert "deeper than" in verdict.error.message
+
+
+def test_a_bad_reply_is_not_kept_alive_by_its_error(make_settings):
+    """48 replies of 1 MB that are not completions: once the items have abstained, none is
+    held (not even by a reference cycle waiting for the garbage collector)."""
+    judge = HostileJudge(plan=lambda prompt: "huge_error", huge_error_bytes=1024 * 1024,
+                         huge_error_status=200)  # fmt: skip
+    with BackgroundServer(judge) as upstream:
+        settings = make_settings(judge_base_url=f"{upstream.url}/v1", judge_max_concurrency=4,
+                                 judge_max_response_bytes=2 * 1024 * 1024)  # fmt: skip
+        items = [one(f"prompt {i}") for i in range(48)]
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            verdicts = run_judge(settings, items)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+    assert all(v.error is not None and v.error.kind is ErrorKind.INVALID_RESPONSE
+               for v in verdicts)  # fmt: skip
+    assert held < 8 * 1024 * 1024, f"{held / 2**20:.0f} MiB still held"  # 48 MiB if kept
