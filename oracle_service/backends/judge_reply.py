@@ -89,23 +89,23 @@ def first_token_logprobs(logprobs: _Logprobs | None) -> dict[str, float] | None:
     return top
 
 
-def nesting_depth(body: bytes, limit: int = MAX_REPLY_DEPTH) -> int:
-    """How deeply the JSON text's arrays and objects nest (strings skipped); counting stops
-    once past `limit`, so a reply nested 400,000 deep costs `limit` steps."""
-    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    depth = deepest = 0
-    for byte in brackets:
+def nests_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON text's arrays and objects nest more than `limit` deep (strings
+    skipped); it stops at the first level past `limit`, so 400,000 levels cost `limit`."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # too few brackets to nest that deep: nothing to scan
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
         depth += 1 if byte in _OPENING else -1
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            break
-    return deepest
+        if depth > limit:
+            return True
+    return False
 
 
 def parse_body(body: bytes) -> ChatReply:
     """The reply's bytes as a ChatReply, or InvalidReply; nesting deeper than
     MAX_REPLY_DEPTH is refused before the JSON is parsed."""
-    if nesting_depth(body) > MAX_REPLY_DEPTH:
+    if nests_deeper_than(body, MAX_REPLY_DEPTH):
         raise InvalidReply(f"judge reply nests deeper than {MAX_REPLY_DEPTH} levels")
     try:
         data = json.loads(body)

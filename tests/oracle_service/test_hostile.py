@@ -144,8 +144,9 @@ def check_fault_run(judge: HostileJudge, items: list[dict], answered, stats: dic
     for sent, result in answered:
         served = outcomes[sent["prompt"]]
         verdicts[result["verdict"]] += 1
-        if result["verdict"] == "abstain":
-            assert "good" not in served and result["error"]["kind"], (served, result)
+        if result["verdict"] == "abstain":  # after a fault, or a good reply read too late
+            late = result["error"]["kind"] in ("timeout", "deadline_exceeded")
+            assert served[-1] != "good" or late, (served, result)
         else:
             assert served[-1] == "good" and result["error"] is None, (served, result)
             assert result["verdict"] == expected_verdict(sent)
