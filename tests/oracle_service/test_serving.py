@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,23 +38,28 @@ class Deployed:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
+@contextmanager
+def deploy(workdir: Path, judge_url: str, **extra: object) -> Iterator[Deployed]:
+    """`python -m oracle_service` at log level debug before the judge at `judge_url`."""
+    settings = {"api_token": TOKEN, "judge_api_key": JUDGE_KEY, "judge_model": "hostile",
+                "judge_base_url": f"{judge_url}/v1", "db_path": workdir / "db.sqlite3",
+                "log_level": "debug", "retry_max_attempts": 1, **extra}  # fmt: skip
+    log = workdir / "service.log"
+    with ServiceProcess(settings, log) as service:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=service.url, headers=headers, timeout=30.0) as http:
+            yield Deployed(service.url, log, http)
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> Iterator[Deployed]:
-    """A service process at log level debug before a judge that echoes its key, bare."""
-    workdir = tmp_path_factory.mktemp("serving")
+    """The service before a judge that echoes its key, bare, with short read deadlines."""
     judge = HostileJudge(plan=lambda prompt: prompt.split(":")[0] if ":" in prompt else None)
     with BackgroundServer(judge, shutdown_s=0) as upstream:
-        settings = {"api_token": TOKEN, "judge_api_key": JUDGE_KEY, "judge_model": "hostile",
-                    "judge_base_url": upstream.url.replace("://", f"://judge:{URL_PASSWORD}@")
-                    + "/v1", "db_path": workdir / "db.sqlite3",
-                    "log_level": "debug", "retry_max_attempts": 1,
-                    "request_header_timeout_s": HEADER_TIMEOUT_S,
-                    "request_body_timeout_s": BODY_TIMEOUT_S}  # fmt: skip
-        log = workdir / "service.log"
-        with ServiceProcess(settings, log) as service:
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-            with httpx.Client(base_url=service.url, headers=headers, timeout=30.0) as http:
-                yield Deployed(service.url, log, http)
+        with deploy(tmp_path_factory.mktemp("serving"), upstream.url,
+                    request_header_timeout_s=HEADER_TIMEOUT_S,
+                    request_body_timeout_s=BODY_TIMEOUT_S) as service:  # fmt: skip
+            yield service
 
 
 def item(prompt: str) -> dict:
@@ -78,7 +84,20 @@ def test_a_bare_judge_key_echoed_back_reaches_no_answer_and_no_log(deployed):
     seen.append(deployed.log_text())
     assert '/chat/completions "HTTP/1.1 401' in seen[-1]  # the log did record these calls
     for text in seen:
-        assert JUDGE_KEY not in text and TOKEN not in text and URL_PASSWORD not in text
+        assert JUDGE_KEY not in text and TOKEN not in text
+
+
+def test_a_password_in_the_judge_url_reaches_no_log(tmp_path):
+    """A judge behind a proxy with basic auth in its URL: httpx logs every request's URL."""
+    with BackgroundServer(HostileJudge(fault_rate=0.0), shutdown_s=0) as upstream:
+        url = upstream.url.replace("://", f"://judge:{URL_PASSWORD}@")
+        with deploy(tmp_path, url) as service:
+            [result] = service.http.post("/v1/comparisons",
+                                         json={"items": [item("q")]}).json()["results"]
+            log = wait_for_log(service, '/chat/completions "HTTP/1.1 200')
+    assert result["verdict"] == "a"
+    assert "judge:[redacted]@127.0.0.1" in "\n".join(log)
+    assert URL_PASSWORD not in "\n".join(log)
 
 
 def test_the_access_log_leaves_out_query_strings(deployed):

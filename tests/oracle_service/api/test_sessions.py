@@ -109,3 +109,18 @@ def test_failed_logins_are_throttled_per_client(make_settings, running_service, 
     limited = make_settings(dashboard_login_failures=1, dashboard_login_window_s=5)
     with running_service(limited) as http, anonymous(http, "10.0.0.3") as guesser:
         assert [log_in(guesser, "x").status_code for _ in range(2)] == [401, 429]
+
+
+def test_fuzzed_login_forms_never_get_a_5xx(make_settings, running_service):
+    with running_service(make_settings()) as http, anonymous(http) as client:
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(st.binary(max_size=200) | st.text(max_size=60).map(str.encode),
+               st.sampled_from(["application/x-www-form-urlencoded", "text/plain", ""]))
+        def check(body, content_type):
+            response = client.post("/dashboard/login", content=body,
+                                   headers={"Content-Type": content_type})  # fmt: skip
+            assert response.status_code in (400, 401, 415, 429), response.text[:200]
+
+        check()
