@@ -1,5 +1,6 @@
 """Oracle service robustness figures (not a test): deadlines, starvation, SIGTERM, restart,
-memory under oversized batches, and two replicas behind one PostgreSQL store.
+memory under oversized batches and under the worst judge replies at full batches, and two
+replicas behind one PostgreSQL store.
 
 Each phase starts its own judge and replica(s) on 127.0.0.1; `--service-root DIR` serves
 from another checkout (the previous code) for before/after figures. Prints one JSON line.
@@ -15,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -25,11 +27,15 @@ from oracle_service.testing.hostile_judge import HostileJudge, HostileTiming
 from oracle_service.testing.postgres import ThrowawayPostgres
 from oracle_service.testing.processes import REPO_ROOT, ServiceProcess
 
-PHASES = ["retry_after", "trickle", "starvation", "shutdown", "restart", "memory", "replicas"]
+PHASES = ["retry_after", "trickle", "starvation", "shutdown", "restart", "memory",
+          "worst_replies", "replicas"]  # fmt: skip
 CAP_S = 600.0  # the longest any one measurement may take
 OVERSIZED_ITEMS = 12_000  # ~7 MB bodies, far over max_batch_size (256)
 BODIES_AT_ONCE = 10
 KIB = 1024
+MAX_RESPONSE_BYTES = 1024 * KIB  # the service's default judge_max_response_bytes (read cap)
+MAX_BATCH = 256  # the service's default max_batch_size
+RSS_GUARD_MIB = 10 * KIB  # the replica is killed past this (this machine is shared)
 # The service's own defaults, but for what every replica needs.
 MINIMAL = {k: BASE_SETTINGS[k] for k in ("api_token", "log_level", "judge_api_key", "judge_model")}
 
@@ -161,6 +167,47 @@ def memory(root: Path, workdir: Path, args) -> dict:
                 round(peak_rss_kib(r.process.pid) / KIB)}  # fmt: skip
 
 
+def current_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+
+def worst_replies(root: Path, workdir: Path, args) -> dict:
+    """Peak RSS while `--batches` full batches (max_batch_size items) are answered at once
+    by a judge whose every reply is an error body just under the read cap, with status
+    `--status` (500: retried; 200: not a completion, read whole); the service's defaults
+    otherwise (retries, concurrency, caps)."""
+    body_bytes = MAX_RESPONSE_BYTES - KIB
+    judge = HostileJudge(plan=lambda prompt: "huge_error", huge_error_bytes=body_bytes,
+                         huge_error_status=args.status)  # fmt: skip
+    with Stack(judge, root, workdir, "worst-replies") as r:
+        idle_kib, killed = peak_rss_kib(r.process.pid), threading.Event()
+        outcomes: list[object] = []
+
+        def send(batch: int) -> None:
+            outcomes.append(post(r.url, make_items(f"worst{batch}", MAX_BATCH))[1])
+
+        threads = [threading.Thread(target=send, args=(b,)) for b in range(args.batches)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):  # a guard, not a measurement
+            if current_rss_kib(r.process.pid) > RSS_GUARD_MIB * KIB and not killed.is_set():
+                killed.set()
+                r.kill()
+            time.sleep(0.1)
+        seconds = round(time.monotonic() - started, 1)
+        peak_kib = None if killed.is_set() else peak_rss_kib(r.process.pid)
+    kinds = [x["error"]["kind"] if x["error"] else x["verdict"]
+             for result in outcomes if isinstance(result, list) for x in result]  # fmt: skip
+    return {"batches": args.batches, "items": args.batches * MAX_BATCH,
+            "status": args.status, "error_body_bytes": body_bytes, "judge_calls": len(judge.served),
+            "peak_rss_mib_idle": round(idle_kib / KIB),
+            "peak_rss_mib": f"killed above {RSS_GUARD_MIB}" if peak_kib is None
+            else round(peak_kib / KIB), "seconds": seconds,
+            "outcomes": dict(Counter(kinds))}  # fmt: skip
+
+
 def replicas(root: Path, workdir: Path, args) -> dict:
     """Two replicas behind one PostgreSQL store: throughput, shared stats and cache, a kill."""
     with ThrowawayPostgres() as pg, fake_judge(args.latency) as judge_url:
@@ -234,6 +281,8 @@ def main() -> None:
     parser.add_argument("--kill-clients", type=int, default=8, help="load threads at the kill")
     parser.add_argument("--kill-after", type=int, default=400, help="answered items, then kill")
     parser.add_argument("--latency", type=float, default=0.2, help="fake judge seconds/reply")
+    parser.add_argument("--batches", type=int, default=4, help="worst_replies: at once")
+    parser.add_argument("--status", type=int, default=500, help="worst_replies: their status")
     args = parser.parse_args()
     root = Path(args.service_root).resolve()
     result: dict = {"service_root": str(root), "load_average_1m_before": os.getloadavg()[0]}

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import logging.config
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,13 +16,14 @@ import yaml
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
-from oracle_service import __version__, cli
+from oracle_service import __version__, cli, serving
 from oracle_service.api import comparisons, dashboard, health, middleware, runs, stats
 from oracle_service.api.deps import UNAUTHORIZED, require_token
 from oracle_service.api.schema import openapi_schema
 from oracle_service.backends import open_backend
 from oracle_service.core.comparisons import ComparisonService
 from oracle_service.core.metrics import ServiceMetrics
+from oracle_service.core.sanitize import register_secrets
 from oracle_service.core.settings import (
     Settings,
     StartupError,
@@ -30,9 +32,11 @@ from oracle_service.core.settings import (
 )
 from oracle_service.core.store import StoreError
 from oracle_service.core.stores import make_store
+from oracle_service.core.throttle import LoginThrottle
 
 logger = logging.getLogger("oracle_service")
 CONFIG_ERROR_EXIT = 2
+STARTUP_FAILURE_EXIT = 3  # as uvicorn.run: the server did not start (e.g. the port is taken)
 
 
 @asynccontextmanager
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; refuses a weak API token outside dev mode, and a judge without a key."""
     settings = settings if settings is not None else load_settings()
     settings.assert_safe_to_start()
+    register_secrets(settings.secret_values())  # no answer or log line shows them
     if not settings.auth_enabled:
         logger.warning("dev mode without COMPO_ORACLE_API_TOKEN: authentication is OFF")
     app = FastAPI(
@@ -78,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.service = None
     app.state.store = None
+    app.state.login_throttle = LoginThrottle(
+        settings.dashboard_login_failures, settings.dashboard_login_window_s
+    )
     middleware.install(app, settings.max_body_bytes)
     protected = [Depends(require_token)]
     app.include_router(health.open_router)
@@ -89,19 +97,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Run the service with uvicorn until interrupted (what `compo serve` calls).
+    """Run the service with uvicorn until interrupted (what `compo serve` calls): logs
+    redacted, no query strings in the access log, request read deadlines (serving.py).
 
     SIGTERM/Ctrl-C: open requests get shutdown_timeout_s to finish, then are cancelled.
     """
-    logging.basicConfig(level=settings.log_level.upper())
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-    )
+    logging.config.dictConfig(serving.log_config(settings.log_level))
+    server = uvicorn.Server(serving.server_config(create_app(settings), settings))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(STARTUP_FAILURE_EXIT)
 
 
 async def check_store(settings: Settings) -> None:

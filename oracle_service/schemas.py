@@ -19,12 +19,17 @@ from pydantic import (
 
 API_PREFIX = "/v1"
 DEFAULT_RUN_ID = "default"
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# 1-128 letters, digits, '.', '_', '-', starting with a letter or digit: never '.', '..' or
+# anything else a path, a shell or a file system reads as more than a name.
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # Counts and indices: at most 2**53 - 1, the largest integer every JSON reader (a float64)
 # holds exactly; well inside SQLite INTEGER and PostgreSQL BIGINT (2**63 - 1).
 MAX_SAFE_INT = 2**53 - 1
 MAX_ERROR_CHARS = 300  # an abstention's message is at most this long (sanitised)
 EXTRA_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"  # extra fields of a summary
+# An iteration summary's bounds (a coordinator posts ~30 fields, two more per Ray worker).
+MAX_SUMMARY_FIELDS = 512  # named and extra fields together (422 beyond)
+MAX_SUMMARY_BYTES = 64 * 1024  # the JSON body (413 beyond)
 EXCERPT_CHARS = 80  # how much of a bad value an error message quotes
 
 
@@ -199,13 +204,16 @@ class ServiceStats(StatsSummary):
 EXTRA_FIELDS_SCHEMA = {
     "additionalProperties": {"anyOf": [{"type": "number"}, {"type": "null"}]},
     "propertyNames": {"pattern": EXTRA_NAME_PATTERN},
+    "maxProperties": MAX_SUMMARY_FIELDS,
 }
 
 
 class IterationSummary(BaseModel):
-    """The coordinator's summary of one iteration; extra numeric fields are kept.
+    """The coordinator's summary of one iteration; extra numeric fields are kept, up to
+    MAX_SUMMARY_FIELDS fields in all (and MAX_SUMMARY_BYTES of JSON).
 
-    n_minus may not exceed m (a rule JSON Schema cannot state: a 422 says so).
+    n_minus may not exceed m, a rule JSON Schema cannot state: `contradiction` says so, and
+    the service answers 409 (the summary conflicts with itself).
     """
 
     model_config = ConfigDict(
@@ -221,10 +229,16 @@ class IterationSummary(BaseModel):
     logp_chosen_change: Float | None = None
     logp_rejected_change: Float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _check_field_count(cls, data: object) -> object:
+        if isinstance(data, dict) and len(data) > MAX_SUMMARY_FIELDS:
+            raise ValueError(f"an iteration summary has at most MAX_SUMMARY_FIELDS="
+                             f"{MAX_SUMMARY_FIELDS} fields, this one {len(data)}")  # fmt: skip
+        return data
+
     @model_validator(mode="after")
-    def _check_counts_and_extras(self) -> IterationSummary:
-        if self.n_minus > self.m:
-            raise ValueError(f"n_minus ({self.n_minus}) cannot exceed m ({self.m})")
+    def _check_extras(self) -> IterationSummary:
         for name, value in (self.model_extra or {}).items():
             if not re.fullmatch(EXTRA_NAME_PATTERN, name):
                 shown = ascii(name)[:EXCERPT_CHARS]
@@ -237,6 +251,12 @@ class IterationSummary(BaseModel):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"extra field {name!r} must be a finite number, got {value}")
         return self
+
+    def contradiction(self) -> str | None:
+        """Why the summary contradicts itself (n_minus > m), or None."""
+        if self.n_minus > self.m:
+            return f"n_minus ({self.n_minus}) cannot exceed m ({self.m})"
+        return None
 
 
 class IterationList(BaseModel):

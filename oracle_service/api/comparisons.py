@@ -7,28 +7,27 @@ import re
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
-from oracle_service.api.deps import INVALID, TOO_LARGE, UNAVAILABLE, ServiceDep, SettingsDep
-from oracle_service.api.middleware import HTTP_413_TOO_LARGE
+from oracle_service.api.deps import (
+    INVALID,
+    TOO_LARGE,
+    UNAVAILABLE,
+    ServiceDep,
+    SettingsDep,
+    json_body,
+    parse_body,
+)
+from oracle_service.api.middleware import HTTP_499_CLIENT_GONE
 from oracle_service.schemas import API_PREFIX, ComparisonRequest, ComparisonResponse, ServiceLimits
 
 T = TypeVar("T")
 router = APIRouter(prefix=API_PREFIX, tags=["comparisons"])
-HTTP_499_CLIENT_GONE = 499  # nginx's code for "the client closed the request"
 _PROMPT_KEY = re.compile(rb'"prompt"\s*:')
 # The body is parsed here, not by FastAPI (straight from bytes to the model, without a tree
 # of Python objects in between), so its schema is declared by hand.
-REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ComparisonRequest"}}
-        },
-    }
-}
+REQUEST_BODY = json_body(ComparisonRequest)
 
 
 def items_at_least(body: bytes) -> int:
@@ -41,12 +40,11 @@ def items_at_least(body: bytes) -> int:
     return len(_PROMPT_KEY.findall(body))
 
 
-def too_large(count: int, limit: int) -> HTTPException:
-    return HTTPException(
-        HTTP_413_TOO_LARGE,
-        f"batch of {count} items exceeds max_batch_size={limit}; split it "
-        f"(see GET {API_PREFIX}/limits)",
-    )
+def too_many(count: int, limit: int) -> RequestValidationError:
+    """422: the batch breaks the schema's maxItems (max_batch_size)."""
+    message = (f"batch of {count} items exceeds max_batch_size={limit}; split it "
+               f"(see GET {API_PREFIX}/limits)")  # fmt: skip
+    return RequestValidationError([{"loc": ("body", "items"), "msg": message, "type": "too_long"}])
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -86,14 +84,10 @@ async def compare(
     arrived = asyncio.get_running_loop().time()
     body = await request.body()
     if (count := items_at_least(body)) > settings.max_batch_size:
-        raise too_large(count, settings.max_batch_size)
-    try:
-        parsed = ComparisonRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-        raise RequestValidationError(errors) from None
+        raise too_many(count, settings.max_batch_size)
+    parsed = parse_body(ComparisonRequest, body)
     if len(parsed.items) > settings.max_batch_size:
-        raise too_large(len(parsed.items), settings.max_batch_size)
+        raise too_many(len(parsed.items), settings.max_batch_size)
     results = await cancel_on_disconnect(request, service.compare(parsed.items, arrived))
     if results is None:
         return Response(status_code=HTTP_499_CLIENT_GONE)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 
 from oracle_service.core import session
 from oracle_service.core.comparisons import ComparisonService
@@ -17,12 +19,28 @@ from oracle_service.core.store import Store
 from oracle_service.schemas import ErrorBody, ValidationErrorBody
 
 bearer_scheme = HTTPBearer(auto_error=False, description="COMPO_ORACLE_API_TOKEN")
+Model = TypeVar("Model", bound=BaseModel)
 
 # Documented error answers (every one is an ErrorBody: {"detail": "..."}).
 UNAUTHORIZED = {401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}}
-TOO_LARGE = {413: {"model": ErrorBody, "description": "Batch or body larger than the limits"}}
+TOO_LARGE = {413: {"model": ErrorBody, "description": "Body larger than max_body_bytes"}}
 INVALID = {422: {"model": ValidationErrorBody, "description": "Invalid request"}}
 UNAVAILABLE = {503: {"model": ErrorBody, "description": "Starting up, or the store is down"}}
+
+
+def json_body(model: type[Model]) -> dict:
+    """The OpenAPI request body of a route that parses its body itself (parse_body)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def parse_body(model: type[Model], body: bytes) -> Model:
+    """The body as `model`, straight from the bytes; a 422 naming each problem."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def get_settings(request: Request) -> Settings:
@@ -51,17 +69,23 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SECONDS_PER_HOUR = 3600.0
 
 
-def has_session(request: Request, settings: Settings) -> bool:
-    """A read (GET/HEAD) carrying a valid dashboard session cookie (core/session.py)."""
-    if request.method not in session.READ_METHODS:
-        return False
+async def session_valid(request: Request, settings: Settings) -> bool:
+    """The request's dashboard session cookie is genuine, not expired, and of the store's
+    current session epoch (a logout moves it on); the store is asked only then."""
     max_age_s = settings.dashboard_session_hours * SECONDS_PER_HOUR
     cookie = request.cookies.get(session.COOKIE_NAME)
-    return session.valid_session(cookie, settings.api_token.get_secret_value(), time.time(),
-                                 max_age_s)
+    token = settings.api_token.get_secret_value()
+    epoch = session.session_epoch(cookie, token, time.time(), max_age_s)
+    store = getattr(request.app.state, "store", None)
+    return epoch is not None and store is not None and epoch == await store.session_epoch()
 
 
-def require_token(
+async def has_session(request: Request, settings: Settings) -> bool:
+    """A read (GET/HEAD) carrying a valid dashboard session cookie (core/session.py)."""
+    return request.method in session.READ_METHODS and await session_valid(request, settings)
+
+
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
@@ -74,7 +98,7 @@ def require_token(
     given = credentials.credentials.encode(errors="replace") if credentials is not None else b""
     if credentials is not None and hmac.compare_digest(given, expected):
         return
-    if not has_session(request, settings):
+    if not await has_session(request, settings):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing or invalid bearer token",

@@ -1,4 +1,5 @@
-"""Request body size limit, and errors as one safe line: 422, 503 (store), 500 (a bug)."""
+"""Request body size limit, and errors as one safe line: 422, 503 (store), 500 (a bug);
+a client gone before its body was read is no error (no traceback in the log)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oracle_service.core.sanitize import safe_message
@@ -20,9 +23,11 @@ logger = logging.getLogger(__name__)
 HTTP_405_NOT_ALLOWED = 405
 HTTP_413_TOO_LARGE = 413
 HTTP_422_INVALID = 422
+HTTP_499_CLIENT_GONE = 499  # nginx's code for "the client closed the request"
 HTTP_500_INTERNAL = 500
 HTTP_503_UNAVAILABLE = 503
 MAX_PROBLEMS = 20  # validation problems listed in one 422
+MAX_DETAIL_CHARS = 2000  # an error's `detail` line
 _PATH_PARAMETER = re.compile(r"\{[^/{}]+\}")  # {run_id} in /v1/runs/{run_id}/stats
 
 
@@ -91,17 +96,27 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's own answer, with a complete Allow header on a 405."""
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == HTTP_405_NOT_ALLOWED:
         methods = allowed_methods(request.app, request.url.path)
         if methods:
-            exc = HTTPException(exc.status_code, exc.detail, headers={"Allow": ", ".join(methods)})
-    return await http_exception_handler(request, exc)
+            headers["Allow"] = ", ".join(methods)
+    detail = safe_message(exc.detail, limit=MAX_DETAIL_CHARS)
+    return await http_exception_handler(request, HTTPException(exc.status_code, detail, headers))
 
 
 async def store_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """503: the store failed, so nothing of this request was recorded (or answered)."""
     logger.error("store failure: %s", exc)
-    return JSONResponse({"detail": f"store unavailable: {exc}"}, HTTP_503_UNAVAILABLE)
+    detail = safe_message(f"store unavailable: {exc}", limit=MAX_DETAIL_CHARS)
+    return JSONResponse({"detail": detail}, HTTP_503_UNAVAILABLE)
+
+
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    """The client closed the connection (or was cut off) before sending its whole body."""
+    logger.debug("%s %s: the client went away before its body was read", request.method,
+                 request.url.path)  # fmt: skip
+    return Response(status_code=HTTP_499_CLIENT_GONE)
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -114,4 +129,5 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(StoreError, store_error_handler)
+    app.add_exception_handler(ClientDisconnect, client_gone_handler)
     app.add_exception_handler(Exception, internal_error_handler)

@@ -1,8 +1,10 @@
 """LLM-judge backend: any OpenAI-compatible chat endpoint through the openai client.
 
 Every item gets a verdict or its own abstention, whatever the endpoint does: each call is
-bounded in time (judge_timeout_s, body included) and size (judge_max_response_bytes),
-retries stop at the item's deadline, and hung calls leave their slots (core/slots.py).
+bounded in time (judge_timeout_s, body included) and size (judge_max_response_bytes; of an
+error body or an answer only judge_max_kept_bytes are kept), retries stop at the item's
+deadline, and hung calls leave their slots (core/slots.py). An internal error (a bug) is
+logged with its traceback, once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from oracle_service.backends.judge_parsing import (
     render_template,
     verdict_from_raw,
 )
-from oracle_service.backends.judge_reply import ChatReply, parse_reply
+from oracle_service.backends.judge_reply import ChatReply, parse_body
 from oracle_service.core.metrics import ServiceMetrics
 from oracle_service.core.ratelimit import RateLimits
 from oracle_service.core.retry import (
@@ -35,7 +36,7 @@ from oracle_service.core.retry import (
     classify,
     with_retries,
 )
-from oracle_service.core.sanitize import safe_message
+from oracle_service.core.sanitize import register_secrets
 from oracle_service.core.settings import Settings
 from oracle_service.core.slots import CallSlots
 from oracle_service.schemas import ComparisonItem, ErrorKind
@@ -66,7 +67,7 @@ class JudgeBackend:
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._secrets = [settings.judge_key(), settings.api_token.get_secret_value()]
+        register_secrets(settings.secret_values())  # an echoed key is redacted, bare or not
         # Several small connection pools: the HTTP client scans its whole pool on every
         # request, so one pool of hundreds of connections costs more CPU than the call.
         pools = math.ceil(settings.judge_max_concurrency / settings.judge_connections_per_pool)
@@ -106,8 +107,11 @@ class JudgeBackend:
             await client.close()
 
     def _abstain(self, exc: BaseException, **usage: int) -> Verdict:
-        message = safe_message(describe(exc, self._settings), self._secrets)
-        return Verdict.abstain(classify(exc), message, **usage)
+        """The item's abstention for `exc`; a bug (internal_error) is logged here, once."""
+        kind = classify(exc)
+        if kind is ErrorKind.INTERNAL_ERROR:
+            logger.error("judging one item failed", exc_info=exc)
+        return Verdict.abstain(kind, describe(exc, self._settings), **usage)
 
     async def _judge_by(self, item: ComparisonItem, deadline: float) -> Verdict:
         """The item's verdict, or its abstention; never raises (cancellation aside)."""
@@ -118,7 +122,6 @@ class JudgeBackend:
             message = f"no verdict within item_deadline_s={self._settings.item_deadline_s}"
             return Verdict.abstain(ErrorKind.DEADLINE_EXCEEDED, message)
         except Exception as exc:  # a bug: logged, and this item alone abstains
-            logger.exception("judging one item failed")
             return self._abstain(exc)
 
     async def _judge(self, item: ComparisonItem, deadline: float) -> Verdict:
@@ -162,7 +165,7 @@ class JudgeBackend:
             return await self.slots.run(lambda: self._timed_create(messages))
 
         reply = await with_retries(attempt, self._settings, deadline)
-        return reply.record(swapped)
+        return reply.record(swapped, self._settings.judge_max_kept_bytes)
 
     async def _timed_create(self, messages: list[dict[str, str]]) -> ChatReply:
         """One HTTP attempt, cut off after judge_timeout_s however the bytes trickle in."""
@@ -173,7 +176,8 @@ class JudgeBackend:
             raise CallTimeout() from None
 
     async def _create(self, messages: list[dict[str, str]]) -> ChatReply:
-        """POST /chat/completions through the SDK client (auth, typed errors), parsed strictly.
+        """POST /chat/completions through the SDK client (auth, typed errors); the body's
+        bytes are parsed here, bounded in depth, and validated strictly (judge_reply.py).
 
         `client.post` with a ready wire-format body skips the SDK's per-call TypedDict
         transform, which costs ~1 ms of CPU per call and dominates at hundreds of calls/s.
@@ -191,11 +195,12 @@ class JudgeBackend:
             body["response_format"] = {"type": "json_object"}
         client = next(self._next_client)
         try:
-            try:
-                data = await client.post("/chat/completions", body=body, cast_to=object)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a JSON type, no JSON
-                raise InvalidReply(f"judge reply is not valid JSON: {exc}") from exc
-            reply = parse_reply(data)
+            reply = parse_body(await client.post("/chat/completions", body=body, cast_to=bytes))
+        except InvalidReply as exc:
+            self._count_attempt("error")
+            # Without the parser's frames: they hold the reply (up to a MiB) for as long
+            # as the error lives, and asyncio's tasks make that a cycle only gc frees.
+            raise exc.with_traceback(None) from None
         except Exception:
             self._count_attempt("error")
             raise

@@ -9,6 +9,7 @@ import re
 from typing import Any, Literal
 
 from oracle_service.backends.base import Verdict
+from oracle_service.core.sanitize import safe_message
 from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
 
 OutputFormat = Literal["token", "json"]
@@ -35,21 +36,29 @@ def content_seeded_swap(item: ComparisonItem) -> bool:
     return shown_first != item.response_a
 
 
-def parse_choice(content: str | None, output_format: OutputFormat) -> VerdictLabel:
+def excerpt(text: str) -> str:
+    """The start of a judge output, quoted; secrets are redacted before it is cut."""
+    return repr(safe_message(text, limit=EXCERPT_CHARS))
+
+
+def parse_choice(content: str | None, output_format: OutputFormat,
+                 truncated: bool = False) -> VerdictLabel:  # fmt: skip
     """A, B or TIE for the order shown; anything else raises MalformedOutput."""
     if content is None:
         raise MalformedOutput("judge returned no content")
+    if truncated:  # longer than judge_max_kept_bytes: no answer is
+        raise MalformedOutput(f"judge output is longer than any answer: {excerpt(content)}")
     text = content.strip()
     if output_format == "json":
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MalformedOutput(f"judge output is not JSON: {text[:EXCERPT_CHARS]!r}") from exc
+        except (ValueError, RecursionError):
+            raise MalformedOutput(f"judge output is not JSON: {excerpt(text)}") from None
         winner = parsed.get("winner") if isinstance(parsed, dict) else None
         text = winner.strip().upper() if isinstance(winner, str) else ""
     choice = PRESENTED_CHOICES.get(text)
     if choice is None:
-        raise MalformedOutput(f"judge output is not one of A, B, TIE: {content[:EXCERPT_CHARS]!r}")
+        raise MalformedOutput(f"judge output is not one of A, B, TIE: {excerpt(content)}")
     return choice
 
 
@@ -66,7 +75,7 @@ def verdict_from_raw(raw: dict[str, Any], output_format: OutputFormat) -> Verdic
     probabilities: list[float] = []
     for call in raw["calls"]:
         try:
-            shown = parse_choice(call["content"], output_format)
+            shown = parse_choice(call["content"], output_format, call.get("truncated", False))
         except MalformedOutput as exc:
             return Verdict.abstain(ErrorKind.MALFORMED_OUTPUT, str(exc))
         labels.append(shown.flipped() if call["swapped"] else shown)

@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -89,6 +90,14 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         10.0, ge=0, description="On SIGTERM: wait this long for open requests, then cancel them."
     )
+    request_header_timeout_s: float = Field(
+        10.0, gt=0, description="A client must send a request's headers within this long of "
+        "connecting (or of its first byte after a keep-alive pause); else 408 and closed.",
+    )
+    request_body_timeout_s: float = Field(
+        60.0, gt=0, description="A client must send a request's whole body within this long "
+        "of its headers; else the connection is closed.",
+    )
 
     # --- storage ---
     db_path: Path = Field(Path("oracle_service.sqlite3"), description="SQLite file (cache, runs).")
@@ -125,6 +134,10 @@ class Settings(BaseSettings):
     )
     judge_max_response_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest judge reply read; longer ones abstain."
+    )
+    judge_max_kept_bytes: int = Field(
+        4096, ge=256, description="Most of one judge reply kept once read: an error body is "
+        "cut here (the rest is not read), a longer answer abstains (malformed_output).",
     )
     judge_max_concurrency: int = Field(64, ge=1, description="Judge calls in flight at once.")
     judge_slow_call_s: float = Field(
@@ -166,6 +179,13 @@ class Settings(BaseSettings):
     dashboard_session_hours: float = Field(
         12.0, gt=0, description="A dashboard login lasts this long (then log in again)."
     )
+    dashboard_login_failures: int = Field(
+        10, ge=1, description="Failed logins a client may make per dashboard_login_window_s; "
+        "more are refused (429) without checking the token.",
+    )
+    dashboard_login_window_s: float = Field(
+        60.0, gt=0, description="The window over which failed logins are counted per client."
+    )
 
     @model_validator(mode="after")
     def _check_backend_config(self) -> Settings:
@@ -198,6 +218,14 @@ class Settings(BaseSettings):
     def judge_key(self) -> str:
         """The judge's API key: judge_api_key, else OPENAI_API_KEY ('' if neither)."""
         return self.judge_api_key.get_secret_value() or os.environ.get("OPENAI_API_KEY", "")
+
+    def secret_values(self) -> list[str]:
+        """What no message may show: the judge key, the API token, passwords in URLs."""
+        values = [self.judge_key(), self.api_token.get_secret_value()]
+        for url in (self.store_url.get_secret_value(), self.judge_base_url):
+            password = urlsplit(url).password
+            values += [password, unquote(password)] if password else []
+        return values
 
     def assert_safe_to_start(self) -> None:
         """Refuse a weak API token outside dev mode, and a judge without a key."""

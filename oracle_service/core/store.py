@@ -1,4 +1,5 @@
-"""The store: verdict cache, iteration summaries and vote counters, in SQLite or PostgreSQL.
+"""The store: verdict cache, iteration summaries, vote counters and the dashboard's session
+epoch, in SQLite or PostgreSQL.
 
 SQLite (`store_sqlite.py`, the embedded default) serves one replica; PostgreSQL
 (`store_postgres.py`, `store_url`) lets several replicas share one cache and one set of
@@ -46,6 +47,8 @@ def table_definitions(integer: str, real: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS vote_counters (run_id TEXT NOT NULL, iteration {integer} "
         f"NOT NULL, name TEXT NOT NULL, value {real} NOT NULL, "
         "PRIMARY KEY (run_id, iteration, name))",
+        f"CREATE TABLE IF NOT EXISTS service_state (name TEXT PRIMARY KEY, value {integer} "
+        "NOT NULL)",
     ]
 
 
@@ -94,12 +97,19 @@ class Store(Protocol):
     async def list_runs(self) -> list[dict[str, Any]]:
         """Runs with iteration summaries: counts, last iteration, time of the latest post."""
 
+    async def session_epoch(self) -> int:
+        """The dashboard's session epoch (0 until the first logout)."""
+
+    async def end_sessions(self) -> int:
+        """Move the session epoch on (ending every session issued before); the new epoch."""
+
 
 RUN_LIST_QUERY = (
     "SELECT run_id, COUNT(*), MAX(iteration), MAX(received_at) FROM iterations "
     "GROUP BY run_id ORDER BY MAX(received_at) DESC, run_id"
 )
 RUN_LIST_KEYS = ("run_id", "iterations", "last_iteration", "updated_at")
+SESSION_EPOCH = "session_epoch"  # its row in service_state
 
 
 def redacted_url(url: str) -> str:

@@ -13,6 +13,7 @@ from oracle_service.core.sanitize import safe_message
 from oracle_service.core.store import (
     RUN_LIST_KEYS,
     RUN_LIST_QUERY,
+    SESSION_EPOCH,
     CachedVerdict,
     CounterKey,
     CounterRow,
@@ -39,6 +40,10 @@ _PUT_ITERATION = (
     "DO UPDATE SET summary = excluded.summary, received_at = excluded.received_at"
 )
 _COUNTERS = "SELECT run_id, iteration, name, value FROM vote_counters"
+_NEXT_EPOCH = (
+    "INSERT INTO service_state VALUES ($1, 1) ON CONFLICT (name) "
+    "DO UPDATE SET value = service_state.value + 1 RETURNING value"
+)
 # What a lost or refused connection raises: the driver's, the socket's, a timeout.
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -152,3 +157,16 @@ class PostgresStore:
                 lambda connection: connection.fetch(f"{_COUNTERS} WHERE run_id = $1", run_id)
             )
         return [tuple(row) for row in rows]
+
+    async def session_epoch(self) -> int:
+        value = await self._with_connection(
+            lambda connection: connection.fetchval(
+                "SELECT value FROM service_state WHERE name = $1", SESSION_EPOCH
+            )
+        )
+        return 0 if value is None else value
+
+    async def end_sessions(self) -> int:
+        return await self._with_connection(
+            lambda connection: connection.fetchval(_NEXT_EPOCH, SESSION_EPOCH)
+        )

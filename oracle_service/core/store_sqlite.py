@@ -15,6 +15,7 @@ from oracle_service.core.sanitize import safe_message
 from oracle_service.core.store import (
     RUN_LIST_KEYS,
     RUN_LIST_QUERY,
+    SESSION_EPOCH,
     CachedVerdict,
     CounterKey,
     CounterRow,
@@ -33,6 +34,10 @@ _INSERT_VERDICT = "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (k
 _ADD_COUNTER = (
     "INSERT INTO vote_counters VALUES (?, ?, ?, ?) ON CONFLICT (run_id, iteration, name) "
     "DO UPDATE SET value = vote_counters.value + excluded.value"
+)
+_NEXT_EPOCH = (  # no RETURNING: SQLite before 3.35 lacks it
+    "INSERT INTO service_state VALUES (?, 1) ON CONFLICT (name) "
+    "DO UPDATE SET value = service_state.value + 1"
 )
 
 
@@ -153,3 +158,19 @@ class SQLiteStore:
         if run_id is None:
             return list(self._db.execute(query))
         return list(self._db.execute(f"{query} WHERE run_id = ?", (run_id,)))
+
+    async def session_epoch(self) -> int:
+        return await self._run(self._session_epoch_sync)
+
+    def _session_epoch_sync(self) -> int:
+        query = "SELECT value FROM service_state WHERE name = ?"
+        row = self._db.execute(query, (SESSION_EPOCH,)).fetchone()
+        return 0 if row is None else row[0]
+
+    async def end_sessions(self) -> int:
+        return await self._run(self._end_sessions_sync)
+
+    def _end_sessions_sync(self) -> int:
+        with self._db:
+            self._db.execute(_NEXT_EPOCH, (SESSION_EPOCH,))
+            return self._session_epoch_sync()

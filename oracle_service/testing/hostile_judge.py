@@ -1,8 +1,9 @@
-"""A hostile OpenAI-compatible judge: 22 kinds of bad replies on POST /v1/chat/completions.
+"""A hostile OpenAI-compatible judge: 25 kinds of bad replies on POST /v1/chat/completions.
 
 Unlike the fake judge (`fake_judge.py`, well-formed replies with scripted errors), this one
 breaks the wire protocol the ways real upstreams and proxies do: bodies that are not
-completions, lying headers, byte trickles, hangs, resets, echoed credentials, huge bodies.
+completions (one nested 400,000 deep), lying headers, byte trickles, hangs, resets, echoed
+credentials (after a `Bearer`, or bare where no pattern can spot them), huge bodies.
 A share `fault_rate` of calls gets a fault (drawn from `kinds`); the rest get a good reply
 decided by `prefer_longer`. Every call is logged with what it got, so tests can check
 that no verdict ever came from a fault.
@@ -11,6 +12,7 @@ that no verdict ever came from a fault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import threading
@@ -29,20 +31,23 @@ from oracle_service.testing.fake_judge import (
 Send = Callable[[dict], object]
 HUGE_RETRY_AFTER_S = 3600
 HUGE_ERROR_CHARS = 200_000  # the size of the error bodies that used to reach clients
+HUGE_ERROR_HEAD = "internal error; trace follows: "
 HUGE_CONTENT_CHARS = 200_000  # a "verdict" far longer than A, B or TIE
 OVERSIZED_BODY_BYTES = 12 * 1024 * 1024  # beyond any sane completion
 RESET_AFTER_BYTES = 10
+DEEP_NESTING = 400_000  # levels of [[[...]]]: 800 KB, under the 1 MiB read cap
 
 # Bodies that are not a well-formed chat completion.
 NOT_A_COMPLETION = (
     "malformed_json", "html_200", "empty_200", "json_array", "non_string_content",
     "content_parts", "string_usage", "negative_usage", "no_message", "empty_choices",
-    "no_choices", "bad_logprobs", "oversized_body",
+    "no_choices", "bad_logprobs", "oversized_body", "deep_json",
 )  # fmt: skip
 # Protocol-level trouble: status codes, headers, timing, connections.
 TRANSPORT = (
     "huge_content", "retry_after_huge", "retry_after_garbage", "trickle", "hang",
     "echo_authorization", "huge_error", "connection_reset", "redirect_loop",
+    "echo_key_content", "echo_key_error",
 )  # fmt: skip
 KINDS = NOT_A_COMPLETION + TRANSPORT
 GOOD = "good"
@@ -79,6 +84,8 @@ class HostileJudge:
         seed: int = 0,
         plan: Callable[[str], str | None] | None = None,
         latency_s: float = 0.0,
+        huge_error_bytes: int = HUGE_ERROR_CHARS,
+        huge_error_status: int = 500,
     ) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown:
@@ -88,6 +95,8 @@ class HostileJudge:
         self.timing = timing or HostileTiming()
         self.plan = plan  # prompt -> fault kind (or None: good), overrides the random draw
         self.latency_s = latency_s
+        self.huge_error_bytes = huge_error_bytes  # the size of a huge_error reply's body
+        self.huge_error_status = huge_error_status  # 200: the same body as a non-completion
         self.served: list[Served] = []
         self.in_flight = 0  # calls being answered right now
         self._random = random.Random(seed)
@@ -183,8 +192,16 @@ class HostileJudge:
         await send_bytes(send, 401, error_body(message, code="invalid_api_key"))
 
     async def _huge_error(self, scope, receive, send, request) -> None:
-        message = "internal error; trace follows: " + "frame " * (HUGE_ERROR_CHARS // 6)
-        await send_bytes(send, 500, error_body(message))
+        await send_bytes(send, self.huge_error_status, huge_error_body(self.huge_error_bytes))
+
+    async def _echo_key_content(self, scope, receive, send, request) -> None:
+        """200 with the caller's key as the "verdict", bare: no pattern gives it away."""
+        body = completion_body(request, f"invalid key {caller_key(scope)}")
+        await send_bytes(send, 200, json.dumps(body).encode())
+
+    async def _echo_key_error(self, scope, receive, send, request) -> None:
+        message = f"Incorrect API key provided: {caller_key(scope)}. Check it and try again."
+        await send_bytes(send, 401, error_body(message, code="invalid_api_key"))
 
     async def _connection_reset(self, scope, receive, send, request) -> None:
         body = json.dumps(completion_body(request, "A")).encode()
@@ -222,8 +239,23 @@ def not_a_completion(kind: str, request: dict) -> tuple[str, bytes]:
         "bad_logprobs": lambda: good["choices"][0].update(logprobs={"content": "A"}),
         "oversized_body": lambda: good.update(padding="x" * OVERSIZED_BODY_BYTES),
     }
+    if kind == "deep_json":
+        return json_type, b"[" * DEEP_NESTING + b"]" * DEEP_NESTING
     mutations[kind]()
     return json_type, json.dumps(good).encode()
+
+
+@functools.cache
+def huge_error_body(size: int) -> bytes:
+    """A 500's JSON error body of `size` bytes (built once per size)."""
+    padding = size - len(error_body(HUGE_ERROR_HEAD))
+    return error_body(HUGE_ERROR_HEAD + "x" * max(0, padding))
+
+
+def caller_key(scope: dict) -> str:
+    """The API key the caller sent (its Authorization header without `Bearer `)."""
+    authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+    return authorization.removeprefix("Bearer ")
 
 
 def error_body(message: str, code: str | None = None) -> bytes:

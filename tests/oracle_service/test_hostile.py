@@ -1,5 +1,6 @@
-"""The real service, through the real openai client, against a hostile judge (22 kinds of bad
-replies): every item keeps its own answer, nothing is lost, no failure reads as a verdict."""
+"""The real service, through the real openai client, against a hostile judge (25 kinds of bad
+replies): every item keeps its own answer, nothing is lost, no failure reads as a verdict,
+and the judge's key never comes back, even bare (plain hex, no `Bearer` or `sk-` to spot)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from oracle_service.testing.hostile_judge import (
 )
 from tests.oracle_service.conftest import TOKEN
 
-JUDGE_KEY = "sk-hostile-judge-key-7c3a9e1f"
+JUDGE_KEY = "62300af6c1d94e0b8a7f35e2d4c6b9a1"  # plain hex: no pattern finds it
 # What each fault must become when every call for the item gets it (retries included).
 EXPECTED_KIND = {kind: "invalid_response" for kind in NOT_A_COMPLETION} | {
     "huge_content": "malformed_output",
@@ -35,6 +36,8 @@ EXPECTED_KIND = {kind: "invalid_response" for kind in NOT_A_COMPLETION} | {
     "huge_error": "server_error",
     "connection_reset": "connection_error",
     "redirect_loop": "connection_error",
+    "echo_key_content": "malformed_output",
+    "echo_key_error": "auth_error",
 }
 FAST = HostileTiming(retry_after_delay_s=0.3, trickle_interval_s=0.2, hang_s=60.0)
 
@@ -141,8 +144,9 @@ def check_fault_run(judge: HostileJudge, items: list[dict], answered, stats: dic
     for sent, result in answered:
         served = outcomes[sent["prompt"]]
         verdicts[result["verdict"]] += 1
-        if result["verdict"] == "abstain":
-            assert "good" not in served and result["error"]["kind"], (served, result)
+        if result["verdict"] == "abstain":  # after a fault, or a good reply read too late
+            late = result["error"]["kind"] in ("timeout", "deadline_exceeded")
+            assert served[-1] != "good" or late, (served, result)
         else:
             assert served[-1] == "good" and result["error"] is None, (served, result)
             assert result["verdict"] == expected_verdict(sent)
@@ -153,7 +157,7 @@ def check_fault_run(judge: HostileJudge, items: list[dict], answered, stats: dic
 
 def test_fault_run_loses_nothing_and_never_reads_a_failure_as_a_verdict(tmp_path):
     """20% of calls get a fault of any kind; retries recover the retryable ones."""
-    judge = HostileJudge(fault_rate=0.2, timing=FAST, seed=7)
+    judge = HostileJudge(fault_rate=0.2, timing=FAST, seed=97)  # its first 240 draws: every kind
     items = [item(f"fault run question {i}", i, run_id="fault-run") for i in range(240)]
     with BackgroundServer(judge) as upstream:
         settings = hostile_settings(upstream.url, tmp_path)

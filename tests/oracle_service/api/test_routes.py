@@ -7,6 +7,7 @@ import pytest
 
 from oracle_service.core.settings import InsecureSettingsError
 from oracle_service.main import create_app
+from oracle_service.schemas import MAX_SUMMARY_BYTES, MAX_SUMMARY_FIELDS
 
 
 def item(prompt: str, a: str, b: str, **extra: object) -> dict:
@@ -43,12 +44,14 @@ def test_dev_mode_without_token_has_no_auth(make_settings, running_service):
         assert http.get("/v1/limits", headers={"Authorization": ""}).status_code == 200
 
 
-def test_batch_size_limit_is_413_with_a_clear_message(make_settings, running_service):
+def test_batch_size_limit_is_422_with_a_clear_message(make_settings, running_service):
+    """A batch over max_batch_size breaks the schema's maxItems: a 422 like any other."""
     with running_service(make_settings(max_batch_size=2)) as http:
         assert http.get("/v1/limits").json()["max_batch_size"] == 2
         response = http.post("/v1/comparisons", json={"items": [item("p", "x", "y")] * 3})
-        assert response.status_code == 413
+        assert response.status_code == 422
         assert "batch of 3 items exceeds max_batch_size=2" in response.json()["detail"]
+        assert response.json()["errors"][0]["loc"] == ["body", "items"]
 
 
 def test_body_size_limit_is_413(make_settings, running_service):
@@ -76,11 +79,6 @@ def test_body_size_limit_is_413(make_settings, running_service):
         ("/v1/comparisons", {"items": []}, "items"),
         ("/v1/comparisons", {"items": [item("p", "x", "y", iteration=-1)]}, "iteration"),
         ("/v1/comparisons", {"items": [item("p", "x", "y", run_id="a b")]}, "run_id"),
-        (
-            "/v1/runs/r1/iterations",
-            {"iteration": 0, "m": 4, "n_minus": 5, "accepted": True},
-            "n_minus (5) cannot exceed m (4)",
-        ),
         (
             "/v1/runs/r1/iterations",
             {"iteration": 0, "m": 4, "n_minus": 1, "accepted": True, "note": "text"},
@@ -204,7 +202,7 @@ def test_readyz_reports_ready_only_while_running(make_settings):
         ("/v1/runs/r1/iterations", f'{{"iteration": {2**63}, "m": 1, "n_minus": 0, '
          '"accepted": true}', "body.iteration: Input should be less than or equal"),
         ("/v1/runs/r1/iterations", '{"iteration": 0, "m": 1, "n_minus": 0, "accepted": true, '
-         '"\\udcff": 1}', "body: Input should be a valid string, unable to parse raw data"),
+         '"\\udcff": 1}', "body: Invalid JSON: lone leading surrogate in hex escape"),
         ("/v1/runs/r1/iterations", '{"iteration": 0, "m": 1, "n_minus": 0, "accepted": true, '
          '"step": NaN}', "body.step"),
     ],
@@ -223,7 +221,7 @@ def test_a_batch_too_large_is_refused_before_it_is_parsed(make_settings, running
     broken = '{"items": [' + items + ', {"prompt": "p", "response_a": 1}'  # invalid JSON too
     with running_service(make_settings(max_batch_size=4)) as http:
         response = http.post("/v1/comparisons", content=broken.encode())
-    assert response.status_code == 413  # counted from the bytes: no parse was needed
+    assert response.status_code == 422  # counted from the bytes: no parse was needed
     assert "batch of 6 items exceeds max_batch_size=4" in response.json()["detail"]
 
 
@@ -232,3 +230,45 @@ def test_a_wrong_method_lists_every_allowed_one(make_settings, running_service):
         response = http.request("DELETE", "/v1/runs/r1/iterations")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize("run_id", ["%2E", "%2E%2E", ".hidden", "-rf", "_x"])
+def test_run_ids_that_a_path_could_read_as_more_than_a_name_are_refused(
+        make_settings, running_service, run_id):  # fmt: skip
+    summary = {"iteration": 0, "m": 4, "n_minus": 1, "accepted": True}
+    with running_service(make_settings()) as http:
+        posted = http.post(f"/v1/runs/{run_id}/iterations", json=summary)
+        assert posted.status_code == 422, posted.text  # '..' was stored: 201
+        assert "run_id" in posted.json()["detail"]
+        for path in (f"/v1/runs/{run_id}/iterations", f"/v1/runs/{run_id}/stats"):
+            assert http.get(path).status_code == 422, path
+        bad_item = item("p", "x", "y", run_id=run_id.replace("%2E", "."))
+        assert http.post("/v1/comparisons", json={"items": [bad_item]}).status_code == 422
+        assert http.get("/v1/runs").json() == {"runs": []}
+
+
+def test_a_self_contradicting_summary_is_a_409(make_settings, running_service):
+    with running_service(make_settings()) as http:
+        body = {"iteration": 0, "m": 4, "n_minus": 5, "accepted": True}
+        response = http.post("/v1/runs/r1/iterations", json=body)
+        assert response.status_code == 409
+        assert response.json()["detail"] == "n_minus (5) cannot exceed m (4)"
+        assert http.get("/v1/runs/r1/iterations").json()["iterations"] == []
+
+
+def test_iteration_summaries_are_bounded_in_bytes_and_fields(make_settings, running_service):
+    base = {"iteration": 0, "m": 4, "n_minus": 1, "accepted": True}
+    with running_service(make_settings()) as http:
+        huge = {**base, **{f"x{i}": i for i in range(300_000)}}  # 5.5 MB, was stored
+        response = http.post("/v1/runs/r1/iterations", json=huge)
+        assert response.status_code == 413, response.text[:300]
+        assert f"exceeds MAX_SUMMARY_BYTES={MAX_SUMMARY_BYTES}" in response.json()["detail"]
+        many = {**base, **{f"x{i}": 1 for i in range(MAX_SUMMARY_FIELDS)}}  # small, too many
+        response = http.post("/v1/runs/r1/iterations", json=many)
+        assert response.status_code == 422, response.text[:300]
+        assert f"at most MAX_SUMMARY_FIELDS={MAX_SUMMARY_FIELDS} fields" in response.json()[
+            "detail"]
+        most = {**base, **{f"x{i}": 1 for i in range(MAX_SUMMARY_FIELDS - len(base))}}
+        assert http.post("/v1/runs/r1/iterations", json=most).status_code == 201
+        [stored] = http.get("/v1/runs/r1/iterations").json()["iterations"]
+    assert sum(name.startswith("x") for name in stored) == MAX_SUMMARY_FIELDS - len(base)

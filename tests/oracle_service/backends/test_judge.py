@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from collections.abc import Sequence
 
+import httpx2
 import pytest
 
+from oracle_service.backends import judge as judge_module
 from oracle_service.backends.base import Verdict
 from oracle_service.backends.judge import JudgeBackend
+from oracle_service.backends.judge_http import BoundedTransport
 from oracle_service.core.settings import Settings
 from oracle_service.schemas import ComparisonItem, ErrorKind, VerdictLabel
-from oracle_service.testing.fake_judge import FakeReply
+from oracle_service.testing.fake_judge import BackgroundServer, FakeReply
+from oracle_service.testing.hostile_judge import HostileJudge
 
 LONG, SHORT = "a long and detailed answer", "short"
 
@@ -142,3 +148,66 @@ def test_requests_per_minute_limit_spaces_calls(make_settings, fake_judge):
     arrivals = sorted(r.at for r in fake_judge.judge.requests)
     assert len(arrivals) == 5
     assert 0.35 <= arrivals[-1] - arrivals[0] < 1.5  # 4 gaps of 0.1 s (unlimited: ~0.01 s)
+
+
+def test_a_bug_abstains_as_internal_error_and_is_logged_once_with_its_traceback(
+        make_settings, fake_judge, monkeypatch, caplog):
+    def broken_template(*args: object) -> str:
+        raise ZeroDivisionError("a bug in the service")
+
+    monkeypatch.setattr(judge_module, "render_template", broken_template)
+    [verdict] = run_judge(make_settings(judge_position_mode="both"), [one()])
+    assert_abstained(verdict, ErrorKind.INTERNAL_ERROR)
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(logged) == 1 and logged[0].levelname == "ERROR"
+    assert "see the service log" in verdict.error.message
+
+
+def test_error_bodies_are_cut_to_judge_max_kept_bytes_on_the_wire(make_settings):
+    """Of a 900 KB error body only judge_max_kept_bytes are read; a 2xx body is whole."""
+    judge = HostileJudge(plan=lambda prompt: prompt or None, huge_error_bytes=900_000)
+    kept = 2048
+    with BackgroundServer(judge) as upstream:
+        async def fetch(prompt: str) -> httpx2.Response:
+            transport = BoundedTransport(limit=1024 * 1024, kept=kept)
+            async with httpx2.AsyncClient(transport=transport) as client:
+                user = f"[Prompt]\n{prompt}\n\n[Response A]\nx\n\n[Response B]\nyy\n\n"
+                body = {"model": "m", "messages": [{"role": "user", "content": user}]}
+                return await client.post(f"{upstream.url}/v1/chat/completions", json=body)
+
+        error, good = asyncio.run(fetch("huge_error")), asyncio.run(fetch(""))
+    assert error.status_code == 500 and len(error.content) == kept
+    assert error.content.startswith(b'{"error": {"message": "internal error; trace follows')
+    assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] == "B"
+
+
+def test_a_reply_nested_400k_deep_is_an_invalid_response(make_settings):
+    judge = HostileJudge(plan=lambda prompt: "deep_json")
+    with BackgroundServer(judge) as upstream:
+        settings = make_settings(judge_base_url=f"{upstream.url}/v1")
+        [verdict] = run_judge(settings, [one()])
+    assert_abstained(verdict, ErrorKind.INVALID_RESPONSE)
+    assert "deeper than" in verdict.error.message
+
+
+def test_a_bad_reply_is_not_kept_alive_by_its_error(make_settings):
+    """48 replies of 1 MB that are not completions: once the items have abstained, none is
+    held (not even by a reference cycle waiting for the garbage collector)."""
+    judge = HostileJudge(plan=lambda prompt: "huge_error", huge_error_bytes=1024 * 1024,
+                         huge_error_status=200)  # fmt: skip
+    with BackgroundServer(judge) as upstream:
+        settings = make_settings(judge_base_url=f"{upstream.url}/v1", judge_max_concurrency=4,
+                                 judge_max_response_bytes=2 * 1024 * 1024)  # fmt: skip
+        items = [one(f"prompt {i}") for i in range(48)]
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            verdicts = run_judge(settings, items)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+    assert all(v.error is not None and v.error.kind is ErrorKind.INVALID_RESPONSE
+               for v in verdicts)  # fmt: skip
+    assert held < 8 * 1024 * 1024, f"{held / 2**20:.0f} MiB still held"  # 48 MiB if kept

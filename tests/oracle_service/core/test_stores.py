@@ -96,6 +96,19 @@ def test_runs_are_listed_newest_first_with_their_counts(store_settings):
     assert runs[0]["updated_at"] > runs[1]["updated_at"]
 
 
+def test_the_session_epoch_is_shared_and_moves_on_atomically(store_settings):
+    """Two replicas ending sessions at once: every end gets its own epoch, both see the last."""
+
+    async def work(one: Store, two: Store):
+        before = await one.session_epoch()
+        ends = await asyncio.gather(*(store.end_sessions() for _ in range(10)
+                                      for store in (one, two)))  # fmt: skip
+        return before, sorted(ends), await one.session_epoch(), await two.session_epoch()
+
+    before, ends, seen_by_one, seen_by_two = run_with(store_settings, work, replicas=2)
+    assert before == 0 and ends == list(range(1, 21)) and seen_by_one == seen_by_two == 20
+
+
 def test_an_unreachable_postgres_is_a_store_error_without_the_password(postgres_server):
     url = f"postgresql://compo:hunter2-secret@127.0.0.1:{postgres_server.port + 1}/nope"
     settings = Settings(store_url=url, store_timeout_s=2.0)
