@@ -24,6 +24,8 @@ uniformity of normalised directions on the sphere against N(0, 1).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import math
 import struct
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,8 @@ from statistics import NormalDist
 import torch
 
 from compo.kernels import cpu
+
+log = logging.getLogger(__name__)
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64 increment
@@ -154,30 +158,59 @@ def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
     return out
 
 
-def normals(keys: Sequence[int], start: int, count: int, device="cpu") -> torch.Tensor:
-    """Elements [start, start + count) of the directions with these keys: float32 [P, count].
+def generator_for(device_type: str) -> str:
+    """Which implementation makes directions on this kind of device (all give the
+    definition's bits): "triton" on CUDA (one launch per block, compo/kernels/fused.py),
+    "compiled" on CPU (compo/kernels/cpu.py), else "torch" (fill_torch: ~23 small ops per
+    PIECE_WORDS words; the fallback without triton or a C compiler)."""
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is not None:
+            return "triton"
+        _without_triton()
+        return "torch"
+    return "compiled" if device_type == "cpu" and cpu.available() else "torch"
 
-    On CPU the compiled kernel writes them when a C compiler is available; otherwise (and
-    on CUDA) torch integer ops do. Both give the definition's bits.
+
+@cache
+def _without_triton() -> None:
+    log.info("triton is not installed: CUDA directions come from torch integer ops (same "
+             "values, many small launches); pip install 'compo[gpu]'")
+
+
+def normals(keys: Sequence[int], start: int, count: int, device="cpu",
+            dtype: torch.dtype = torch.float32, generator: str | None = None) -> torch.Tensor:
+    """Elements [start, start + count) of the directions with these keys: [P, count] in
+    `dtype` (values are bf16-exact: float32, bf16 and fp16 hold them without rounding).
+
+    generator: which implementation (default generator_for(device)); the tests run
+    "triton" on CPU in Triton's interpreter. Every one gives the definition's bits.
     """
     device = torch.device(device)
+    kind = generator or generator_for(device.type)
+    if kind == "triton":
+        from compo.kernels.fused import triton_fill
+
+        return triton_fill(torch.empty(len(keys), count, dtype=dtype, device=device), keys,
+                           start)
     out = torch.empty(len(keys), count, dtype=torch.float32, device=device)
-    if device.type == "cpu" and cpu.available():
-        return cpu.fill(out, keys, start, table_tensor(device))
+    if kind == "compiled":
+        return cpu.fill(out, keys, start, table_tensor(device)).to(dtype)
     for row, key in zip(out, keys, strict=True):
         fill_torch(row, key, start)
-    return out
+    return out.to(dtype)
 
 
 def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,
-                   device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   device="cpu", dtype: torch.dtype = torch.float32,
+                   generator: str | None = None) -> torch.Tensor:
     """Rows [row_start, row_end) of directions laid out row-major: [P, rows, cols].
 
     The one entry point every user of directions goes through (oracle, rebuild, generation).
     Values are bf16-exact, so the cast to `dtype` never changes them.
     """
-    flat = normals(keys, row_start * cols, (row_end - row_start) * cols, device)
-    return flat.reshape(len(keys), row_end - row_start, cols).to(dtype)
+    flat = normals(keys, row_start * cols, (row_end - row_start) * cols, device, dtype,
+                   generator)
+    return flat.view(len(keys), row_end - row_start, cols)
 
 
 def block_budget(block_elements: int | None, device="cpu") -> int:
