@@ -95,7 +95,7 @@ def segment_sums(values: torch.Tensor, segment: torch.Tensor, count: int) -> tor
     if lengths.numel() != count or bool((segment[1:] < segment[:-1]).any()):
         raise ValueError(f"segment must be sorted sequence numbers below {count}")
     flat = values.reshape(-1, values.shape[-1]).T.contiguous()  # [N, rest]: one pass each
-    sums = torch.segment_reduce(flat, "sum", lengths=lengths, initial=0.0)  # [count, rest]
+    sums = torch.ops.aten.segment_reduce(flat, "sum", lengths=lengths, initial=0.0)  # [count, *]
     return sums.T.reshape(*values.shape[:-1], count)
 
 
