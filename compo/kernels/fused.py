@@ -59,6 +59,9 @@ TILES = {
     ("ieee", False): Blocks(tokens=64, rows=64, words=4, warps=8),  # float32 FMA dots
     ("ieee", True): Blocks(tokens=64, rows=64, words=4, warps=8),
 }
+# every tile bench/kernel_compile.py compiles for each variant: TILES picks among them
+# (128 x 128 x 16 words was the first default; it spills on sm_80 and sm_90)
+CANDIDATE_TILES = (Blocks(tokens=128, rows=128, words=16, warps=8), *dict.fromkeys(TILES.values()))
 ROW_TILE = Blocks(tokens=1, rows=64, words=16, warps=4)  # generation: one token per row
 
 
