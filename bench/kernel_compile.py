@@ -231,6 +231,11 @@ def main() -> int:
     if "triton" in sys.modules:
         parser.error("triton is already imported; run this script in a fresh process")
     os.environ.pop(fused.INTERPRET_ENV, None)  # the interpreter replaces what is compiled
+    from triton import knobs
+
+    if not hasattr(knobs.nvidia, "dump_ptxas_log"):
+        parser.error("this triton cannot hand over ptxas's log (knobs.nvidia.dump_ptxas_log: "
+                     "triton 3.9 has it, 3.4 does not); pip install -U triton")
     started = time.perf_counter()
     rows = compile_all(variants(args.defaults_only), targets, args.jobs)
     print_table(rows)

@@ -24,7 +24,7 @@ from compo.kernels import fused
 from compo.model.head import Head
 from compo.model.scoring import HeadInputs
 from compo.oracle import build_state, token_changes
-from compo.perturbation import direction_key, direction_rows, normals
+from compo.perturbation import direction_key, direction_rows, normals, table_tensor
 from compo.service_oracle.generation import perturbation_products
 
 SIZES = {"cuda": {"tokens": 512, "vocab": 4000, "width": 1024},
@@ -51,8 +51,8 @@ def token_check(variant: Variant, device: torch.device, size: dict) -> float:
     state = build_state(HeadInputs(hidden, targets, segment, 1), weight, Head(None, 1.0, cap),
                         dtype)
     keys = [direction_key(0, 3, i) for i in range(DIRECTIONS)]
-    got = fused.fused_token_changes(hidden, keys, state.probs, targets, RADIUS,
-                                    state.base_logits, cap, tile)
+    got = fused.fused_token_changes(hidden, keys, table_tensor(device), state.probs, targets,
+                                    RADIUS, state.base_logits, cap, tile)
     want = token_changes(state, keys, RADIUS, chunk_rows=size["vocab"])
     return max(relative(g_, w_) for g_, w_ in zip(got, want, strict=True))
 
@@ -62,7 +62,7 @@ def row_check(variant: Variant, device: torch.device, size: dict) -> float:
     keys = [direction_key(0, 4, i) for i in range(DIRECTIONS)]
     hidden = torch.randn(DIRECTIONS, size["width"], generator=torch.Generator().manual_seed(8))
     hidden = hidden.to(device, variant.tags["dtype"])
-    got = fused.fused_row_products(hidden, keys, size["vocab"])
+    got = fused.fused_row_products(hidden, keys, table_tensor(device), size["vocab"])
     rows = direction_rows(keys, 0, size["vocab"], size["width"], device)
     return relative(got, perturbation_products(rows, hidden))
 

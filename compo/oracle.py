@@ -45,6 +45,7 @@ from compo.perturbation import (
     direction_key,
     normals,
     plan_blocks,
+    table_tensor,
 )
 
 
@@ -125,8 +126,8 @@ def logprob_changes(state: OracleState, keys: Sequence[int], radius: float,
         from compo.kernels.fused import fused_token_changes
 
         at_target, spread = fused_token_changes(
-            state.inputs.hidden, keys, state.probs, state.inputs.targets, radius,
-            state.base_logits, state.cap)
+            state.inputs.hidden, keys, table_tensor(state.probs.device), state.probs,
+            state.inputs.targets, radius, state.base_logits, state.cap)
     else:
         at_target, spread = token_changes(state, keys, radius, chunk_rows)
     return sequence_totals(state, at_target, spread)

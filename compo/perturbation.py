@@ -35,16 +35,19 @@ from statistics import NormalDist
 import torch
 
 from compo.kernels import cpu
+from compo.kernels.definition import (  # the integers of the definition, shared with kernels
+    GOLDEN,
+    LANE_BITS,
+    LANE_MASK,
+    LANES,
+    MASK64,
+    MIX1,
+    MIX2,
+    signed,
+)
 
 log = logging.getLogger(__name__)
 
-MASK64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64 increment
-MIX1 = 0xBF58476D1CE4E5B9  # SplitMix64 finaliser multipliers
-MIX2 = 0x94D049BB133111EB
-LANE_BITS = 16  # table index bits taken from each hash lane
-LANES = 64 // LANE_BITS  # values per 64-bit hash
-LANE_MASK = (1 << LANE_BITS) - 1
 TABLE_SIZE = 1 << LANE_BITS
 BF16_SIGNIFICANT_BITS = 8  # bfloat16 keeps 8 significant bits (7 stored + 1 implicit)
 # sha256 of the table's float32 little-endian bytes: the table is built from the quantile
@@ -59,12 +62,6 @@ PIECE_WORDS = 1 << 16
 BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
-def _signed(value: int) -> int:
-    """A 64-bit pattern as a signed int64 (torch has no usable uint64)."""
-    value &= MASK64
-    return value - (1 << 64) if value >> 63 else value
-
-
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
     return (x >> bits).bitwise_and_((1 << (64 - bits)) - 1)
@@ -73,9 +70,9 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 def mix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 tensors, in place; multiplication wraps mod 2**64."""
     x ^= _shift_right(x, 30)
-    x *= _signed(MIX1)
+    x *= signed(MIX1)
     x ^= _shift_right(x, 27)
-    x *= _signed(MIX2)
+    x *= signed(MIX2)
     x ^= _shift_right(x, 31)
     return x
 
@@ -148,8 +145,8 @@ def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
     for word in range(first_word, end_word, PIECE_WORDS):
         last = min(end_word, word + PIECE_WORDS)
         bits = torch.arange(word + 1, last + 1, dtype=torch.int64, device=out.device)
-        bits *= _signed(GOLDEN)  # SplitMix64 state after (word + 1) steps from the key
-        bits += _signed(key)
+        bits *= signed(GOLDEN)  # SplitMix64 state after (word + 1) steps from the key
+        bits += signed(key)
         mix64(bits)
         lanes = (bits[:, None] >> shifts).bitwise_and_(LANE_MASK).view(-1)
         values = table.index_select(0, lanes)  # elements word*4 .. last*4
@@ -190,8 +187,8 @@ def normals(keys: Sequence[int], start: int, count: int, device="cpu",
     if kind == "triton":
         from compo.kernels.fused import triton_fill
 
-        return triton_fill(torch.empty(len(keys), count, dtype=dtype, device=device), keys,
-                           start)
+        out = torch.empty(len(keys), count, dtype=dtype, device=device)
+        return triton_fill(out, keys, start, table_tensor(device))
     out = torch.empty(len(keys), count, dtype=torch.float32, device=device)
     if kind == "compiled":
         return cpu.fill(out, keys, start, table_tensor(device)).to(dtype)

@@ -19,7 +19,7 @@ from functools import cache
 import torch
 
 from compo.errors import ConfigError
-from compo.perturbation import LANES, _signed, table_tensor
+from compo.kernels.definition import LANES, signed
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,14 @@ def tile_for(dtype: torch.dtype, cap: float | None) -> Blocks:
 
 def key_tensor(keys: Sequence[int], device: torch.device) -> torch.Tensor:
     """64-bit direction keys as int64 bit patterns (the kernels read them as uint64)."""
-    return torch.tensor([_signed(k) for k in keys], dtype=torch.int64, device=device)
+    return torch.tensor([signed(k) for k in keys], dtype=torch.int64, device=device)
 
 
-def triton_fill(out: torch.Tensor, keys: Sequence[int], start: int) -> torch.Tensor:
+def triton_fill(out: torch.Tensor, keys: Sequence[int], start: int, table: torch.Tensor
+                ) -> torch.Tensor:
     """out [P, count] (float32, bf16 or fp16, contiguous) <- elements [start, start +
-    count) of the directions with these keys: one launch for all of them."""
+    count) of the directions with these keys, looked up in `table` (float32 [65536], on
+    out's device): one launch for all of them."""
     from compo.kernels import triton_kernels as tk
 
     if not out.is_contiguous() or out.dim() != 2 or out.shape[0] != len(keys):
@@ -145,29 +147,21 @@ def triton_fill(out: torch.Tensor, keys: Sequence[int], start: int) -> torch.Ten
     if count and keys:
         words = (start + count - 1) // LANES - start // LANES + 1
         grid = (-(-words // FILL_WORDS), len(keys))
-        tk.fill_kernel[grid](key_tensor(keys, out.device), table_tensor(out.device), out,
-                             start, count, BLOCK_W=FILL_WORDS)
+        tk.fill_kernel[grid](key_tensor(keys, out.device), table, out, start, count,
+                             BLOCK_W=FILL_WORDS)
     return out
 
 
-def triton_directions(keys: Sequence[int], row_start: int, row_end: int, cols: int,
-                      device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows [row_start, row_end) of directions [P, rows, cols] made by the Triton
-    generator (what the bit-identity tests compare)."""
-    rows = row_end - row_start
-    out = torch.empty(len(keys), rows * cols, dtype=dtype, device=torch.device(device))
-    return triton_fill(out, keys, row_start * cols).view(len(keys), rows, cols)
-
-
-def fused_token_changes(hidden: torch.Tensor, keys: Sequence[int], probs: torch.Tensor,
-                        targets: torch.Tensor, factor: float, base_logits: torch.Tensor | None,
-                        cap: float | None, blocks: Blocks | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_token_changes(hidden: torch.Tensor, keys: Sequence[int], table: torch.Tensor,
+                        probs: torch.Tensor, targets: torch.Tensor, factor: float,
+                        base_logits: torch.Tensor | None, cap: float | None,
+                        blocks: Blocks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token [P, N] float32: the target's logit change and sum_v p_v expm1(change_v)
     when the logits move by factor * h z^T (then soft-capped at `cap` if given).
 
-    hidden [N, d], probs [N, V] (softmax of the base logits), targets [N], base_logits
-    [N, V] capped base logits (needed with a cap). z is never written to memory.
+    hidden [N, d], table the directions' values (perturbation.table_tensor), probs [N, V]
+    (softmax of the base logits), targets [N], base_logits [N, V] capped base logits
+    (needed with a cap). z is never written to memory.
     """
     from compo.kernels import triton_kernels as tk
 
@@ -185,7 +179,7 @@ def fused_token_changes(hidden: torch.Tensor, keys: Sequence[int], probs: torch.
     base = probs if base_logits is None else base_logits.contiguous()
     grid = (tiles, -(-n_tokens // blocks.tokens), len(keys))
     tk.token_changes_kernel[grid](
-        hidden, key_tensor(keys, device), table_tensor(device), probs, base,
+        hidden, key_tensor(keys, device), table, probs, base,
         targets.contiguous(), spread, at_target, n_tokens, n_rows, cols // LANES,
         hidden.stride(0), float(factor), float(cap or 1.0), HAS_CAP=cap is not None,
         DOT=dot_kind(hidden.dtype), BLOCK_N=blocks.tokens, BLOCK_V=blocks.rows,
@@ -199,10 +193,10 @@ def fused_group(n_tokens: int, n_rows: int, budget: int, blocks: Blocks = Blocks
     return max(1, budget // max(1, n_tokens * -(-n_rows // blocks.rows)))
 
 
-def fused_row_products(hidden: torch.Tensor, keys: Sequence[int], n_rows: int,
-                       blocks: Blocks = ROW_TILE) -> torch.Tensor:
+def fused_row_products(hidden: torch.Tensor, keys: Sequence[int], table: torch.Tensor,
+                       n_rows: int, blocks: Blocks = ROW_TILE) -> torch.Tensor:
     """h_p z_p^T per row: hidden [P, d] (one hidden state per direction) -> [P, n_rows]
-    float32, each direction's tiles made in registers (generation on CUDA)."""
+    float32, each direction's tiles made in registers from `table` (generation on CUDA)."""
     from compo.kernels import triton_kernels as tk
 
     count, cols = hidden.shape
@@ -213,8 +207,8 @@ def fused_row_products(hidden: torch.Tensor, keys: Sequence[int], n_rows: int,
     hidden = hidden.contiguous()
     out = torch.empty(count, n_rows, dtype=torch.float32, device=hidden.device)
     grid = (-(-n_rows // blocks.rows), count)
-    tk.row_products_kernel[grid](hidden, key_tensor(keys, hidden.device),
-                                 table_tensor(hidden.device), out, n_rows, cols // LANES,
+    tk.row_products_kernel[grid](hidden, key_tensor(keys, hidden.device), table, out,
+                                 n_rows, cols // LANES,
                                  hidden.stride(0), BLOCK_V=blocks.rows, BLOCK_W=blocks.words,
                                  **blocks.launch_options())
     return out

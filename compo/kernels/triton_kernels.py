@@ -1,7 +1,8 @@
 """Triton kernels: the direction generator, and the products that make directions in registers.
 
 Imports triton at module level: reach it only through compo/kernels/fused.py. The
-generator is compo/perturbation.py's definition, element for element: one 64-bit hash per
+generator is compo/perturbation.py's definition, element for element (its integers come
+from compo/kernels/definition.py): one 64-bit hash per
 word of 4 elements, lane l of the word is element 4 * word + l. `fill_kernel` writes
 directions out (every CUDA user of directions: the eager oracle, the rebuild, moved MLPs;
 the tests compare it bit for bit with the reference). The product kernels never write them:
@@ -16,14 +17,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from compo import perturbation
+from compo.kernels import definition
 
-GOLDEN = tl.constexpr(perturbation.GOLDEN)
-MIX1 = tl.constexpr(perturbation.MIX1)
-MIX2 = tl.constexpr(perturbation.MIX2)
-LANES = tl.constexpr(perturbation.LANES)
-LANE_BITS = tl.constexpr(perturbation.LANE_BITS)
-LANE_MASK = tl.constexpr(perturbation.LANE_MASK)
+GOLDEN = tl.constexpr(definition.GOLDEN)
+MIX1 = tl.constexpr(definition.MIX1)
+MIX2 = tl.constexpr(definition.MIX2)
+LANES = tl.constexpr(definition.LANES)
+LANE_BITS = tl.constexpr(definition.LANE_BITS)
+LANE_MASK = tl.constexpr(definition.LANE_MASK)
 EXPM1_SERIES_BELOW = tl.constexpr(0.5)  # |x| below this: Taylor series (error < 1e-9 |x|)
 TANH_CLAMP = tl.constexpr(15.0)  # tanh(15) is 1 in float32; keeps expm1(2y) finite
 

@@ -25,7 +25,15 @@ from compo.config import GenerationRadius, OracleConfig
 from compo.kernels.fused import fused_reason, fused_row_products
 from compo.model.head import PLAIN, Head, head_input, softcap
 from compo.model.loading import model_device
-from compo.perturbation import GOLDEN, LANES, MASK64, direction_key, direction_rows, mix64_int
+from compo.perturbation import (
+    GOLDEN,
+    LANES,
+    MASK64,
+    direction_key,
+    direction_rows,
+    mix64_int,
+    table_tensor,
+)
 
 BASE_INDEX = -1  # sampling stream of the base response (perturbation indices are >= 0)
 SAMPLING_SALT = 0x5EED_C0DE_5A3B_1E57  # keeps sampling streams apart from direction keys
@@ -70,7 +78,8 @@ def add_products_(logits: torch.Tensor, keys: Sequence[int], hidden: torch.Tenso
     fused row kernel (directions made in registers), elsewhere from blocks of rows."""
     vocab, width = logits.shape[1], hidden.shape[1]
     if hidden.is_cuda and width % LANES == 0 and fused_reason(hidden.device) is None:
-        return logits.add_(fused_row_products(hidden, keys, vocab).mul_(factor))
+        products = fused_row_products(hidden, keys, table_tensor(hidden.device), vocab)
+        return logits.add_(products.mul_(factor))
     step = block_rows((vocab, width))
     for start in range(0, vocab, step):
         end = min(vocab, start + step)

@@ -20,7 +20,6 @@ from compo.kernels.fused import (
     fused_available,
     fused_row_products,
     fused_token_changes,
-    triton_directions,
 )
 from compo.model.head import Head
 from compo.model.scoring import HeadInputs
@@ -55,7 +54,7 @@ def interpreter():
 
 def test_triton_generator_equals_the_pure_python_reference(interpreter):
     keys = [direction_key(3, 2, i) for i in range(3)]
-    rows = triton_directions(keys, 5, 42, 72, interpreter)  # 37 rows of 18 words
+    rows = direction_rows(keys, 5, 42, 72, interpreter, generator="triton")  # 37 rows x 18 words
     assert torch.equal(rows, direction_rows(keys, 5, 42, 72, generator="compiled"))
     assert rows[2].reshape(-1)[:50].tolist() == reference_values(keys[2], 5 * 72, 50)
     for start, count in [(3, 70_001), (1, 2), (7, 1), (0, 4)]:  # unaligned starts and ends
@@ -92,9 +91,9 @@ def test_cuda_directions_come_from_the_triton_generator(interpreter, monkeypatch
     want = users()
     launches, fill = [], fused.triton_fill
 
-    def spy(out, keys, start):
+    def spy(out, keys, start, table):
         launches.append(out.numel())
-        return fill(out, keys, start)
+        return fill(out, keys, start, table)
 
     monkeypatch.setattr(perturbation, "generator_for", lambda device_type: "triton")
     monkeypatch.setattr(fused, "triton_fill", spy)
@@ -122,8 +121,8 @@ def test_fused_kernel_agrees_with_the_eager_oracle(interpreter, cap, dtype):
     state = make_state(37, 70, 64, cap, dtype)  # ragged token and row tiles
     keys = [direction_key(1, 5, i) for i in range(3)]
     at_target, spread = fused_token_changes(
-        state.inputs.hidden, keys, state.probs, state.inputs.targets, RADIUS,
-        state.base_logits, state.cap, SMALL)
+        state.inputs.hidden, keys, table_tensor(interpreter), state.probs,
+        state.inputs.targets, RADIUS, state.base_logits, state.cap, SMALL)
     want_target, want_spread = token_changes(state, keys, RADIUS, chunk_rows=32)
     assert torch.allclose(at_target, want_target, rtol=1e-5, atol=1e-9)
     assert torch.allclose(spread, want_spread, rtol=1e-4, atol=1e-9)
@@ -145,10 +144,12 @@ def test_the_default_tiles_agree_with_the_eager_oracle(interpreter, cap):
 def test_generation_products_agree_with_the_direction_blocks(interpreter):
     keys = [direction_key(4, 0, i) for i in range(3)]
     hidden = torch.randn(3, 72, generator=torch.Generator().manual_seed(2))
-    got = fused_row_products(hidden, keys, 70, Blocks(tokens=1, rows=16, words=8, warps=4))
+    table = table_tensor(interpreter)
+    got = fused_row_products(hidden, keys, table, 70, Blocks(tokens=1, rows=16, words=8,
+                                                              warps=4))
     want = perturbation_products(direction_rows(keys, 0, 70, 72), hidden)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    half = fused_row_products(hidden.half(), keys, 70)  # the default row tile, fp16 states
+    half = fused_row_products(hidden.half(), keys, table, 70)  # default tile, fp16 states
     torch.testing.assert_close(half, perturbation_products(direction_rows(keys, 0, 70, 72),
                                                            hidden.half()), rtol=1e-5, atol=1e-5)
 
@@ -156,8 +157,8 @@ def test_generation_products_agree_with_the_direction_blocks(interpreter):
 def test_fused_kernel_refuses_widths_that_do_not_split_into_words(interpreter):
     state = make_state(8, 20, 30, None)
     with pytest.raises(ValueError, match="d % 4 == 0"):
-        fused_token_changes(state.inputs.hidden, [1], state.probs, state.inputs.targets,
-                            RADIUS, None, None, SMALL)
+        fused_token_changes(state.inputs.hidden, [1], table_tensor(interpreter), state.probs,
+                            state.inputs.targets, RADIUS, None, None, SMALL)
 
 
 def test_products_setting_decides_the_path(monkeypatch, caplog):
@@ -209,7 +210,8 @@ def test_cuda_generator_is_bit_identical_and_fused_agrees_on_a_gpu():
     rows = direction_rows(keys, 0, 300, 4096, "cuda")
     assert torch.equal(rows.cpu(), direction_rows(keys, 0, 300, 4096))
     state = make_state(1000, 4000, 4096, None, torch.bfloat16, "cuda")
-    at_target, spread = fused_token_changes(state.inputs.hidden, keys, state.probs,
+    table = table_tensor(torch.device("cuda"))
+    at_target, spread = fused_token_changes(state.inputs.hidden, keys, table, state.probs,
                                             state.inputs.targets, RADIUS, None, None)
     want_target, want_spread = token_changes(state, keys, RADIUS, chunk_rows=1024)
     assert torch.allclose(at_target, want_target, rtol=1e-4, atol=1e-7)
@@ -219,6 +221,6 @@ def test_cuda_generator_is_bit_identical_and_fused_agrees_on_a_gpu():
     assert torch.equal(votes[0], votes[1])
     hidden = torch.randn(2, 4096, device="cuda", dtype=torch.bfloat16)
     torch.testing.assert_close(
-        fused_row_products(hidden, keys, 4000),
+        fused_row_products(hidden, keys, table, 4000),
         perturbation_products(direction_rows(keys, 0, 4000, 4096, "cuda"), hidden),
         rtol=1e-4, atol=1e-3)
