@@ -138,7 +138,8 @@ def reference_values(key: int, start: int, count: int) -> list[float]:
 
 def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
     """Write elements [start, start + len(out)) of direction `key` into float32 `out`, with
-    torch integer ops on out's device, piece by piece (any device; the CUDA path)."""
+    torch integer ops on out's device, piece by piece (any device: the fallback without
+    triton or a C compiler)."""
     table = table_tensor(out.device)
     first_word, end_word = start // LANES, (start + out.numel() + LANES - 1) // LANES
     shifts = torch.arange(0, 64, LANE_BITS, device=out.device)  # lane k: bits 16k..16k+15
