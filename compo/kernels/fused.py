@@ -187,7 +187,7 @@ def fused_token_changes(hidden: torch.Tensor, keys: Sequence[int], table: torch.
     return at_target, spread.sum(-1)  # tiles added in a fixed order: deterministic
 
 
-def fused_group(n_tokens: int, n_rows: int, budget: int, blocks: Blocks = Blocks()) -> int:
+def fused_group(n_tokens: int, n_rows: int, budget: int, blocks: Blocks) -> int:
     """Directions per launch of the fused kernel: as many as `budget` float32 values of its
     per-tile partial sums ([P, N, tiles]) hold."""
     return max(1, budget // max(1, n_tokens * -(-n_rows // blocks.rows)))
