@@ -1,12 +1,15 @@
-"""Generated tokens/s and comparisons/s of one worker: perturbed-head generation (the prompt
-encoded once, its KV cache copied to every row; directions made in compo.direction_dtype)
-against the bare operation that bounds it, Hugging Face `generate` of the same number of
-rows with the plain output layer (each row encodes the prompt itself), and that plus the
-one cost a perturbed head adds (h_p z_p^T per row and token over the materialised
-directions: `bound`). Same random model, same prompt, greedy, no EOS (every row generates
---new-tokens), A/B interleaved. Prints one JSON line.
+"""Generated tokens/s, comparisons/s and peak memory of one worker: perturbed-head generation
+(the prompt encoded once, its KV cache copied to every row; directions never stored: each
+token's products h_p z_p^T come from the fused row kernel on CUDA, from blocks of rows on
+CPU) against the bare operation that bounds it, Hugging Face `generate` of the same number
+of rows with the plain output layer (each row encodes the prompt itself), and that plus the
+one cost a perturbed head adds (the products of every row and token, directions made as
+generation makes them: `bound`). Same random model, same prompt, greedy, no EOS (every row
+generates --new-tokens), A/B interleaved. Peak memory above the model, of one untimed run
+each (compo/service_oracle/memory.py peak_bytes: CUDA's allocator statistics, on CPU every
+tensor allocation torch's profiler records). Prints one JSON line.
 
-  python bench/generation_throughput.py                  # CPU, small Mistral-like shape
+  python bench/generation_throughput.py --rows 16        # CPU, small Mistral-like shape
   python bench/generation_throughput.py --device cuda --shape scaled --dtype bfloat16
 """
 
@@ -20,15 +23,15 @@ import torch
 
 from compo.config import OracleConfig
 from compo.model.head import head_of, output_layer
-from compo.model.loading import DTYPES, prepare_model
+from compo.model.loading import DTYPES, model_device, prepare_model
 from compo.perturbation import direction_key
 from compo.service_oracle.generation import (
+    add_products_,
     encode_prefix,
     generate,
     perturbation_head,
-    perturbation_products,
 )
-from compo.service_oracle.memory import fitting_batch, free_bytes, row_bytes
+from compo.service_oracle.memory import fitting_batch, free_bytes, peak_bytes, row_bytes
 
 SHAPES = {  # Mistral-7B's proportions at smaller width and depth
     "small": dict(hidden_size=256, intermediate_size=896, num_hidden_layers=4,
@@ -56,36 +59,33 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ours(model, prompt, rows: int, new_tokens: int, direction_dtype: str, device: str
-         ) -> tuple[float, float]:
-    """Seconds to make the directions and generate `rows` perturbed responses; seconds of
-    the directions alone."""
+def ours(model, prompt, rows: int, new_tokens: int) -> float:
+    """Seconds to generate `rows` perturbed responses (directions made per token)."""
+    device = str(model_device(model))
     sync(device)
     started = time.perf_counter()
     weight = output_layer(model).weight.detach().float()
     keys = [direction_key(0, 0, index) for index in range(rows)]
-    head = perturbation_head(weight, keys, DTYPES[direction_dtype], RADIUS, head_of(model))
-    sync(device)
-    directions = time.perf_counter() - started
+    head = perturbation_head(weight, keys, RADIUS, head_of(model))
     greedy = OracleConfig(max_new_tokens=new_tokens, temperature=0)  # as the bare generate
     generate(model, encode_prefix(model, prompt), head, greedy, [torch.Generator()] * rows, None)
     sync(device)
-    return time.perf_counter() - started, directions
+    return time.perf_counter() - started
 
 
-def products(model, rows: int, new_tokens: int, direction_dtype: str, device: str) -> float:
+def products(model, rows: int, new_tokens: int) -> float:
     """Seconds of the one thing a perturbed head adds and cannot avoid: per generated token,
-    h_p z_p^T for every row (perturbation_products over the materialised directions). The
-    directions are made again here, untimed: keeping ours' alive would double the memory."""
+    h_p z_p^T for every row, directions made as generation makes them (add_products_)."""
+    device = str(model_device(model))
     weight = output_layer(model).weight.detach().float()
     keys = [direction_key(0, 0, index) for index in range(rows)]
-    head = perturbation_head(weight, keys, DTYPES[direction_dtype], RADIUS, head_of(model))
     hidden = torch.randn(rows, weight.shape[1], device=device,
                          dtype=next(model.parameters()).dtype)  # as the body hands it over
+    logits = torch.zeros(rows, weight.shape[0], device=device)
     sync(device)
     started = time.perf_counter()
     for _ in range(new_tokens):
-        perturbation_products(head.directions, hidden)
+        add_products_(logits, keys, hidden, RADIUS)
     sync(device)
     return time.perf_counter() - started
 
@@ -102,12 +102,19 @@ def bare(model, prompt, rows: int, new_tokens: int, device: str) -> float:
     return time.perf_counter() - started
 
 
+def peaks(model, prompt, rows: int, new_tokens: int) -> dict[str, int]:
+    """Peak bytes allocated above the loaded model by one run of each (untimed)."""
+    device = model_device(model)
+    return {"ours": peak_bytes(lambda: ours(model, prompt, rows, new_tokens), device)[1],
+            "bare": peak_bytes(lambda: bare(model, prompt, rows, new_tokens, str(device)),
+                               device)[1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--direction-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rows", type=int, help="perturbations per batch (default: from "
                         "free memory, as oracle.generation_batch_size: null does)")
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -116,27 +123,23 @@ def main() -> None:
     args = parser.parse_args()
     model = build(args.shape, args.device, args.dtype)
     shape = tuple(output_layer(model).weight.shape)
-    per_row = row_bytes(shape, DTYPES[args.direction_dtype], model.config, DTYPES[args.dtype],
+    per_row = row_bytes(shape, model.config, DTYPES[args.dtype],
                         args.prompt_tokens + args.new_tokens)
     rows = args.rows or fitting_batch(free_bytes(torch.device(args.device)), per_row, 1600)
     prompt = torch.randint(4, VOCAB, (args.prompt_tokens,), generator=torch.Generator()
                            .manual_seed(1)).tolist()
-    ours(model, prompt, rows, 2, args.direction_dtype, args.device)  # warm-up
+    ours(model, prompt, rows, 2)  # warm-up
     bare(model, prompt, rows, 2, args.device)
-    times = {"ours": [], "directions": [], "bare": [], "products": []}
+    memory = peaks(model, prompt, rows, args.new_tokens)
+    times = {"ours": [], "bare": [], "products": []}
     for _ in range(args.repeats):  # interleaved: both see the same machine state
-        total, directions = ours(model, prompt, rows, args.new_tokens, args.direction_dtype,
-                                 args.device)
-        times["ours"].append(total)
-        times["directions"].append(directions)
+        times["ours"].append(ours(model, prompt, rows, args.new_tokens))
         times["bare"].append(bare(model, prompt, rows, args.new_tokens, args.device))
-        times["products"].append(products(model, rows, args.new_tokens, args.direction_dtype,
-                                          args.device))
+        times["products"].append(products(model, rows, args.new_tokens))
     best = {name: min(values) for name, values in times.items()}
     tokens = rows * args.new_tokens
     print(json.dumps({
-        "shape": args.shape, "device": args.device, "dtype": args.dtype,
-        "direction_dtype": args.direction_dtype, "rows": rows,
+        "shape": args.shape, "device": args.device, "dtype": args.dtype, "rows": rows,
         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "threads": torch.get_num_threads(),
         "ours_tokens_per_s": round(tokens / best["ours"], 1),
@@ -145,7 +148,10 @@ def main() -> None:
         "ours_over_bare": round(best["bare"] / best["ours"], 3),
         "bound_tokens_per_s": round(tokens / (best["bare"] + best["products"]), 1),
         "ours_over_bound": round((best["bare"] + best["products"]) / best["ours"], 3),
-        "directions_share_of_ours": round(best["directions"] / best["ours"], 3),
+        "products_share_of_ours": round(best["products"] / best["ours"], 3),
+        "peak_bytes": memory,
+        "peak_bytes_per_row": {name: round(value / rows) for name, value in memory.items()},
+        "direction_bytes_per_row_if_stored": 4 * shape[0] * shape[1],
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()}}))
 
 

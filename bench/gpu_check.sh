@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check, on one GPU in under 8 minutes: the GPU-marked tests, the Mistral-7B-shape
+# The GPU check, on one GPU (expected under 10 minutes): the GPU-marked tests, the Mistral-7B-shape
 # throughput benchmark (random bf16 weights; seconds per 1,800 perturbations), the fused
-# kernel against the eager oracle, and a Ray run with 2 workers sharing the GPU. Every
-# step's figures go into one JSON file; a failed step is recorded there and the next runs.
+# kernel against the eager oracle, a Ray run with 2 workers sharing the GPU, the compile
+# table of every Triton kernel variant (sm_80 and sm_90: registers, spills) and every
+# variant launched once against the eager path. Every step's figures go into one JSON
+# file; a failed step is recorded there and the next runs.
 #
 #   bench/gpu_check.sh [--out FILE]     # on a machine with a CUDA GPU
 #   bench/gpu_check.sh --dry-run        # every step at toy sizes on CPU (CI runs this)
@@ -58,6 +60,9 @@ if [ "$dry_run" = 1 ]; then
     ray=(--workers 2 --perturbations 32 --iterations 1 --vocab 512 --hidden 32)
     moved=(--device cpu --shape tiny --prompt-tokens 8 --completion-tokens 16
            --perturbations 2 --rounds 1)
+    compile_table=(--defaults-only --targets sm_90 --jobs 2)  # tests/bench: sm_80 and sm_90
+    launches=(--device cpu --defaults-only)  # in Triton's interpreter, at toy sizes
+    compile_limit=240 launch_limit=180  # 2 shared CPU cores
 else
     device=cuda
     test_paths=(tests)
@@ -69,15 +74,21 @@ else
          --vocab 32000 --hidden 512 --chunk-size 64)
     moved=(--device cuda --shape mistral-7b --prompt-tokens 128 --completion-tokens 1000
            --perturbations 8 --rounds 3)
+    compile_table=(--jobs 8)  # every variant for sm_80 and sm_90 (~60 compiles on 16 cores)
+    launches=(--device cuda)  # every variant, JIT-compiled for this GPU one by one
+    compile_limit=120 launch_limit=180
 fi
 
-# the step limits add up to 9 minutes
+# the step limits add up to 14 minutes on a GPU (expected: under 10), 16 in the dry run
 step gpu_tests 150 "$python" -m pytest -q -m gpu -p no:cacheprovider \
     --junitxml "$steps/gpu_tests.xml" "${test_paths[@]}"
 step throughput 150 "$python" bench/perturbation_throughput.py "${throughput[@]}"
 step fused_agreement 60 env "${interpret[@]}" "$python" bench/fused_agreement.py "${agreement[@]}"
 step ray_two_workers 120 "$python" bench/ray_scaling.py "${ray[@]}"
 step moved_layers 60 "$python" bench/moved_layers.py "${moved[@]}"
+step compile_table "$compile_limit" env -u TRITON_INTERPRET "$python" bench/kernel_compile.py --json \
+    "${compile_table[@]}"
+step kernel_launch "$launch_limit" env "${interpret[@]}" "$python" bench/kernel_launch.py "${launches[@]}"
 
 "$python" - "$steps" "$out" "$device" "$dry_run" <<'EOF'
 """Gather every step's status, seconds and JSON figures into one file (written atomically)."""

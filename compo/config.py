@@ -128,8 +128,8 @@ class ComPOConfig(StrictModel):
         "auto",
         description="how the likelihood oracle computes h z^T and the log-prob changes: "
         "fused (one Triton kernel, directions made in registers; CUDA, needs the gpu extra), "
-        "eager (directions in blocks, torch matmul); auto: fused on CUDA when triton is "
-        "installed, else eager",
+        "eager (directions in blocks, torch matmul); auto: fused on CUDA with compute "
+        "capability >= 8.0 when triton is installed, else eager (one info line says why)",
     )
     # the public reference code's rules (ComparisonPO, compute_gradients.py), off by default
     accept_rule: Literal["strict", "at_least"] = Field("strict", description="strict: n_minus / m "

@@ -31,15 +31,21 @@ from compo.errors import ConfigError
 from compo.model.head import Head, head_of
 from compo.model.layout import Layout, layout_of, model_tensors
 from compo.model.loading import DTYPES
-from compo.model.scoring import HeadInputs, head_inputs, pair_sequences, sequence_logprobs
+from compo.model.scoring import (
+    HeadInputs,
+    head_inputs,
+    pair_sequences,
+    segment_sums,
+    sequence_logprobs,
+)
 from compo.model.tail import TAIL_DTYPES, Tail, TailBatch
 from compo.perturbation import (
-    LANES,
     block_budget,
     direction_chunks,
     direction_key,
     normals,
     plan_blocks,
+    table_tensor,
 )
 
 
@@ -68,8 +74,7 @@ def build_state(inputs: HeadInputs, weight: torch.Tensor, head: Head,
     logits = head.logits(inputs.hidden, weight)  # [N, V] float32
     logprobs = logits.log_softmax(-1)
     picked = logprobs.gather(1, inputs.targets[:, None]).squeeze(1).double()
-    base = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
-    base.index_add_(0, inputs.segment, picked)
+    base = segment_sums(picked, inputs.segment, inputs.num_sequences)
     return OracleState(
         inputs=inputs, direction_dtype=direction_dtype, probs=logprobs.exp_(),
         base_logits=logits if head.cap is not None else None, base_logprobs=base, head=head,
@@ -121,8 +126,8 @@ def logprob_changes(state: OracleState, keys: Sequence[int], radius: float,
         from compo.kernels.fused import fused_token_changes
 
         at_target, spread = fused_token_changes(
-            state.inputs.hidden, keys, state.probs, state.inputs.targets, radius,
-            state.base_logits, state.cap)
+            state.inputs.hidden, keys, table_tensor(state.probs.device), state.probs,
+            state.inputs.targets, radius, state.base_logits, state.cap)
     else:
         at_target, spread = token_changes(state, keys, radius, chunk_rows)
     return sequence_totals(state, at_target, spread)
@@ -132,9 +137,7 @@ def sequence_totals(state: OracleState, at_target: torch.Tensor, spread: torch.T
                     ) -> torch.Tensor:
     """Per-token changes [P, N] summed per sequence: [P, S] float64."""
     per_token = at_target.double() - torch.log1p(spread.double())  # [P, N]
-    totals = torch.zeros(per_token.shape[0], state.base_logprobs.numel(), dtype=torch.float64,
-                         device=per_token.device)
-    return totals.index_add_(1, state.inputs.segment, per_token)
+    return segment_sums(per_token, state.inputs.segment, state.base_logprobs.numel())
 
 
 def tail_logprob_changes(state: OracleState, tail: Tail, layout: Layout, keys: Sequence[int],
@@ -211,16 +214,19 @@ def tail_token_changes(state: OracleState, hidden: torch.Tensor, keys: Sequence[
 
 
 def use_fused(products: str, hidden: torch.Tensor) -> bool:
-    """products 'auto': fused on CUDA when triton is installed and d splits into 64-bit
-    words of directions (d % 4 == 0), never Triton's CPU interpreter (a test tool, ~100x
-    slower than eager); 'fused' insists (a clear error where it cannot)."""
+    """products 'auto': fused on CUDA with compute capability >= 8.0, triton installed and
+    d % 4 == 0 (else eager, with one info line saying why), never Triton's CPU interpreter
+    (a test tool, ~100x slower than eager); 'fused' insists (a clear error where it cannot)."""
     if products == "eager":
         return False
-    from compo.kernels.fused import fused_available
+    from compo.kernels.fused import auto_reason, explain_eager, fused_available
 
     if products == "fused":
         return fused_available(hidden.device, required=True)
-    return hidden.is_cuda and fused_available(hidden.device) and hidden.shape[1] % LANES == 0
+    reason = auto_reason(hidden.device, hidden.shape[-1])
+    if reason is not None:
+        explain_eager(reason)
+    return reason is None
 
 
 def pair_improved(changes: torch.Tensor) -> torch.Tensor:
@@ -288,13 +294,24 @@ class LikelihoodOracle:
     def votes(self, state: OracleState, seed: int, iteration: int,
               indices: Sequence[int]) -> torch.Tensor:
         """Votes (int8, -1 / +1) for the given perturbation indices."""
-        per_group, _ = plan_blocks(len(indices), state.shape, self.config.block_elements,
-                                   state.probs.device)
+        per_group = self.group_size(state, len(indices))
         out = []
         for start in range(0, len(indices), per_group):
             changes = self.changes(state, seed, iteration, indices[start : start + per_group])
             out += [combine(pair_improved(row), self.config.vote_rule) for row in changes]
         return torch.tensor(out, dtype=torch.int8)
+
+    def group_size(self, state: OracleState, count: int) -> int:
+        """Directions per call: as many as a block of directions holds (eager), or as
+        many as one launch's partial sums hold (fused: no directions are stored)."""
+        budget = block_budget(self.config.block_elements, state.probs.device)
+        if state.tail_batches is None and self.fused(state):
+            from compo.kernels.fused import fused_group, tile_for
+
+            tile = tile_for(state.inputs.hidden.dtype, state.cap)
+            return max(1, min(count, fused_group(state.probs.shape[0], state.shape[0], budget,
+                                                 tile)))
+        return plan_blocks(count, state.shape, budget, state.probs.device)[0]
 
     def fused(self, state: OracleState) -> bool:
         """Whether the fused kernel computes this state's changes (config.products)."""

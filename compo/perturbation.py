@@ -24,6 +24,8 @@ uniformity of normalised directions on the sphere against N(0, 1).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import math
 import struct
 from collections.abc import Iterator, Sequence
@@ -33,14 +35,19 @@ from statistics import NormalDist
 import torch
 
 from compo.kernels import cpu
+from compo.kernels.definition import (  # the integers of the definition, shared with kernels
+    GOLDEN,
+    LANE_BITS,
+    LANE_MASK,
+    LANES,
+    MASK64,
+    MIX1,
+    MIX2,
+    signed,
+)
 
-MASK64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64 increment
-MIX1 = 0xBF58476D1CE4E5B9  # SplitMix64 finaliser multipliers
-MIX2 = 0x94D049BB133111EB
-LANE_BITS = 16  # table index bits taken from each hash lane
-LANES = 64 // LANE_BITS  # values per 64-bit hash
-LANE_MASK = (1 << LANE_BITS) - 1
+log = logging.getLogger(__name__)
+
 TABLE_SIZE = 1 << LANE_BITS
 BF16_SIGNIFICANT_BITS = 8  # bfloat16 keeps 8 significant bits (7 stored + 1 implicit)
 # sha256 of the table's float32 little-endian bytes: the table is built from the quantile
@@ -55,12 +62,6 @@ PIECE_WORDS = 1 << 16
 BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
-def _signed(value: int) -> int:
-    """A 64-bit pattern as a signed int64 (torch has no usable uint64)."""
-    value &= MASK64
-    return value - (1 << 64) if value >> 63 else value
-
-
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
     return (x >> bits).bitwise_and_((1 << (64 - bits)) - 1)
@@ -69,9 +70,9 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 def mix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 tensors, in place; multiplication wraps mod 2**64."""
     x ^= _shift_right(x, 30)
-    x *= _signed(MIX1)
+    x *= signed(MIX1)
     x ^= _shift_right(x, 27)
-    x *= _signed(MIX2)
+    x *= signed(MIX2)
     x ^= _shift_right(x, 31)
     return x
 
@@ -137,15 +138,16 @@ def reference_values(key: int, start: int, count: int) -> list[float]:
 
 def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
     """Write elements [start, start + len(out)) of direction `key` into float32 `out`, with
-    torch integer ops on out's device, piece by piece (any device; the CUDA path)."""
+    torch integer ops on out's device, piece by piece (any device: the fallback without
+    triton or a C compiler)."""
     table = table_tensor(out.device)
     first_word, end_word = start // LANES, (start + out.numel() + LANES - 1) // LANES
     shifts = torch.arange(0, 64, LANE_BITS, device=out.device)  # lane k: bits 16k..16k+15
     for word in range(first_word, end_word, PIECE_WORDS):
         last = min(end_word, word + PIECE_WORDS)
         bits = torch.arange(word + 1, last + 1, dtype=torch.int64, device=out.device)
-        bits *= _signed(GOLDEN)  # SplitMix64 state after (word + 1) steps from the key
-        bits += _signed(key)
+        bits *= signed(GOLDEN)  # SplitMix64 state after (word + 1) steps from the key
+        bits += signed(key)
         mix64(bits)
         lanes = (bits[:, None] >> shifts).bitwise_and_(LANE_MASK).view(-1)
         values = table.index_select(0, lanes)  # elements word*4 .. last*4
@@ -154,30 +156,59 @@ def fill_torch(out: torch.Tensor, key: int, start: int) -> torch.Tensor:
     return out
 
 
-def normals(keys: Sequence[int], start: int, count: int, device="cpu") -> torch.Tensor:
-    """Elements [start, start + count) of the directions with these keys: float32 [P, count].
+def generator_for(device_type: str) -> str:
+    """Which implementation makes directions on this kind of device (all give the
+    definition's bits): "triton" on CUDA (one launch per block, compo/kernels/fused.py),
+    "compiled" on CPU (compo/kernels/cpu.py), else "torch" (fill_torch: ~23 small ops per
+    PIECE_WORDS words; the fallback without triton or a C compiler)."""
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is not None:
+            return "triton"
+        _without_triton()
+        return "torch"
+    return "compiled" if device_type == "cpu" and cpu.available() else "torch"
 
-    On CPU the compiled kernel writes them when a C compiler is available; otherwise (and
-    on CUDA) torch integer ops do. Both give the definition's bits.
+
+@cache
+def _without_triton() -> None:
+    log.info("triton is not installed: CUDA directions come from torch integer ops (same "
+             "values, many small launches); pip install 'compo[gpu]'")
+
+
+def normals(keys: Sequence[int], start: int, count: int, device="cpu",
+            dtype: torch.dtype = torch.float32, generator: str | None = None) -> torch.Tensor:
+    """Elements [start, start + count) of the directions with these keys: [P, count] in
+    `dtype` (values are bf16-exact: float32, bf16 and fp16 hold them without rounding).
+
+    generator: which implementation (default generator_for(device)); the tests run
+    "triton" on CPU in Triton's interpreter. Every one gives the definition's bits.
     """
     device = torch.device(device)
+    kind = generator or generator_for(device.type)
+    if kind == "triton":
+        from compo.kernels.fused import triton_fill
+
+        out = torch.empty(len(keys), count, dtype=dtype, device=device)
+        return triton_fill(out, keys, start, table_tensor(device))
     out = torch.empty(len(keys), count, dtype=torch.float32, device=device)
-    if device.type == "cpu" and cpu.available():
-        return cpu.fill(out, keys, start, table_tensor(device))
+    if kind == "compiled":
+        return cpu.fill(out, keys, start, table_tensor(device)).to(dtype)
     for row, key in zip(out, keys, strict=True):
         fill_torch(row, key, start)
-    return out
+    return out.to(dtype)
 
 
 def direction_rows(keys: Sequence[int], row_start: int, row_end: int, cols: int,
-                   device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   device="cpu", dtype: torch.dtype = torch.float32,
+                   generator: str | None = None) -> torch.Tensor:
     """Rows [row_start, row_end) of directions laid out row-major: [P, rows, cols].
 
     The one entry point every user of directions goes through (oracle, rebuild, generation).
     Values are bf16-exact, so the cast to `dtype` never changes them.
     """
-    flat = normals(keys, row_start * cols, (row_end - row_start) * cols, device)
-    return flat.reshape(len(keys), row_end - row_start, cols).to(dtype)
+    flat = normals(keys, row_start * cols, (row_end - row_start) * cols, device, dtype,
+                   generator)
+    return flat.view(len(keys), row_end - row_start, cols)
 
 
 def block_budget(block_elements: int | None, device="cpu") -> int:

@@ -216,9 +216,7 @@ def sampled_responses(model, tokenizer, weight: torch.Tensor, pairs: list[Tokeni
                       settings: LearningSettings, seed: int = 0) -> list[list[str]]:
     """settings.samples responses per prompt sampled with output layer `weight`; the same
     seeded streams for every weight (common random numbers between start and trained)."""
-    rows, cols = weight.shape
-    zeros = torch.zeros(settings.samples, rows, cols, dtype=weight.dtype)
-    head = PerturbedHead(weight, zeros, 0.0, head_of(model))
+    head = PerturbedHead(weight, None, 0.0, head_of(model), copies=settings.samples)
     config = OracleConfig(max_new_tokens=settings.max_new_tokens,
                           temperature=settings.sample_temperature)
     out = []

@@ -1,6 +1,8 @@
 """The compiled CPU direction kernel: directions.c, built with the system C compiler on
-first use, cached per user, called through ctypes. One thread: ~1 ns per value, a tenth of
-the product h z^T that uses it at N = 512 tokens, so more threads would buy little.
+first use, cached per user, called through ctypes. ~1 ns per value a thread: a tenth of the
+oracle's product h z^T at N = 512 tokens, but most of generation's (one token per
+direction), so large fills are split over torch's intra-op threads (ctypes releases the
+GIL; every value depends only on its key and position, so the bits never change).
 
 Without a C compiler (or if the build fails) `available()` is False and the callers use
 the torch path, which gives the same bits more slowly.
@@ -15,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -26,6 +29,7 @@ SOURCE = Path(__file__).with_name("directions.c")
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 CACHE_ENV = "COMPO_CACHE_DIR"  # where the built library is kept (default ~/.cache/compo)
 BUILD_TIMEOUT_S = 120
+SPLIT_VALUES = 1 << 16  # fills smaller than this run on the calling thread
 
 
 def cache_dir() -> Path:
@@ -87,12 +91,36 @@ def available() -> bool:
     return library() is not None
 
 
-def fill(out: torch.Tensor, keys, start: int, table: torch.Tensor) -> torch.Tensor:
-    """out [P, count] float32 (CPU, contiguous) <- elements [start, start + count) of the
-    directions with these keys, looked up in `table` (float32 [65536])."""
-    if out.dtype != torch.float32 or not out.is_contiguous() or out.device.type != "cpu":
-        raise ValueError("fill writes a contiguous float32 CPU tensor")
+@cache
+def pool(threads: int) -> ThreadPoolExecutor:
+    """Worker threads for split fills (kept for the process)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="compo-fill")
+
+
+def fill_part(out: torch.Tensor, keys, start: int, table: torch.Tensor) -> None:
+    """One contiguous part: out [P, count] <- elements [start, start + count)."""
     key_array = (ctypes.c_uint64 * len(keys))(*keys)
     library().compo_fill_directions(table.data_ptr(), key_array, len(keys), start,
                                     out.shape[1], out.data_ptr())
+
+
+def fill(out: torch.Tensor, keys, start: int, table: torch.Tensor) -> torch.Tensor:
+    """out [P, count] float32 (CPU, contiguous) <- elements [start, start + count) of the
+    directions with these keys, looked up in `table` (float32 [65536]); split by keys, or
+    by ranges of one key, over torch.get_num_threads() threads."""
+    if out.dtype != torch.float32 or not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError("fill writes a contiguous float32 CPU tensor")
+    threads = min(torch.get_num_threads(), max(1, out.numel() // SPLIT_VALUES))
+    if threads == 1:
+        fill_part(out, keys, start, table)
+    elif len(keys) >= threads:
+        bounds = [len(keys) * i // threads for i in range(threads + 1)]
+        list(pool(threads).map(lambda a, b: fill_part(out[a:b], keys[a:b], start, table),
+                               bounds[:-1], bounds[1:]))
+    else:
+        for row, key in zip(out, keys, strict=True):  # few keys: ranges of each
+            count = row.numel()
+            bounds = [count * i // threads for i in range(threads + 1)]
+            list(pool(threads).map(lambda a, b, row=row, key=key: fill_part(
+                row[a:b][None], [key], start + a, table), bounds[:-1], bounds[1:]))
     return out

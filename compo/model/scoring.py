@@ -86,17 +86,31 @@ def head_inputs(model: nn.Module, sequences, pad_id: int, batch_size: int = 8) -
     return HeadInputs(torch.cat(hidden), torch.cat(targets), torch.cat(segment), len(sequences))
 
 
+def segment_sums(values: torch.Tensor, segment: torch.Tensor, count: int) -> torch.Tensor:
+    """Per-sequence sums of values [..., N] (float64) over the contiguous runs of `segment`
+    [N] (sorted sequence numbers < count): [..., count]. Each sum is added left to right
+    from 0 in one pass, so it is deterministic on every device (no atomics, unlike
+    index_add_ on CUDA) and on CPU has the bits of a sequential index_add_."""
+    lengths = torch.bincount(segment, minlength=count)
+    if lengths.numel() != count or bool((segment[1:] < segment[:-1]).any()):
+        raise ValueError(f"segment must be sorted sequence numbers below {count}")
+    flat = values.reshape(-1, values.shape[-1]).T.contiguous()  # [N, rest]: one pass each
+    sums = torch.ops.aten.segment_reduce(flat, "sum", lengths=lengths, initial=0.0)  # [count, *]
+    return sums.T.reshape(*values.shape[:-1], count)
+
+
 def sequence_logprobs(inputs: HeadInputs, weight: torch.Tensor, head: Head,
                       dtype: torch.dtype = torch.float32):
     """log pi(completion | prompt) per sequence [S], float64, for output weight [V, d]
     (the head's math in `dtype`)."""
-    totals = torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
+    picked = []
     for start in range(0, inputs.targets.numel(), TOKEN_CHUNK):
         rows = slice(start, start + TOKEN_CHUNK)
         logprobs = head.logits(inputs.hidden[rows], weight, dtype).log_softmax(-1)
-        picked = logprobs.gather(1, inputs.targets[rows, None]).squeeze(1)
-        totals.index_add_(0, inputs.segment[rows], picked.double())
-    return totals
+        picked.append(logprobs.gather(1, inputs.targets[rows, None]).squeeze(1).double())
+    if not picked:
+        return torch.zeros(inputs.num_sequences, dtype=torch.float64, device=weight.device)
+    return segment_sums(torch.cat(picked), inputs.segment, inputs.num_sequences)
 
 
 def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], pad_id: int,

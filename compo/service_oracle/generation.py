@@ -2,9 +2,11 @@
 tokens, the head is logits = h W^T + r h z^T (the small term accumulated in float32).
 
 Per prompt the body encodes the prompt once per iteration (KV cache, copied to every row
-of a batch, never recomputed). Directions stay in compo.direction_dtype (bf16: 2 bytes an
-entry; a 7B head's direction is 262 MB, not 524). Sampling streams are functions of (run
-seed, iteration, perturbation, prompt) only.
+of a batch, never recomputed). Directions are never stored: for each generated token, the
+products h_p z_p^T come from the fused row kernel on CUDA (tiles made in registers) and
+from blocks of at most V / 2 values per row elsewhere, so a row costs its logits, hidden
+state and KV cache, never V x d. Sampling streams are functions of (run seed, iteration,
+perturbation, prompt) only.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from torch import nn
 from transformers import DynamicCache
 
 from compo.config import GenerationRadius, OracleConfig
+from compo.kernels.fused import fused_reason, fused_row_products
 from compo.model.head import PLAIN, Head, head_input, softcap
 from compo.model.loading import model_device
 from compo.perturbation import (
     GOLDEN,
+    LANES,
     MASK64,
-    block_budget,
     direction_key,
     direction_rows,
     mix64_int,
+    table_tensor,
 )
 
 BASE_INDEX = -1  # sampling stream of the base response (perturbation indices are >= 0)
@@ -53,42 +57,62 @@ class Prefix:
 
 
 def perturbation_products(directions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """h_p z_p^T per row: directions [P, V, d], hidden [P, d] -> [P, V] float32.
+    """h_p z_p^T per row of a block: directions [P, r, d], hidden [P, d] -> [P, r] float32.
 
-    bf16 x bf16 products are exact in float32; on CUDA they accumulate in float32 without a
-    float32 copy of the directions. Elsewhere a low-precision row is widened one at a time.
+    Products and sums in float32, each entry summed over d alone: the bits do not depend on
+    how rows are blocked or how many rows a batch has (bf16 x bf16 products are exact).
     """
-    if directions.dtype == torch.float32:
-        return torch.bmm(directions, hidden.float()[:, :, None])[:, :, 0]
-    if directions.is_cuda and hidden.dtype == directions.dtype:
-        return torch.bmm(directions, hidden[:, :, None], out_dtype=torch.float32)[:, :, 0]
-    hidden = hidden.float()
-    return torch.stack([row.float() @ h for row, h in zip(directions, hidden, strict=True)])
+    return (directions.float() * hidden.float()[:, None, :]).sum(-1)
+
+
+def block_rows(shape: tuple[int, int]) -> int:
+    """Output rows per block of generated directions: a block holds at most half a row of
+    logits per direction (V / 2 values), so memory never grows with V x d."""
+    vocab, width = shape
+    return max(1, min(vocab, vocab // (2 * width)))
+
+
+def add_products_(logits: torch.Tensor, keys: Sequence[int], hidden: torch.Tensor,
+                  factor: torch.Tensor | float) -> torch.Tensor:
+    """logits [P, V] += factor * h_p z_p^T, factor a float or [P, 1]: on CUDA from the
+    fused row kernel (directions made in registers), elsewhere from blocks of rows."""
+    vocab, width = logits.shape[1], hidden.shape[1]
+    if hidden.is_cuda and width % LANES == 0 and fused_reason(hidden.device) is None:
+        products = fused_row_products(hidden, keys, table_tensor(hidden.device), vocab)
+        return logits.add_(products.mul_(factor))
+    step = block_rows((vocab, width))
+    for start in range(0, vocab, step):
+        end = min(vocab, start + step)
+        rows = direction_rows(keys, start, end, width, hidden.device)  # [P, r, d] float32
+        logits[:, start:end] += factor * perturbation_products(rows, hidden)
+    return logits
 
 
 @dataclass
 class PerturbedHead:
-    """Output layer W (float32 master) plus sign_p * r * z_p per row, with the family's head:
-    logits = softcap(s * (h W^T + b) + s * sign * r * h z^T)."""
+    """Output layer W (float32 master) plus sign_p * r * z(key_p) per row, with the family's
+    head: logits = softcap(s * (h W^T + b) + s * sign * r * h z^T). Directions are never
+    stored: each token's products are made from the keys (add_products_)."""
 
     weight: torch.Tensor  # [V, d]
-    directions: torch.Tensor | None  # [P, V, d] in the direction dtype; None: the base
+    keys: Sequence[int] | None  # one direction key per row; None: unperturbed rows
     radius: float
     head: Head = PLAIN
     signs: torch.Tensor | None = None  # [P] of +1 / -1 (antithetic rows); None: all +1
+    copies: int = 1  # rows of an unperturbed head (keys None)
 
     @property
     def rows(self) -> int:
-        return 1 if self.directions is None else self.directions.shape[0]
+        return self.copies if self.keys is None else len(self.keys)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [P, V] of hidden states [P, d] (model dtype)."""
         logits = self.head.pre_cap(hidden.float(), self.weight)
-        if self.directions is not None:
-            products = perturbation_products(self.directions, hidden)
+        if self.keys is not None:
+            factor = self.radius * self.head.scale
             if self.signs is not None:
-                products *= self.signs[:, None]
-            logits += (self.radius * self.head.scale) * products
+                factor = factor * self.signs[:, None]
+            add_products_(logits, self.keys, hidden, factor)
         return softcap(logits, self.head.cap)
 
 
@@ -176,21 +200,12 @@ def until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
     return tokens[: tokens.index(eos_id) + 1]
 
 
-def perturbation_head(weight: torch.Tensor, keys: Sequence[int], dtype: torch.dtype,
-                      radius: float, head: Head, signs: Sequence[int] | None = None
-                      ) -> PerturbedHead:
-    """The head of several perturbations: directions rounded to `dtype` like the
-    estimator's, made a block of rows at a time (no float32 copy of all P directions)."""
-    rows, cols = weight.shape
-    directions = torch.empty(len(keys), rows, cols, dtype=dtype, device=weight.device)
-    block = block_budget(None, weight.device)
-    step = max(1, min(rows, block // max(1, len(keys) * cols)))
-    for start in range(0, rows, step):
-        end = min(rows, start + step)
-        directions[:, start:end] = direction_rows(keys, start, end, cols, weight.device, dtype)
+def perturbation_head(weight: torch.Tensor, keys: Sequence[int], radius: float, head: Head,
+                      signs: Sequence[int] | None = None) -> PerturbedHead:
+    """The head of several perturbations (one row per key; signs -1: antithetic rows)."""
     sign = None if signs is None else torch.tensor(signs, dtype=torch.float32,
                                                    device=weight.device)
-    return PerturbedHead(weight, directions, radius, head, sign)
+    return PerturbedHead(weight, list(keys), radius, head, sign)
 
 
 def significant(value: float, digits: int = RADIUS_DIGITS) -> float:

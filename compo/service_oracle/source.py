@@ -26,7 +26,6 @@ from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ConfigError
 from compo.model.head import head_of
-from compo.model.loading import DTYPES
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction_key
 from compo.service_oracle.generation import (
@@ -163,8 +162,8 @@ class ServiceVoteSource:
         if self.batch_size is None:
             weight, compo = self.weight, self.config.compo
             tokens = self.prompt_tokens + self.config.oracle.max_new_tokens
-            per_row = row_bytes(tuple(weight.shape), DTYPES[compo.direction_dtype],
-                                self.model.config, next(self.model.parameters()).dtype, tokens)
+            per_row = row_bytes(tuple(weight.shape), self.model.config,
+                                next(self.model.parameters()).dtype, tokens)
             self.batch_size = fitting_batch(free_bytes(weight.device), per_row,
                                             compo.num_perturbations)
             log.info("generation batches of %d perturbations (%.0f MiB each), from free "
@@ -179,8 +178,8 @@ class ServiceVoteSource:
         for start in range(0, len(indices), size):
             group = list(indices[start : start + size])
             keys = [direction_key(seed, iteration, index) for index in group]
-            head = perturbation_head(self.weight, keys, DTYPES[self.config.compo.direction_dtype],
-                                     self.radius, self.head, [sign] * len(group))
+            head = perturbation_head(self.weight, keys, self.radius, self.head,
+                                     [sign] * len(group))
             streams = [BASE_INDEX] * len(group) if oracle.noise == "shared" else group
             per_prompt = [self._texts(prefix, head, seed, iteration, streams, prompt)
                           for prompt, prefix in enumerate(self.prefixes)]

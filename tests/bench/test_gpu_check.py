@@ -11,8 +11,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-STEPS = {"gpu_tests", "throughput", "fused_agreement", "ray_two_workers", "moved_layers"}
-LIMIT_S = 480  # the check's budget on a GPU: 8 minutes
+STEPS = {"gpu_tests", "throughput", "fused_agreement", "ray_two_workers", "moved_layers",
+         "compile_table", "kernel_launch"}
+LIMIT_S = 960  # the sum of the dry run's step limits: 16 minutes
 
 
 def run_check(*args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
@@ -39,6 +40,10 @@ def test_dry_run_writes_every_step_s_figures_to_one_file(tmp_path):
         assert steps["fused_agreement"][variant]["max_relative_difference"] < 1e-4
     assert steps["ray_two_workers"]["workers"]["2"]["perturbations_per_s"] > 0
     assert steps["moved_layers"]["cost_ratio"] > 0 and steps["moved_layers"]["limit_fraction"] > 0
+    table = steps["compile_table"]["kernels"]
+    assert table and all(row["compiled"] and row["spill_bytes"] == 0 for row in table)
+    launched = steps["kernel_launch"]["launched"]
+    assert steps["kernel_launch"]["passed"] and any(row["status"] == "passed" for row in launched)
     assert report["seconds"] < LIMIT_S
 
 

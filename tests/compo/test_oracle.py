@@ -4,16 +4,24 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
 from compo.demo.families import build_family
 from compo.demo.tiny import build_llama
 from compo.errors import ConfigError
-from compo.model.head import output_layer
+from compo.model.head import PLAIN, output_layer
 from compo.model.loading import prepare_model
-from compo.model.scoring import completion_index, pad_batch, pair_sequences
-from compo.oracle import LikelihoodOracle, combine, pair_improved
+from compo.model.scoring import (
+    HeadInputs,
+    completion_index,
+    pad_batch,
+    pair_sequences,
+    segment_sums,
+    sequence_logprobs,
+)
+from compo.oracle import LikelihoodOracle, build_state, combine, pair_improved, sequence_totals
 from compo.perturbation import direction, direction_key
 
 RADIUS = 5e-4  # the paper's Mistral-7B radius
@@ -229,3 +237,61 @@ def test_moved_layers_log_probs_follow_the_master_and_the_fused_kernel_is_refuse
     assert torch.allclose(oracle.logprobs(state, moved), expected, atol=1e-4)
     with pytest.raises(ConfigError, match="fused"):
         LikelihoodOracle(model, config.model_copy(update={"products": "fused"}), pad_id=0)
+
+
+class OpLog(TorchDispatchMode):
+    """The aten ops run inside the block, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+ACCUMULATING_OPS = {"index_add", "index_add_", "scatter_add", "scatter_add_", "index_put",
+                    "index_put_", "put_", "scatter_reduce", "scatter_reduce_"}  # atomics on CUDA
+
+
+def test_sequence_sums_are_deterministic_left_to_right_passes():
+    """Per-sequence sums (base log-probs, changes per direction, log-probs under a weight)
+    run in deterministic mode, use no accumulating scatter (atomics on CUDA) and equal a
+    left-to-right float64 sum per sequence, the bits a sequential index_add_ had on CPU."""
+    g = torch.Generator().manual_seed(4)
+    lengths = [5, 1, 0, 9, 3, 7]
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    hidden = torch.randn(len(segment), 16, generator=g)
+    targets = torch.randint(0, 40, (len(segment),), generator=g)
+    weight = torch.randn(40, 16, generator=g)
+    inputs = HeadInputs(hidden, targets, segment, len(lengths))
+    at_target, spread = 1e-3 * torch.randn(2, 2, len(segment), generator=g).abs()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with OpLog() as ops:
+            state = build_state(inputs, weight, PLAIN, torch.float32)
+            totals = sequence_totals(state, at_target, spread)
+            again = sequence_logprobs(inputs, weight, PLAIN)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert "segment_reduce" in ops.names and not ACCUMULATING_OPS & set(ops.names)
+    logprobs = PLAIN.logits(hidden, weight).log_softmax(-1)
+    picked = logprobs.gather(1, targets[:, None]).squeeze(1).double()
+    per_token = at_target.double() - torch.log1p(spread.double())
+
+    def left_to_right(values: torch.Tensor) -> list[float]:
+        out, first = [], 0
+        for length in lengths:
+            total = 0.0
+            for value in values[first : first + length].tolist():
+                total += value
+            out.append(total)
+            first += length
+        return out
+
+    assert state.base_logprobs.tolist() == left_to_right(picked)
+    assert totals.tolist() == [left_to_right(row) for row in per_token]
+    assert again.tolist() == state.base_logprobs.tolist()
+    with pytest.raises(ValueError, match="sorted sequence numbers"):
+        segment_sums(per_token, segment.flip(0), len(lengths))

@@ -50,3 +50,19 @@ def test_without_a_compiler_directions_come_from_torch_with_the_same_bits(
 def test_fill_refuses_a_tensor_it_cannot_write():
     with pytest.raises(ValueError, match="contiguous float32 CPU"):
         cpu.fill(torch.empty(2, 8).T, [1, 2], 0, perturbation.table_tensor(torch.device("cpu")))
+
+
+@pytest.mark.parametrize("count_keys", [1, 5])
+def test_fills_split_over_threads_give_the_same_bits(count_keys):
+    keys = [direction_key(2, 9, i) for i in range(count_keys)]
+    count, start = 3 * cpu.SPLIT_VALUES + 7, 11  # large enough to split, unaligned
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = normals(keys, start, count)
+        torch.set_num_threads(3)
+        split = normals(keys, start, count)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(split, alone)
+    assert split[-1, -5:].tolist() == reference_values(keys[-1], start + count - 5, 5)

@@ -1,5 +1,6 @@
-"""Generation under perturbed heads: low-precision directions, antithetic rows, the prompt's
-KV cache computed once, the generation radius, batches sized from free memory."""
+"""Generation under perturbed heads: directions never stored (memory per row independent of
+V x d), antithetic rows, the prompt's KV cache computed once, the generation radius,
+batches sized from free memory."""
 
 import copy
 
@@ -17,7 +18,13 @@ from compo.service_oracle.generation import (
     perturbation_head,
     perturbation_products,
 )
-from compo.service_oracle.memory import fitting_batch, kv_bytes_per_token, row_bytes
+from compo.service_oracle.memory import (
+    LOGIT_COPIES,
+    fitting_batch,
+    kv_bytes_per_token,
+    peak_bytes,
+    row_bytes,
+)
 from tests.compo.service_oracle.test_source import prompt_ids
 
 NEW_TOKENS = 6
@@ -38,20 +45,45 @@ def greedy_with_weight(model, weight, prompt, eos):
     return out[0, len(prompt):].tolist()
 
 
-def test_bf16_directions_stay_bf16_and_generate_like_the_rounded_weight(loaded):
+def test_perturbed_rows_generate_like_the_moved_weight(loaded):
     model, tokenizer = loaded
     weight = output_layer(model).weight.detach().float().clone()
     prompt, eos = prompt_ids(tokenizer, SKY), tokenizer.eos_token_id
-    head = perturbation_head(weight, KEYS, torch.bfloat16, RADIUS, head_of(model), [1, -1, 1])
-    assert head.directions.dtype == torch.bfloat16  # 2 bytes an entry, never a float32 copy
+    head = perturbation_head(weight, KEYS, RADIUS, head_of(model), [1, -1, 1])
     greedy = OracleConfig(max_new_tokens=6, temperature=0)
     out = generate(model, encode_prefix(model, prompt), head, greedy, [torch.Generator()] * 3,
                    eos)
     for row, (key, sign) in enumerate(zip(KEYS, [1, -1, 1], strict=True)):
-        rounded = direction(key, tuple(weight.shape)).bfloat16().float()
+        rounded = direction(key, tuple(weight.shape)).bfloat16().float()  # bf16-exact
         assert out.tokens[row] == greedy_with_weight(model, weight + sign * RADIUS * rounded,
                                                      prompt, eos)
     assert out.tokens[0] != out.tokens[1] or out.tokens[1] != out.tokens[2]
+
+
+def test_a_perturbed_row_costs_memory_independent_of_v_times_d(loaded):
+    """Peak CPU memory of generating P perturbed rows minus that of P unperturbed rows
+    (torch's profiler sees every tensor allocation), per row, against one row's logits
+    and hidden state: a materialised direction would be V x d floats a row."""
+    model, tokenizer = loaded
+    weight = output_layer(model).weight.detach().float().clone()
+    vocab, width = weight.shape
+    prefix = encode_prefix(model, prompt_ids(tokenizer, SKY))
+    keys = [direction_key(5, 0, index) for index in range(8)]
+    config = OracleConfig(max_new_tokens=4, temperature=0)
+
+    def run(perturbed: bool):
+        head = (perturbation_head(weight, keys, RADIUS, head_of(model)) if perturbed else
+                PerturbedHead(weight, None, RADIUS, head_of(model), copies=len(keys)))
+        return generate(model, prefix, head, config, [torch.Generator()] * len(keys), None)
+
+    run(True)  # once before measuring: the direction table is made on first use
+    base, base_peak = peak_bytes(lambda: run(False), torch.device("cpu"))
+    moved, moved_peak = peak_bytes(lambda: run(True), torch.device("cpu"))
+    one_row = 4 * (vocab + width)  # float32 logits and hidden state of one row
+    assert base_peak > len(keys) * 4 * vocab  # the measurement sees the rows' logits
+    assert (moved_peak - base_peak) / len(keys) < 2 * one_row
+    assert 4 * vocab * width > 20 * one_row  # a stored direction would break the bound
+    assert moved.tokens != base.tokens  # the rows were perturbed
 
 
 def test_products_of_bf16_rows_are_the_exact_float64_products():
@@ -86,7 +118,7 @@ def test_the_prompt_is_encoded_once_and_never_again_per_row(loaded):
         prefix = encode_prefix(model, prompt)
         for start in (0, 3):  # two batches of three perturbations from the same prefix
             keys = [direction_key(1, 0, index) for index in range(start, start + 3)]
-            head = perturbation_head(weight, keys, torch.float32, RADIUS, head_of(model))
+            head = perturbation_head(weight, keys, RADIUS, head_of(model))
             generate(model, prefix, head, OracleConfig(max_new_tokens=NEW_TOKENS, temperature=0),
                      [torch.Generator()] * 3, None)
     finally:
@@ -102,7 +134,7 @@ def test_logit_radius_moves_each_logit_by_the_given_nats(loaded):
     prefix = encode_prefix(model, prompt_ids(tokenizer, SKY))
     radius = generation_radius(GenerationRadius(mode="logit", value=1.5), [prefix.hidden])
     keys = [direction_key(3, 0, index) for index in range(40)]
-    head = perturbation_head(weight, keys, torch.float32, radius, head_of(model))
+    head = perturbation_head(weight, keys, radius, head_of(model))
     base = PerturbedHead(weight, None, radius).logits(prefix.hidden)
     moved = head.logits(prefix.hidden.expand(len(keys), -1)) - base
     assert float(moved.std()) == pytest.approx(1.5, rel=0.05)
@@ -114,12 +146,12 @@ def test_logit_radius_moves_each_logit_by_the_given_nats(loaded):
 def test_batches_fit_half_the_free_memory_in_powers_of_two(loaded):
     model, _ = loaded
     shape = tuple(output_layer(model).weight.shape)
-    per_row = row_bytes(shape, torch.bfloat16, model.config, torch.float32, tokens=100)
+    per_row = row_bytes(shape, model.config, torch.float32, tokens=100)
     config = model.config
     kv = 2 * config.num_hidden_layers * config.num_key_value_heads * (
         config.hidden_size // config.num_attention_heads) * 4
     assert kv_bytes_per_token(config, torch.float32) == kv
-    assert per_row > shape[0] * shape[1] * 2 + 100 * kv
+    assert per_row == 100 * kv + LOGIT_COPIES * 4 * shape[0]  # no V x d term: no direction
     assert fitting_batch(free=10 * per_row, per_row=per_row, most=1600) == 4  # 5 fit: 4
     assert fitting_batch(free=10**15, per_row=per_row, most=1600) == 256
     assert fitting_batch(free=10**15, per_row=per_row, most=24) == 16

@@ -46,7 +46,7 @@ def test_delta_head_generation_equals_a_model_whose_weight_is_w_plus_rz(loaded):
     prompt, eos = prompt_ids(tokenizer), tokenizer.eos_token_id
     keys = [direction_key(3, 1, index) for index in range(3)]
     config = OracleConfig(max_new_tokens=NEW_TOKENS, temperature=0)
-    perturbed = perturbation_head(weight, keys, torch.float32, RADIUS, head_of(model))
+    perturbed = perturbation_head(weight, keys, RADIUS, head_of(model))
     ours = generate(model, encode_prefix(model, prompt), perturbed, config,
                     [torch.Generator()] * 3, eos, keep_logits=True)
     base = generate(model, encode_prefix(model, prompt), PerturbedHead(weight, None, RADIUS),
