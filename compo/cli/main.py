@@ -14,11 +14,12 @@ from compo.errors import CompoError, ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
 
-Made by `compo conformance --out docs/conformance.md`: every causal-LM type the installed
-transformers ships (AutoModelForCausalLM's mapping, not a fixed list), each built as a tiny
-random float32 model from its config class (hidden 64, 2 layers or one of each layer kind,
-vocabulary 128, compo/demo/families.py) with every multiplier, scaling and soft-cap field
-of its config set to a random value, every bias flag on and every bias random; r = 5e-4.
+Made by `compo conformance --perturbations 50 --out docs/conformance.md`: every causal-LM
+type the installed transformers ships (AutoModelForCausalLM's mapping, not a fixed list),
+each built as a tiny random float32 model from its config class (hidden 64, 2 layers or
+one of each layer kind, vocabulary 128, compo/demo/families.py) with every multiplier,
+scaling and soft-cap field of its config set to a random value, every bias flag on and
+every bias random; r = 5e-4.
 Each type is **exact** (the figures below), **refused** at load time with the reason
 (compo/model/head.py: its logits differ in a right-padded batch from each sequence alone,
 depend on later tokens, are cut to fewer rows than its output layer, or are not what ComPO

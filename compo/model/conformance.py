@@ -13,6 +13,7 @@ the model in memory).
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ from compo.errors import ModelError
 from compo.model.head import output_layer, probe_ids, verified_head
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
+
+log = logging.getLogger(__name__)
 
 RADIUS = 5e-4  # the paper's Mistral-7B radius
 SEED = 11
@@ -189,6 +192,7 @@ def sweep(perturbations: int, types: list[str] | None = None, seed: int = 0
             rows.append(Conformance(model_type, not_buildable=reason, model_class=model_class))
             continue
         rows.append(check(model, model_type, perturbations))
+        log.info("conformance of %s: %s", model_type, rows[-1].status)
     return rows
 
 
