@@ -22,7 +22,7 @@ from torch import nn
 from compo.config import ComPOConfig, PerturbConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ModelError
-from compo.model.head import output_layer, probe_ids, verified_head
+from compo.model.head import head_input, head_of, output_layer, probe_ids, verified_head
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
 
@@ -96,11 +96,23 @@ def own_logprobs(model: nn.Module, pairs: list[TokenizedPair]) -> torch.Tensor:
         for completion in (pair.chosen_ids, pair.rejected_ids):
             device = output_layer(model).weight.device
             ids = torch.tensor([pair.prompt_ids + completion], device=device)
-            logits = model(input_ids=ids).logits[0].double()
+            logits = sequence_logits(model, ids)
             logprobs = logits[len(pair.prompt_ids) - 1 : -1].log_softmax(-1)
             target = torch.tensor(completion, device=device)[:, None]
             totals.append(logprobs.gather(1, target).sum())
     return torch.stack(totals).cpu()
+
+
+def sequence_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's own logits [L, V] for ids [1, L], float64. A float64 model whose forward
+    casts its logits to float32 (Mamba, xLSTM, Mllama, ...) would round the reference's
+    changes to float32: its head (verified against those logits at load time) is then
+    applied in float64 to the float64 input of its output layer."""
+    logits = model(input_ids=ids).logits[0]
+    weight = output_layer(model).weight
+    if weight.dtype == torch.float64 and logits.dtype != torch.float64:
+        return head_of(model).logits(head_input(model, input_ids=ids)[0], weight, torch.float64)
+    return logits.double()
 
 
 @torch.no_grad()
