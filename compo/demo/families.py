@@ -157,8 +157,9 @@ def _layer_fields(defaults: dict, layers: str | None) -> dict:
     """The layer count and every per-layer list cut to a few layers that keep one of each
     distinct kind (e.g. sliding and full attention)."""
     count = defaults.get(layers)
-    per_layer = {k: v for k, v in defaults.items()
-                 if isinstance(v, list) and isinstance(count, int) and len(v) == count}
+    per_layer = {k: v for k, v in defaults.items()  # not lists of layer indices
+                 if isinstance(v, list) and isinstance(count, int) and len(v) == count
+                 and not (all(type(x) is int for x in v) and len(set(v)) == len(v))}
     if layers is None:
         return {}
     kinds = [repr([v[i] for v in per_layer.values()]) for i in range(count or 0)]

@@ -91,9 +91,17 @@ class Head:
 PLAIN = Head(None, 1.0, None)
 
 
+def text_config(model: nn.Module):
+    """The config of the model's text decoder (composite models keep it in text_config)."""
+    try:
+        return model.config.get_text_config(decoder=True)
+    except ValueError:  # several candidates: the top-level config is what the head reads
+        return model.config
+
+
 def head_fields(model: nn.Module) -> dict[str, tuple[str, float]]:
     """The config fields the family applies after its lm_head: field -> (use, value)."""
-    config = model.config.get_text_config()  # composite models keep them in text_config
+    config = text_config(model)
     uses = HEAD_FIELDS | FAMILY_HEAD_FIELDS.get(type(model).__name__, {})
     found = {field: (use, getattr(config, field, None)) for field, use in uses.items()}
     found = {field: (use, value) for field, (use, value) in found.items()
@@ -179,7 +187,7 @@ def run_probe(model: nn.Module, name: str = "model") -> Probe:
     forward becomes a ModelError."""
     ids = probe_ids(model)[0]
     sequences = [ids[:length] for length in PROBE_LENGTHS]
-    pad_id = getattr(model.config.get_text_config(), "pad_token_id", None)
+    pad_id = getattr(text_config(model), "pad_token_id", None)
     batch = torch.full((len(sequences), PROBE_TOKENS), pad_id if isinstance(pad_id, int) else 0,
                        dtype=ids.dtype, device=ids.device)
     mask = torch.zeros_like(batch)
@@ -206,8 +214,8 @@ def run_probe(model: nn.Module, name: str = "model") -> Probe:
 
 def config_values(model: nn.Module, wanted) -> str:
     """'field=value, ...' for the text config's fields whose name and value `wanted` takes."""
-    config = model.config.get_text_config()
-    pairs = [f"{k}={v}" for k, v in sorted(config.to_dict().items()) if wanted(k, v)]
+    pairs = [f"{k}={v}" for k, v in sorted(text_config(model).to_dict().items())
+             if wanted(k, v)]
     return ", ".join(pairs) or "none"
 
 
