@@ -14,16 +14,28 @@ from compo.errors import CompoError, ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
 
-Made by `compo conformance --out docs/conformance.md` (tiny random float32 models of each
-family, compo/demo/families.py; r = 5e-4). Base error: the largest difference between
-ComPO's log pi(y|x) and the one from the model's own logits, in nats. Perturbed error: the
-largest relative error of ComPO's log-prob change against a float64 full forward pass with
-W + r z. Votes agree: perturbations whose vote equals the float64 one. The last two
-columns: the same with the MLPs of the last 2 layers moving too (compo.perturb:
-{mlp_last_layers: 2}; families whose MLPs ComPO cannot rerun are refused). A family whose
-forward does something after the output layer that ComPO does not reproduce is refused at
-load time (compo/model/head.py) and listed as refused. Check your own checkpoint with
-`compo conformance --model PATH`.
+Made by `compo conformance --perturbations 50 --out docs/conformance.md`: every causal-LM
+type the installed transformers ships (AutoModelForCausalLM's mapping, not a fixed list),
+each built as a tiny random float32 model from its config class (hidden 64, 2 layers or
+one of each layer kind, vocabulary 128, compo/demo/families.py) with every multiplier,
+scaling and soft-cap field of its config set to a random value, every bias flag on and
+every bias random; r = 5e-4. Each type is **exact** (the figures below), **refused** at
+load time with the reason (compo/model/head.py: its logits differ in a right-padded batch
+from each sequence alone, depend on later tokens, are cut to fewer rows than its output
+layer, or are not what ComPO reproduces, naming the config fields), **not buildable** as a
+tiny model (its config or model cannot be built, or it fails on one plain sequence: the
+error), or **unverified** (it passes the load-time check but its float64 copy, the
+reference for the perturbed changes, does not run). Silently wrong (WRONG) and failed rows
+would be bugs. Base error: the largest difference between ComPO's log pi(y|x), scored in
+one right-padded batch of 6 sequences, and the one from the model's own logits on each
+sequence alone, in nats (exact: at most 1e-4). Perturbed error: the largest relative error
+of ComPO's log-prob change against a float64 full forward pass with W + r z (exact: at
+most 1e-3; where a family's forward casts its logits to float32, as Mamba's and xLSTM's
+do, the reference applies its verified head in float64 to its output layer's input). Votes
+agree: perturbations whose vote equals the float64 one (exact: all). The last two columns:
+the same with the MLPs of the last 2 layers moving too (compo.perturb: {mlp_last_layers:
+2}; families whose MLPs ComPO cannot rerun are refused there). Check your own checkpoint
+with `compo conformance --model PATH`.
 
 """
 
@@ -157,6 +169,8 @@ def cmd_conformance(args) -> int:
     if args.out:
         fileio.write_text(args.out, CONFORMANCE_HEADER + table)
         print(f"wrote {args.out}")
+    if any(row.status in ("WRONG", "failed") for row in rows):
+        return 1
     return 0 if all(row.refused is None for row in rows) or not args.model else 1
 
 

@@ -3,14 +3,17 @@ perturbed log-prob changes against a float64 full forward with W + r z — with 
 layer alone, and with the MLPs of the last MOVED_LAYERS layers moving too
 (compo.perturb.mlp_last_layers).
 
-`compo conformance` prints (and with --out writes) the table over the decoder families
-transformers ships (tiny random models, compo/demo/families.py), or checks your own
-checkpoint with --model (it needs a float64 copy of the model in memory).
+`compo conformance` prints (and with --out writes) the table over every causal-LM type the
+installed transformers ships (tiny random models with random multipliers, soft-caps and
+biases, compo/demo/families.py): each exact, refused at load time with the reason, or not
+buildable as a tiny model. --model checks your own checkpoint (it needs a float64 copy of
+the model in memory).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,14 +22,22 @@ from torch import nn
 from compo.config import ComPOConfig, PerturbConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ModelError
-from compo.model.head import output_layer, verified_head
+from compo.model.head import head_input, head_of, output_layer, probe_ids, verified_head
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
 
+log = logging.getLogger(__name__)
+
 RADIUS = 5e-4  # the paper's Mistral-7B radius
 SEED = 11
-PAIR_SHAPES = ((6, 7, 5), (3, 9, 8))  # (prompt, chosen, rejected) tokens of the probe pairs
+PAIR_SHAPES = ((6, 7, 5), (3, 9, 8), (2, 4, 11))  # (prompt, chosen, rejected) probe tokens
 MOVED_LAYERS = 2  # the paper's Table 5: the output layer and the last 2 layers' MLPs
+BASE_TOLERANCE = 1e-4  # nats: a float32 model against its own float32 forward
+CHANGE_TOLERANCE = 1e-3  # relative error of the perturbed changes against float64
+
+
+class NoReference(Exception):
+    """The float64 copy of the model cannot run: the changes cannot be checked."""
 
 
 @dataclass
@@ -42,6 +53,28 @@ class Conformance:
     moved_error: float | None = None  # the same with the last layers' MLPs moving too
     moved_agreement: float | None = None
     moved_refused: str | None = None
+    not_buildable: str | None = None  # why no tiny model of this type could be built
+    unverified: str | None = None  # why the float64 reference could not run
+    failed: str | None = None  # a raw error after the load-time check: a bug to fix
+    model_class: str = ""
+
+    @property
+    def status(self) -> str:
+        """not buildable, refused, failed, unverified, exact, or WRONG (silently wrong)."""
+        for status, reason in (("not buildable", self.not_buildable), ("refused", self.refused),
+                               ("failed", self.failed), ("unverified", self.unverified)):
+            if reason is not None:
+                return status
+        moved_ok = self.moved_refused is not None or (
+            self.moved_error <= CHANGE_TOLERANCE and self.moved_agreement == 1.0)
+        exact = (self.base_error <= BASE_TOLERANCE and self.perturbed_error <= CHANGE_TOLERANCE
+                 and self.vote_agreement == 1.0 and moved_ok)
+        return "exact" if exact else "WRONG"
+
+    @property
+    def reason(self) -> str | None:
+        """Why the row has no figures, if it has none."""
+        return self.not_buildable or self.refused or self.failed or self.unverified
 
 
 def probe_pairs(vocab: int, seed: int = SEED) -> list[TokenizedPair]:
@@ -63,11 +96,23 @@ def own_logprobs(model: nn.Module, pairs: list[TokenizedPair]) -> torch.Tensor:
         for completion in (pair.chosen_ids, pair.rejected_ids):
             device = output_layer(model).weight.device
             ids = torch.tensor([pair.prompt_ids + completion], device=device)
-            logits = model(input_ids=ids).logits[0].double()
+            logits = sequence_logits(model, ids)
             logprobs = logits[len(pair.prompt_ids) - 1 : -1].log_softmax(-1)
             target = torch.tensor(completion, device=device)[:, None]
             totals.append(logprobs.gather(1, target).sum())
     return torch.stack(totals).cpu()
+
+
+def sequence_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's own logits [L, V] for ids [1, L], float64. A float64 model whose forward
+    casts its logits to float32 (Mamba, xLSTM, Mllama, ...) would round the reference's
+    changes to float32: its head (verified against those logits at load time) is then
+    applied in float64 to the float64 input of its output layer."""
+    logits = model(input_ids=ids).logits[0]
+    weight = output_layer(model).weight
+    if weight.dtype == torch.float64 and logits.dtype != torch.float64:
+        return head_of(model).logits(head_input(model, input_ids=ids)[0], weight, torch.float64)
+    return logits.double()
 
 
 @torch.no_grad()
@@ -99,7 +144,11 @@ def exactness(model: nn.Module, pairs, config: ComPOConfig, perturbations: int
     indices = list(range(perturbations))
     ours = oracle.changes(state, SEED, 0, indices).cpu()
     keys = [direction_key(SEED, 0, i) for i in indices]
-    exact = float64_changes(copy.deepcopy(model).double(), pairs, oracle, keys, config.radius)
+    try:
+        exact = float64_changes(copy.deepcopy(model).double(), pairs, oracle, keys,
+                                config.radius)
+    except Exception as error:  # e.g. a family that casts to float32 inside its forward
+        raise NoReference(f"{type(error).__name__}: {error}") from error
     relative = (ours - exact).abs().amax(1) / exact.abs().amax(1)
     agree = [combine(pair_improved(a), "any") == combine(pair_improved(b), "any")
              for a, b in zip(ours, exact, strict=True)]
@@ -109,39 +158,94 @@ def exactness(model: nn.Module, pairs, config: ComPOConfig, perturbations: int
 def check(model: nn.Module, name: str, perturbations: int,
           radius: float = RADIUS) -> Conformance:
     """The conformance of a float32 model (its float64 copy is the reference)."""
+    row = Conformance(name, perturbations=perturbations, model_class=type(model).__name__)
     try:
         verified_head(model, name)
     except ModelError as error:
-        return Conformance(name, refused=str(error))
+        row.refused = str(error)
+        return row
     pairs = probe_pairs(output_layer(model).weight.shape[0])
     config = ComPOConfig(radius=radius, block_elements=1 << 16)
-    row = Conformance(name, *exactness(model, pairs, config, perturbations), perturbations)
     moved = config.model_copy(update={"perturb": PerturbConfig(mlp_last_layers=MOVED_LAYERS)})
     try:
-        _, row.moved_error, row.moved_agreement = exactness(model, pairs, moved, perturbations)
+        row.base_error, row.perturbed_error, row.vote_agreement = exactness(
+            model, pairs, config, perturbations)
+        try:
+            _, row.moved_error, row.moved_agreement = exactness(model, pairs, moved,
+                                                                perturbations)
+        except ModelError as error:
+            row.moved_refused = str(error)
     except ModelError as error:
-        row.moved_refused = str(error)
+        row.refused = str(error)
+    except NoReference as error:
+        row.unverified = f"its float64 copy (the reference) does not run: {error}"
+    except Exception as error:  # the table shows it; scoring must not hide it
+        row.failed = f"{type(error).__name__}: {error}"
     return row
 
 
-def family_table(perturbations: int) -> list[Conformance]:
-    """Every family of compo/demo/families.py."""
-    from compo.demo.families import FAMILIES, build_family
+def sweep(perturbations: int, types: list[str] | None = None, seed: int = 0
+          ) -> list[Conformance]:
+    """check() of a tiny random model of every causal-LM type (or of `types`); a type whose
+    tiny model cannot be built, or cannot run one plain sequence, is not buildable."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return [check(build_family(name), name, perturbations) for name in FAMILIES]
+    from compo.demo.families import build_type, causal_lm_types
+
+    rows = []
+    for model_type in types or causal_lm_types():
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, "")
+        try:
+            model = build_type(model_type, seed).requires_grad_(False)
+            with torch.no_grad():
+                model(input_ids=probe_ids(model))
+        except Exception as error:  # the builder's limits, not the family's
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            rows.append(Conformance(model_type, not_buildable=reason, model_class=model_class))
+            continue
+        rows.append(check(model, model_type, perturbations))
+        log.info("conformance of %s: %s", model_type, rows[-1].status)
+    return rows
+
+
+def family_table(perturbations: int) -> list[Conformance]:
+    """Every causal-LM type the installed transformers ships."""
+    return sweep(perturbations)
+
+
+STATUSES = ("exact", "refused", "not buildable", "unverified", "WRONG", "failed")
+
+
+def summary(rows: list[Conformance]) -> str:
+    """One line of counts per status."""
+    import transformers
+
+    counts = {status: sum(row.status == status for row in rows) for status in STATUSES}
+    return (f"{len(rows)} causal-LM types (transformers {transformers.__version__}): "
+            f"{counts['exact']} exact, {counts['refused']} refused with the reason, "
+            f"{counts['not buildable']} not buildable as a tiny model, {counts['unverified']} "
+            f"without a float64 reference, {counts['WRONG']} silently wrong, "
+            f"{counts['failed']} failed after the load-time check")
+
+
+def _cell(text: str) -> str:
+    """Text as one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def markdown(rows: list[Conformance]) -> str:
-    """The table as markdown."""
-    lines = ["| model | base log-prob error (nats) | perturbed change, max relative error "
-             "| votes agree | with the last 2 MLPs: max relative error | votes agree |",
-             "|---|---|---|---|---|---|"]
+    """The counts and the table as markdown."""
+    lines = [summary(rows), "",
+             "| type | class | result | base log-prob error (nats) | perturbed change, max "
+             "relative error | votes agree | with the last 2 MLPs: max relative error "
+             "| votes agree |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        if row.refused is not None:
-            lines.append(f"| {row.name} | refused: {row.refused} | | | | |")
+        start = f"| {row.name} | {row.model_class} | {row.status}"
+        if row.reason is not None:
+            lines.append(f"{start}: {_cell(row.reason)} | | | | | |")
             continue
-        moved = (f"refused: {row.moved_refused} | " if row.moved_refused is not None else
-                 f"{row.moved_error:.1e} | {row.moved_agreement:.1%} of {row.perturbations}")
-        lines.append(f"| {row.name} | {row.base_error:.1e} | {row.perturbed_error:.1e} | "
+        moved = (f"refused: {_cell(row.moved_refused)} | " if row.moved_refused is not None
+                 else f"{row.moved_error:.1e} | {row.moved_agreement:.1%} of {row.perturbations}")
+        lines.append(f"{start} | {row.base_error:.1e} | {row.perturbed_error:.1e} | "
                      f"{row.vote_agreement:.1%} of {row.perturbations} | {moved} |")
     return "\n".join(lines) + "\n"

@@ -210,10 +210,15 @@ class Tail:
         """The tail with the model's own weights against the output layer's input on a
         probe; refuses a family whose forward does something else. Returns the error."""
         ids = probe_ids(self.model)
-        hidden, kwargs, head_in = capture(self.model, self.originals, self.dtype,
-                                          input_ids=ids)
-        batch = TailBatch(hidden, kwargs, torch.arange(ids.shape[1], device=ids.device))
-        mine = self.head_input([batch], {})
+        try:  # a family whose layers cannot run this way raises anything: a refusal
+            hidden, kwargs, head_in = capture(self.model, self.originals, self.dtype,
+                                              input_ids=ids)
+            batch = TailBatch(hidden, kwargs, torch.arange(ids.shape[1], device=ids.device))
+            mine = self.head_input([batch], {})
+        except Exception as error:
+            raise ModelError(f"{name}: {type(self.model).__name__}'s last layers cannot be "
+                             f"rerun as ComPO reruns them ({type(error).__name__}: {error}); "
+                             "set compo.perturb.mlp_last_layers: 0 for this family") from error
         error = float((mine - head_in[0].to(self.dtype)).abs().max())
         largest = float(head_in.abs().max())
         allowed = CHECK_EPS_UNITS * torch.finfo(head_in.dtype).eps * (largest + 1.0)
