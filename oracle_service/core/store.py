@@ -121,7 +121,7 @@ class Store(Protocol):
 
 RUN_LIST_QUERY = (
     "SELECT i.run_id, COUNT(*), MAX(i.iteration), MAX(i.received_at), s.state, "
-    "s.iterations_total, s.message FROM iterations i LEFT JOIN run_status s "
+    "s.iterations_total, COALESCE(s.message, '') FROM iterations i LEFT JOIN run_status s "
     "ON s.run_id = i.run_id GROUP BY i.run_id, s.state, s.iterations_total, s.message "
     "ORDER BY MAX(i.received_at) DESC, i.run_id"
 )
