@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_pipeline_commands(sub)  # pipeline, eval, compare, plot
+    # temporary, until commands are plugins (entry points compo.commands, pyproject.toml)
+    from oracle_service.reward_cli import add_reward_model_command  # argparse only
+
+    add_reward_model_command(sub)
     return parser
 
 
