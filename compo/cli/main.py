@@ -1,5 +1,5 @@
-"""The `compo` command line: demo, split, train, probe, apply-delta, serve (and the pipeline's
-commands from compo/cli/pipeline.py)."""
+"""The `compo` command line: demo, split, train, probe, apply-delta, conformance, the
+pipeline's commands (compo/cli/pipeline.py), and commands of plugins (serve)."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="compo", description=" ".join(__doc__.split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
