@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from oracle_service.api.deps import (
@@ -22,7 +22,13 @@ from oracle_service.api.deps import (
 )
 from oracle_service.api.middleware import HTTP_499_CLIENT_GONE
 from oracle_service.core.budget import calls_per_comparison, template_chars
-from oracle_service.schemas import API_PREFIX, ComparisonRequest, ComparisonResponse, ServiceLimits
+from oracle_service.schemas import (
+    API_PREFIX,
+    ComparisonRequest,
+    ComparisonResponse,
+    ErrorBody,
+    ServiceLimits,
+)
 
 T = TypeVar("T")
 router = APIRouter(prefix=API_PREFIX, tags=["comparisons"])
@@ -49,13 +55,11 @@ def too_many(count: int, limit: int) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", "items"), "msg": message, "type": "too_long"}])
 
 
-def unpriced_budget() -> RequestValidationError:
-    """422: a run's budget, but the service cannot price judge calls."""
-    message = ("budget: this service has no judge prices (judge_input_usd_per_mtok, "
-               "judge_output_usd_per_mtok, backend judge), so it cannot hold a run to a "
-               "budget; set them on the service, or remove oracle.budget_usd from the run")
-    return RequestValidationError([{"loc": ("body", "budget"), "msg": message,
-                                    "type": "value_error"}])
+UNPRICED = ("budget: this service has no judge prices (judge_input_usd_per_mtok, "
+            "judge_output_usd_per_mtok, backend judge), so it cannot hold a run to a budget; "
+            "set them on the service, or remove oracle.budget_usd from the run")
+BUDGET_CONFLICT = {409: {"model": ErrorBody, "description": "A run budget, but the service "
+                         "has no judge prices"}}
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -81,7 +85,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
 @router.post(
     "/comparisons",
     response_model=ComparisonResponse,
-    responses={**TOO_LARGE, **INVALID, **UNAVAILABLE},
+    responses={**TOO_LARGE, **INVALID, **BUDGET_CONFLICT, **UNAVAILABLE},
     openapi_extra=REQUEST_BODY,
 )
 async def compare(
@@ -99,8 +103,8 @@ async def compare(
     parsed = parse_body(ComparisonRequest, body)
     if len(parsed.items) > settings.max_batch_size:
         raise too_many(len(parsed.items), settings.max_batch_size)
-    if parsed.budget is not None and not settings.priced:
-        raise unpriced_budget()
+    if parsed.budget is not None and not settings.priced:  # valid, but not here: 409
+        raise HTTPException(status.HTTP_409_CONFLICT, UNPRICED)
     work = service.compare(parsed.items, arrived, parsed.budget)
     results = await cancel_on_disconnect(request, work)
     if results is None:

@@ -156,4 +156,4 @@ def test_a_run_budget_needs_prices(make_settings, running_service):
             "budget": {"run_id": "r", "usd": 1.0}}
     with running_service(make_settings()) as http:
         response = http.post("/v1/comparisons", json=body)
-    assert response.status_code == 422 and "no judge prices" in response.json()["detail"]
+    assert response.status_code == 409 and "no judge prices" in response.json()["detail"]
