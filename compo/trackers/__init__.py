@@ -25,6 +25,7 @@ TRACKERS = {
     "trackio": "compo.trackers.trackio:TrackioTracker",
 }
 NONE = "none"  # report_to: none (TRL's spelling of "no tracker")
+MAX_REASON_CHARS = 300  # of a tracker's own error, in the one-line message
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,15 @@ def tracker_names(value) -> list[str]:
 
 
 def open_tracker(name: str, run: RunInfo) -> Tracker:
-    """The tracker `name` started for `run` (ConfigError naming the extra when missing)."""
+    """The tracker `name` started for `run`; a ConfigError naming the extra when its package
+    is missing, or saying why it did not start (a login, a server that does not answer)."""
     module, _, cls = TRACKERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(run)
+    try:
+        return getattr(importlib.import_module(module), cls)(run)
+    except ConfigError:
+        raise
+    except Exception as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:MAX_REASON_CHARS]
+        raise ConfigError(f"report_to: {name} did not start ({reason}); check its settings "
+                          "and environment variables (README, 'Experiment trackers'), or "
+                          f"remove {name} from report_to") from error

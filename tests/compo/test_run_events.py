@@ -68,6 +68,24 @@ def test_a_missing_tracker_package_is_one_line(model_dir, pairs_file, tmp_path, 
         "remove wandb from report_to)"]
 
 
+def test_a_tracker_that_cannot_start_is_one_line(model_dir, pairs_file, tmp_path, monkeypatch,
+                                                 capsys):
+    """E.g. W&B online without a login: the tracker's own error, in one line, before the run."""
+    import types
+
+    def refuse(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty).\nCall wandb.login(key=[your key])")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=refuse))
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(make_config(model_dir, pairs_file, tmp_path, "nokey", "wandb")))
+    assert compo_main(["train", "--config", str(path), "--no-progress"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: report_to: wandb did not start (RuntimeError: api_key not "
+                           "configured (no-tty). Call wandb.login")
+    assert RunDirectory(tmp_path / "runs" / "nokey").metrics() == []  # nothing ran
+
+
 class Recorder:
     """A tracker that records, and can fail on its second log call."""
 
