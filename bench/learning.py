@@ -39,6 +39,7 @@ from compo import fileio  # noqa: E402
 from compo.config import DataConfig, ModelConfig, OracleConfig, TrainConfig  # noqa: E402
 from compo.demo import learning  # noqa: E402
 from compo.demo.embedded import prepare_embedded  # noqa: E402
+from oracle_service.backends import reward_fit  # noqa: E402
 from oracle_service.backends.reward_model import RewardModelBackend  # noqa: E402
 from oracle_service.core.settings import Settings  # noqa: E402
 from oracle_service.main import create_app  # noqa: E402
@@ -258,12 +259,15 @@ def main() -> None:
             print(json.dumps(default_run(workdir, data, temperature, args.defaults)), flush=True)
         return
     reward_dir = workdir / "reward-model"
-    if not (reward_dir / "config.json").is_file():
-        learning.fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir,
-                                  seed=0)
+    if not (reward_dir / "config.json").is_file():  # what `compo reward-model fit` runs
+        fit = learning.RewardFit()
+        reward_fit.fit_reward_model(
+            data.model_dir, fileio.read_jsonl(data.train), reward_dir,
+            reward_fit.FitSettings(steps=fit.steps, batch_size=fit.batch, learning_rate=fit.lr),
+            reward_fit.ScratchShape(hidden=fit.hidden, layers=fit.layers))
     if not (learning.negated_dir(reward_dir) / "config.json").is_file():
         learning.negate_reward_model(reward_dir)
-    accuracy = learning.pair_accuracy(reward_dir, fileio.read_jsonl(data.heldout))
+    accuracy = learning.pair_accuracy(reward_dir, learning.heldout_rows(data))
     print(f"reward model: held-out pair accuracy {accuracy:.1%}")
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -2,9 +2,11 @@
 
 The algorithm reads in four files, in order: perturbation (directions z) -> oracle (votes)
 -> estimator (the update) -> train (the loop); votes says where votes come from. The names
-below are the public API; everything else is reached through its module.
+below are the public API (compo.run: one call for notebooks, docs/python_api.md); everything
+else is reached through its module.
 """
 
+from compo.api import RunResult, run
 from compo.config import (
     ComPOConfig,
     DataConfig,
@@ -25,6 +27,7 @@ from compo.errors import (
     JudgeError,
     ModelError,
     RunError,
+    RunStopped,
 )
 from compo.estimator import UpdateDecision, decide_update
 from compo.oracle import LikelihoodOracle
@@ -37,7 +40,7 @@ __all__ = [
     "ComPOConfig", "ComPOTrainer", "CompoError", "ConfigError", "DataConfig", "DataError",
     "DeltaError", "DistributedError", "JudgeError", "LikelihoodOracle", "LocalVoteSource",
     "ModelConfig", "ModelError", "OracleConfig", "RayConfig", "RunDirectory", "RunError",
-    "SplitConfig", "TrainConfig", "UpdateDecision", "VoteSource", "decide_update",
-    "direction", "direction_key", "export_run", "load_config", "parse_config", "split",
-    "start_run",
+    "RunResult", "RunStopped", "SplitConfig", "TrainConfig", "UpdateDecision", "VoteSource",
+    "decide_update", "direction", "direction_key", "export_run", "load_config",
+    "parse_config", "run", "split", "start_run",
 ]

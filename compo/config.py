@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compo.trackers import tracker_names
+
 DEFAULT_TOKEN_ENV = "COMPO_ORACLE_API_TOKEN"  # the variable the service itself reads
 
 
@@ -255,6 +257,11 @@ class OracleConfig(StrictModel):
     report_timeout_s: float = Field(
         10.0, gt=0, description="time for posting one iteration summary (a failed report is "
         "a warning, retried with the next iteration)")
+    budget_usd: float | None = Field(
+        None, gt=0, description="the run's judge budget in dollars (the service needs judge "
+        "prices): comparisons past it abstain without a judge call and the run stops, "
+        "resumable, before that iteration's step (compo/service_oracle/budget.py); the "
+        "service's own COMPO_ORACLE_BUDGET_USD applies as well. None: no run budget")
 
 
 class ExportConfig(StrictModel):
@@ -294,6 +301,16 @@ class TrainConfig(StrictModel):
     )
     export: ExportConfig = Field(default_factory=ExportConfig,
                                  description="how final/ is written (see ExportConfig)")
+    report_to: list[str] = Field(
+        default_factory=list, description="experiment trackers (as TRL's report_to): any of "
+        "tensorboard (RUN_DIR/tensorboard/), wandb, mlflow, trackio, each an extra (pip "
+        "install 'compo[NAME]'); per iteration the figures of metrics.jsonl, the config as "
+        "hyper-parameters, the run id as run name (compo/trackers/); 'none' or []: none")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> list[str]:  # a name, a list, or 'none'
+        return tracker_names(value)
 
     @field_validator("data", mode="before")
     @classmethod

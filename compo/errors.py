@@ -36,3 +36,8 @@ class DistributedError(RunError):
 
 class JudgeError(CompoError, RuntimeError):
     """The oracle service could not be reached or refused the comparisons."""
+
+
+class RunStopped(RunError):
+    """A run stopped early on purpose, its finished iterations saved (resumable): e.g. the
+    judge budget is spent."""

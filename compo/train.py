@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
 from compo.data.reselect import Selection, select_noisy
 from compo.diagnostics import RunWatch, progress_figures
-from compo.errors import ConfigError
+from compo.errors import ConfigError, RunStopped
 from compo.estimator import UpdateDecision, decide_from_shards
 from compo.model.checkpoint import read_master
 from compo.model.export import write_delta
@@ -32,6 +33,7 @@ from compo.model.exported import check_kept, export_dtype, measure_export, write
 from compo.model.layout import layout_of, model_tensors
 from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle, combine, pair_improved
+from compo.run_events import RunEvents
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
 from compo.votes import LocalVoteSource, VoteSource
 
@@ -169,6 +171,7 @@ class ComPOTrainer:
                                                         moved_layers)
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
+        self.events = RunEvents(config, run_dir, self.reporter)  # report_to, run status
         self.watch = RunWatch(config)  # warnings when the votes carry no signal
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
 
@@ -191,6 +194,7 @@ class ComPOTrainer:
         self.run_dir.truncate_metrics(start)
         self.watch.replay(self.run_dir.metrics())
         batches = schedule(len(self.pairs), self.config)
+        self.events.start(len(batches), start)
         bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
                    desc="ComPO", unit="it", disable=not progress)
         done = start
@@ -207,15 +211,17 @@ class ComPOTrainer:
                 bar.set_postfix(progress_figures(row))
                 if done % self.config.checkpoint_every == 0:
                     self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+                self.events.iteration(row)
                 if self.on_iteration is not None:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunStopped):  # RunStopped: e.g. the judge budget
             self.run_dir.save_checkpoint(self._checkpoint(done, weight))
             raise
         finally:
             bar.close()
+            self.events.finish(sys.exc_info()[1])
         self.run_dir.save_checkpoint(self._checkpoint(done, weight))
         self.watch.finish()
         return weight

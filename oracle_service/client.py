@@ -16,7 +16,9 @@ from oracle_service.schemas import (
     ComparisonResult,
     IterationList,
     IterationSummary,
+    RunBudget,
     RunStats,
+    RunStatus,
     ServiceLimits,
     ServiceStats,
 )
@@ -50,7 +52,9 @@ class OracleClient:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         batch_size: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        budget: RunBudget | None = None,
     ) -> None:
+        """`budget`: the run's own judge budget, sent with every comparisons request."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -60,6 +64,7 @@ class OracleClient:
         )
         self._max_concurrency = max_concurrency
         self._batch_size = batch_size
+        self._budget = budget
 
     async def __aenter__(self) -> OracleClient:
         return self
@@ -95,7 +100,8 @@ class OracleClient:
         semaphore = asyncio.Semaphore(self._max_concurrency)
 
         async def send(batch: list[ComparisonItem]) -> list[ComparisonResult]:
-            body = ComparisonRequest(items=batch).model_dump(mode="json", exclude_none=True)
+            request = ComparisonRequest(items=batch, budget=self._budget)
+            body = request.model_dump(mode="json", exclude_none=True)
             async with semaphore:
                 data = await self._request("POST", f"{API_PREFIX}/comparisons", json=body)
             results = ComparisonResponse(**data).results
@@ -111,6 +117,12 @@ class OracleClient:
         body = IterationSummary.model_validate(summary).model_dump(mode="json")
         data = await self._request("POST", f"{API_PREFIX}/runs/{run_id}/iterations", json=body)
         return IterationSummary(**data)
+
+    async def report_status(self, run_id: str, status: RunStatus) -> RunStatus:
+        """Tell the service the run's state (running, or how it ended)."""
+        body = status.model_dump(mode="json")
+        data = await self._request("POST", f"{API_PREFIX}/runs/{run_id}/status", json=body)
+        return RunStatus(**data)
 
     async def iterations(self, run_id: str) -> list[IterationSummary]:
         data = await self._request("GET", f"{API_PREFIX}/runs/{run_id}/iterations")
@@ -146,6 +158,12 @@ class SyncOracleClient:
 
     def report_iteration(self, run_id: str, summary: SummaryLike) -> IterationSummary:
         return self._loop.run_until_complete(self._client.report_iteration(run_id, summary))
+
+    def report_status(self, run_id: str, status: RunStatus) -> RunStatus:
+        return self._loop.run_until_complete(self._client.report_status(run_id, status))
+
+    def limits(self) -> ServiceLimits:
+        return self._loop.run_until_complete(self._client.limits())
 
     def iterations(self, run_id: str) -> list[IterationSummary]:
         return self._loop.run_until_complete(self._client.iterations(run_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -87,6 +87,7 @@ class ErrorKind(str, Enum):
     MODEL_ERROR = "model_error"
     INVALID_RESPONSE = "invalid_response"  # the judge's reply is not a well-formed completion
     DEADLINE_EXCEEDED = "deadline_exceeded"  # item_deadline_s or request_deadline_s ran out
+    BUDGET = "budget"  # the judge budget (the service's or the run's) is spent: no call made
     INTERNAL_ERROR = "internal_error"  # a bug in the service, logged; never a verdict
 
 
@@ -105,12 +106,24 @@ class ComparisonItem(BaseModel):
     )
 
 
+class RunBudget(BaseModel):
+    """A run's own spend limit on judge calls: its comparisons abstain (kind `budget`),
+    without a call, once the run's judge cost would pass `usd`. Spend is counted over the
+    run id and its internal runs (`<run_id>.check`, `<run_id>.probe-N`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    usd: Float = Field(gt=0, allow_inf_nan=False)
+
+
 class ComparisonRequest(BaseModel):
     """A batch of comparisons; the batch limit is served by GET /v1/limits."""
 
     model_config = ConfigDict(extra="forbid")
 
     items: list[ComparisonItem] = Field(min_length=1)
+    budget: RunBudget | None = Field(None, description="The run's judge budget (optional).")
 
 
 class ComparisonError(BaseModel):
@@ -132,6 +145,10 @@ class ComparisonResult(BaseModel):
     perturbation: int | None = None
     position_inconsistent: bool = Field(
         False, description="The judge's verdicts for the two orders disagreed (a tie)."
+    )
+    cost_usd: float | None = Field(
+        None, ge=0.0, description="What the judge calls of this item cost (0 for a cached or "
+        "identical pair); None when the service has no prices.",
     )
 
 
@@ -158,11 +175,20 @@ class ValidationErrorBody(ErrorBody):
 
 
 class ServiceLimits(BaseModel):
-    """What a client needs to size its requests."""
+    """What a client needs to size its requests (and to estimate what a run costs)."""
 
     max_batch_size: int
     max_body_bytes: int
     backend: str
+    calls_per_comparison: int = Field(1, description="Judge calls per non-identical pair.")
+    template_chars: int = Field(0, description="Characters of the judge's system prompt and "
+                                "template around the prompt and the two responses.")
+    chars_per_token: float = Field(4.0, description="The service's token estimate.")
+    max_completion_tokens: int = Field(0, description="Completion tokens per judge call, at most.")
+    input_usd_per_mtok: float | None = Field(None, description="Judge prompt price per 1M tokens.")
+    output_usd_per_mtok: float | None = Field(None, description="Judge output price per 1M tokens.")
+    budget_usd: float | None = Field(None, description="The service's judge budget (all runs).")
+    spent_usd: float | None = Field(None, description="What the judge has cost so far (priced).")
 
 
 class VoteCounts(BaseModel):
@@ -264,13 +290,30 @@ class IterationList(BaseModel):
     iterations: list[IterationSummary]
 
 
+RunState = Literal["running", "finished", "stopped", "failed"]
+
+
+class RunStatus(BaseModel):
+    """What the coordinator says of its run: running (with the iterations in all), or how
+    it ended (stopped: early on purpose, resumable; failed: an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: RunState
+    iterations_total: Count | None = Field(None, description="Iterations the run will make.")
+    message: str = Field("", max_length=MAX_ERROR_CHARS, description="Why it stopped or failed.")
+
+
 class RunInfo(BaseModel):
-    """A run that has posted iteration summaries."""
+    """A run that has posted iteration summaries, and its status when it sent one."""
 
     run_id: str
     iterations: int = Field(ge=0, description="Summaries stored.")
     last_iteration: int = Field(ge=0)
     updated_at: float = Field(description="Unix time of the latest summary received.")
+    state: RunState | None = Field(None, description="None: the run sent no status.")
+    iterations_total: int | None = None
+    message: str = ""
 
 
 class RunList(BaseModel):

@@ -1,5 +1,5 @@
-"""The `compo` command line: demo, split, train, probe, apply-delta, serve (and the pipeline's
-commands from compo/cli/pipeline.py)."""
+"""The `compo` command line: demo, split, train, probe, apply-delta, conformance, the
+pipeline's commands (compo/cli/pipeline.py), and commands of plugins (serve)."""
 
 from __future__ import annotations
 
@@ -107,13 +107,18 @@ def cmd_probe(args) -> int:
     from compo.model.head import output_layer
     from compo.model.loading import load_model, load_tokenizer
     from compo.service_oracle import probe
+    from compo.service_oracle.cost import cost_lines, run_estimate
 
     config = load_config(TrainConfig, args.config)
     if config.oracle.kind != "service":
         raise ConfigError(f"{args.config}: compo probe measures the service oracle's votes; "
                           "set oracle.kind: service (and oracle.service_url)")
     tokenizer = load_tokenizer(config.model.path)
-    pairs = probe.distinct_prompts(load_tokenized(config.data, tokenizer)[0], args.prompts)
+    data = load_tokenized(config.data, tokenizer)[0]
+    print("\n".join(cost_lines(run_estimate(config, data, tokenizer), config.oracle.budget_usd)))
+    if args.cost:
+        return 0
+    pairs = probe.distinct_prompts(data, args.prompts)
     model = load_model(config.model)
     weight = output_layer(model).weight.detach().float().clone()
     values = args.radii or [config.oracle.radius.value * f for f in probe.RADIUS_FACTORS]
@@ -184,7 +189,7 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="compo", description=" ".join(__doc__.split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -209,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser(
         "probe", help="measure which generation radius and temperature give votes with signal",
-        description="Before a service-oracle run: per setting, a few directions are judged at "
+        description="Before a service-oracle run: its judge cost (calls, tokens, dollars); per "
+        "setting, a few directions are judged at "
         "+z and -z on a few prompts; prints how often perturbed responses differ from the "
         "base, whether +z / -z verdicts are opposite beyond chance (a permutation test over "
         "the directions, Bonferroni over the settings), and a recommendation.")
@@ -221,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--prompts", type=int, default=4, help="distinct prompts of the data")
     probe.add_argument("--directions", type=int, default=16,
                        help="directions per setting (the test's independent units)")
+    probe.add_argument("--cost", action="store_true",
+                       help="print the run's judge cost estimate only (no probe)")
     probe.set_defaults(func=cmd_probe)
 
     delta = sub.add_parser("apply-delta", help="rebuild a tuned model from base + delta")
@@ -250,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_pipeline_commands(sub)  # pipeline, eval, compare, plot
+    # temporary, until commands are plugins (entry points compo.commands, pyproject.toml)
+    from oracle_service.reward_cli import add_reward_model_command  # argparse only
+
+    add_reward_model_command(sub)
     return parser
 
 

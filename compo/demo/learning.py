@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional
 
+from compo import fileio
 from compo.config import (
     ClipConfig,
     ComPOConfig,
@@ -146,9 +147,18 @@ def train_compo(config: TrainConfig) -> torch.Tensor:
         trainer.close()
 
 
+def heldout_rows(data: EmbeddedData) -> list[dict]:
+    """The held-out pairs whose prompt no training pair has (the demo's pairs repeat a few
+    prompts with another rejected response; those stay out of the held-out set)."""
+    trained = {row["prompt"] for row in fileio.read_jsonl(data.train)}
+    return [row for row in fileio.read_jsonl(data.heldout) if row["prompt"] not in trained]
+
+
 def heldout_prompts(data: EmbeddedData, tokenizer, count: int) -> list[TokenizedPair]:
-    """The first `count` held-out pairs (their prompts are never trained on)."""
-    return load_tokenized(DataConfig(path=str(data.heldout)), tokenizer)[0][:count]
+    """The first `count` held-out pairs of heldout_rows: prompts never trained on."""
+    pairs = load_tokenized(DataConfig(path=str(data.heldout)), tokenizer)[0]
+    kept = {row["prompt"] for row in heldout_rows(data)}
+    return [pair for pair in pairs if pair.row["prompt"] in kept][:count]
 
 
 @torch.inference_mode()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from compo.config import ChesConfig, DataConfig, ModelConfig, StrictModel
 from compo.data.ropo import RopoConfig
 from compo.eval.config import GenerationConfig, JudgeConfig
+from compo.trackers import tracker_names
 
 
 class SplitStage(StrictModel):
@@ -69,6 +70,15 @@ class FirstStage(StrictModel):
     trl_args: dict[str, Any] = Field(
         default_factory=dict, description="any other field of the TRL config class "
         "(DPOConfig, CPOConfig, ORPOConfig), checked before work starts")
+    report_to: list[str] = Field(
+        default_factory=list, description="TRL's report_to: tensorboard (event files under "
+        "<output_dir>/first_stage/trl/runs/), wandb, mlflow, trackio; [] or 'none': none. "
+        "The ComPO stage has its own (compo.train.report_to)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> list[str]:
+        return tracker_names(value)
 
     @model_validator(mode="after")
     def _checkpoint_with_skip(self) -> FirstStage:
@@ -77,6 +87,9 @@ class FirstStage(StrictModel):
                              "from it); remove it, or set skip: true")
         if self.ropo_alpha is not None and self.trainer != "ropo":
             raise ValueError("ropo_alpha applies to trainer: ropo only; remove it")
+        if self.report_to and "report_to" in self.trl_args:
+            raise ValueError("report_to is set twice (first_stage.report_to and "
+                             "first_stage.trl_args.report_to); keep first_stage.report_to")
         if "output_dir" in self.trl_args:
             raise ValueError("trl_args.output_dir is set by the pipeline "
                              "(<output_dir>/first_stage/trl); remove it")

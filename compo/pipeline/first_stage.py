@@ -92,7 +92,7 @@ def trl_arguments(stage: FirstStage, model: ModelConfig, output_dir: str | Path,
         raise ConfigError(f"first_stage.trl_args: {unknown} are not fields of TRL's "
                           f"{config_cls.__name__}; check the spelling in TRL's documentation")
     kwargs = {
-        "output_dir": str(output_dir), "seed": seed, "report_to": "none",
+        "output_dir": str(output_dir), "seed": seed, "report_to": stage.report_to or "none",
         "per_device_train_batch_size": stage.batch_size,
         "gradient_accumulation_steps": stage.gradient_accumulation_steps,
         "learning_rate": stage.learning_rate, "num_train_epochs": stage.epochs,

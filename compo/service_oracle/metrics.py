@@ -37,7 +37,8 @@ def oracle_metrics(counts: Counter) -> dict:
     """An iteration's comparisons: verdicts, abstentions by error kind, perturbed responses
     identical to the base one (a tie without a judge call) and their share, ties the judge
     gave, position-inconsistent verdicts, mean lengths (characters) of the base and the
-    perturbed responses, the antithetic signal check's counts, seconds."""
+    perturbed responses, the antithetic signal check's counts, the judge's cost (None: the
+    service has no prices), seconds."""
     responses = counts["responses"]
     return {"oracle": {
         "comparisons": counts["comparisons"], "responses": responses,
@@ -50,5 +51,6 @@ def oracle_metrics(counts: Counter) -> dict:
         "base_chars": mean(counts["base_chars"], responses),
         "perturbed_chars": mean(counts["perturbed_chars"], responses),
         "signal_check": {name: counts[f"check_{name}"] for name in ("pairs", "opposite", "b")},
+        "cost_usd": counts["cost_usd"] if counts["priced"] else None,
         "generated_tokens": counts["generated_tokens"],
         "generate_s": counts["generate_s"], "compare_s": counts["compare_s"]}}

@@ -20,7 +20,7 @@ from compo.config import DEFAULT_TOKEN_ENV, TrainConfig
 from compo.errors import ConfigError
 from compo.rundir import mean_change
 from oracle_service.client import OracleServiceError, SyncOracleClient
-from oracle_service.schemas import RUN_ID_PATTERN, IterationSummary
+from oracle_service.schemas import RUN_ID_PATTERN, IterationSummary, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ EXTRA_FIELDS = ("abstained", "ratio", "update_norm", "seconds", "perturbations_p
 # and ray_<name>; each Ray worker's work as worker_per_s.<name>, worker_perturbations.<name>
 ORACLE_FIELDS = ("comparisons", "responses", "identical", "identical_share", "ties",
                  "position_inconsistent", "abstained", "base_chars", "perturbed_chars",
-                 "generate_s", "compare_s")
+                 "generate_s", "compare_s", "cost_usd")
 CHECK_FIELDS = ("pairs", "opposite", "b")  # the antithetic signal check: oracle_check_<name>
 RAY_FIELDS = ("workers", "dead", "unavailable", "redispatched", "failures", "rejected")
 WORKER_FIELDS = ("per_s", "perturbations")
@@ -97,13 +97,17 @@ class IterationReporter:
         self.pending: list[IterationSummary] = []
         self.posted = 0
         self.failures = 0
+        self.accepted_total = 0  # accepted iterations of the run (the resumed ones included)
         if token is None:
             log.warning("%s is not set: reporting to %s without a token", token_env, base_url)
 
     def report(self, row: dict) -> dict:
         """Post this row's summary (and any earlier unsent ones); figures for the row."""
+        self.accepted_total += bool(row["accepted"])
         try:
-            self.pending.append(iteration_summary(row, self.accept_ratio))
+            summary = iteration_summary(row, self.accept_ratio).model_dump()
+            self.pending.append(IterationSummary.model_validate(
+                {**summary, "accepted_total": self.accepted_total}))
             with SyncOracleClient(self.base_url, self._token, timeout_s=self._timeout_s) as client:
                 while self.pending:
                     client.report_iteration(self.run_id, self.pending[0])
@@ -116,6 +120,17 @@ class IterationReporter:
                         type(error).__name__, error, len(self.pending))
         return {"reported": not self.pending, "report_failures": self.failures,
                 "reports_pending": len(self.pending)}
+
+    def report_status(self, state: str, total: int | None, message: str = "") -> None:
+        """Tell the service the run's state (the dashboard's status and progress); a
+        failure is a warning."""
+        status = RunStatus(state=state, iterations_total=total, message=message)
+        try:
+            with SyncOracleClient(self.base_url, self._token, timeout_s=self._timeout_s) as client:
+                client.report_status(self.run_id, status)
+        except REPORT_ERRORS as error:
+            log.warning("could not report the run's state (%s) to %s (%s: %s)", state,
+                        self.base_url, type(error).__name__, error)
 
 
 def reporter_for(config: TrainConfig, run_id: str) -> IterationReporter | None:

@@ -28,6 +28,7 @@ from compo.errors import ConfigError
 from compo.model.head import head_of
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction_key
+from compo.service_oracle.budget import check_budget
 from compo.service_oracle.generation import (
     BASE_INDEX,
     PerturbedHead,
@@ -48,6 +49,7 @@ from oracle_service.schemas import (
     ComparisonItem,
     ComparisonResult,
     ErrorKind,
+    RunBudget,
     VerdictLabel,
 )
 
@@ -216,8 +218,11 @@ class ServiceVoteSource:
         check = self._submit_check(base, seed, iteration, checked) if checked else None
         results = [result for future, same in pending
                    for result in self.counted(future.result(), same)]
+        antithetic = check.result()[0] if check is not None else []
+        check_budget([*results, *antithetic], iteration)  # stops before the step
         if check is not None:
-            self.count_check(results, list(indices), checked, check.result()[0])
+            self.count_check(results, list(indices), checked, antithetic)
+            self.counts["cost_usd"] += sum(r.cost_usd or 0.0 for r in antithetic)
         return votes_from_results(results, len(indices), len(self.prompts),
                                   self.config.compo.vote_rule)
 
@@ -285,8 +290,10 @@ class ServiceVoteSource:
         client = getattr(self.local, "client", None)
         if client is None:
             oracle = self.config.oracle
+            budget = (None if oracle.budget_usd is None
+                      else RunBudget(run_id=self.run_id, usd=oracle.budget_usd))
             client = SyncOracleClient(self.url, self.token, timeout_s=oracle.timeout_s,
-                                      batch_size=oracle.request_batch_size)
+                                      batch_size=oracle.request_batch_size, budget=budget)
             self.local.client = client
             with self.lock:
                 self.clients.append(client)
@@ -312,6 +319,8 @@ class ServiceVoteSource:
         self.counts.update(f"verdict_{r.verdict.value}" for r in results)
         self.counts.update(f"error_{r.error.kind.value}" for r in results if r.error)
         self.counts["position_inconsistent"] += sum(r.position_inconsistent for r in results)
+        self.counts["cost_usd"] += sum(r.cost_usd or 0.0 for r in results)
+        self.counts["priced"] += sum(r.cost_usd is not None for r in results)
         return results
 
     def take_counts(self) -> dict:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from oracle_service.api.deps import (
@@ -16,11 +16,19 @@ from oracle_service.api.deps import (
     UNAVAILABLE,
     ServiceDep,
     SettingsDep,
+    StoreDep,
     json_body,
     parse_body,
 )
 from oracle_service.api.middleware import HTTP_499_CLIENT_GONE
-from oracle_service.schemas import API_PREFIX, ComparisonRequest, ComparisonResponse, ServiceLimits
+from oracle_service.core.budget import calls_per_comparison, template_chars
+from oracle_service.schemas import (
+    API_PREFIX,
+    ComparisonRequest,
+    ComparisonResponse,
+    ErrorBody,
+    ServiceLimits,
+)
 
 T = TypeVar("T")
 router = APIRouter(prefix=API_PREFIX, tags=["comparisons"])
@@ -47,6 +55,13 @@ def too_many(count: int, limit: int) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", "items"), "msg": message, "type": "too_long"}])
 
 
+UNPRICED = ("budget: this service has no judge prices (judge_input_usd_per_mtok, "
+            "judge_output_usd_per_mtok, backend judge), so it cannot hold a run to a budget; "
+            "set them on the service, or remove oracle.budget_usd from the run")
+BUDGET_CONFLICT = {409: {"model": ErrorBody, "description": "A run budget, but the service "
+                         "has no judge prices"}}
+
+
 async def _until_disconnect(request: Request) -> None:
     """Returns once the client has gone away (the body has been read already)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -70,7 +85,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
 @router.post(
     "/comparisons",
     response_model=ComparisonResponse,
-    responses={**TOO_LARGE, **INVALID, **UNAVAILABLE},
+    responses={**TOO_LARGE, **INVALID, **BUDGET_CONFLICT, **UNAVAILABLE},
     openapi_extra=REQUEST_BODY,
 )
 async def compare(
@@ -88,17 +103,30 @@ async def compare(
     parsed = parse_body(ComparisonRequest, body)
     if len(parsed.items) > settings.max_batch_size:
         raise too_many(len(parsed.items), settings.max_batch_size)
-    results = await cancel_on_disconnect(request, service.compare(parsed.items, arrived))
+    if parsed.budget is not None and not settings.priced:  # valid, but not here: 409
+        raise HTTPException(status.HTTP_409_CONFLICT, UNPRICED)
+    work = service.compare(parsed.items, arrived, parsed.budget)
+    results = await cancel_on_disconnect(request, work)
     if results is None:
         return Response(status_code=HTTP_499_CLIENT_GONE)
     return ComparisonResponse(results=results)
 
 
-@router.get("/limits", response_model=ServiceLimits)
-async def limits(settings: SettingsDep) -> ServiceLimits:
-    """Batch and body limits, so clients can split their work."""
+@router.get("/limits", response_model=ServiceLimits, responses=UNAVAILABLE)
+async def limits(settings: SettingsDep, store: StoreDep) -> ServiceLimits:
+    """Batch and body limits, so clients can split their work; what a judge call is made
+    of and costs, so a run can estimate its cost (`compo probe`)."""
+    priced = settings.priced
     return ServiceLimits(
         max_batch_size=settings.max_batch_size,
         max_body_bytes=settings.max_body_bytes,
         backend=settings.backend,
+        calls_per_comparison=calls_per_comparison(settings),
+        template_chars=template_chars(settings),
+        chars_per_token=settings.chars_per_token,
+        max_completion_tokens=settings.judge_max_tokens,
+        input_usd_per_mtok=settings.judge_input_usd_per_mtok if priced else None,
+        output_usd_per_mtok=settings.judge_output_usd_per_mtok if priced else None,
+        budget_usd=settings.budget_usd,
+        spent_usd=await store.spent_usd(None) if priced else None,
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from oracle_service.core.run_metrics import render_run_gauges
 from oracle_service.core.store import StoreError
 
+logger = logging.getLogger(__name__)
 open_router = APIRouter(tags=["health"])
 protected_router = APIRouter(tags=["health"])
 
@@ -37,8 +41,16 @@ PROMETHEUS_TEXT = {200: {"description": "Prometheus text format", "content": {"t
 
 @protected_router.get("/metrics", response_class=Response, responses=PROMETHEUS_TEXT)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: the service's counters, and training gauges of the active runs
+    (compo_run_*, labelled by run_id; core/run_metrics.py)."""
+    text = request.app.state.metrics.render()
+    store = getattr(request.app.state, "store", None)
+    try:
+        if store is not None:
+            text += await render_run_gauges(store, request.app.state.settings)
+    except StoreError as exc:  # the service's own counters still answer
+        logger.warning("/metrics without run gauges: %s", exc)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 @protected_router.get("/openapi.json", include_in_schema=False)

@@ -1,5 +1,6 @@
-"""GET /v1/runs and POST/GET /v1/runs/{run_id}/iterations: the coordinator's per-iteration
-summaries, bounded: MAX_SUMMARY_BYTES of JSON (413), MAX_SUMMARY_FIELDS fields (422)."""
+"""GET /v1/runs, POST /v1/runs/{run_id}/status and POST/GET /v1/runs/{run_id}/iterations: the
+coordinator's run status and per-iteration summaries, bounded: MAX_SUMMARY_BYTES of JSON
+(413), MAX_SUMMARY_FIELDS fields (422)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from oracle_service.schemas import (
     IterationSummary,
     RunInfo,
     RunList,
+    RunStatus,
 )
 
 SUMMARY_ERRORS = {
@@ -49,6 +51,18 @@ async def report_iteration(request: Request, run_id: RunId, store: StoreDep) -> 
         raise HTTPException(status.HTTP_409_CONFLICT, problem)
     await store.put_iteration(run_id, summary.iteration, summary.model_dump(mode="json"))
     return summary
+
+
+@router.post(
+    "/runs/{run_id}/status",
+    response_model=RunStatus,
+    openapi_extra=json_body(RunStatus),
+)
+async def report_status(request: Request, run_id: RunId, store: StoreDep) -> RunStatus:
+    """Store the run's state: running (with its iterations in all) or how it ended."""
+    status_ = parse_body(RunStatus, await request.body())
+    await store.put_run_status(run_id, status_.model_dump(mode="json"))
+    return status_
 
 
 @router.get("/runs/{run_id}/iterations", response_model=IterationList)

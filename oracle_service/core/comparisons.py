@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from oracle_service.backends.base import Backend, Verdict
+from oracle_service.core.budget import Admission, BudgetGuard
 from oracle_service.core.metrics import ServiceMetrics
 from oracle_service.core.settings import Settings
 from oracle_service.core.stats import Observation, counter_deltas
@@ -26,6 +27,7 @@ from oracle_service.schemas import (
     ComparisonItem,
     ComparisonResult,
     ErrorKind,
+    RunBudget,
     VerdictLabel,
 )
 
@@ -73,6 +75,7 @@ class ComparisonService:
         self._backend = backend
         self._store = store
         self._metrics = metrics
+        self._budget = BudgetGuard(settings, store)
 
     def _canonical(self, item: ComparisonItem) -> _Canonical:
         flipped = item.response_a > item.response_b
@@ -84,9 +87,13 @@ class ComparisonService:
         return _Canonical(item, flipped, key)
 
     async def compare(
-        self, items: Sequence[ComparisonItem], arrived: float | None = None
+        self,
+        items: Sequence[ComparisonItem],
+        arrived: float | None = None,
+        budget: RunBudget | None = None,
     ) -> list[ComparisonResult]:
-        """Results in item order; `arrived` (event-loop time) starts the item deadline."""
+        """Results in item order; `arrived` (event-loop time) starts the item deadline;
+        `budget`: the run's own judge budget (the service's applies to every request)."""
         arrived = asyncio.get_running_loop().time() if arrived is None else arrived
         started = time.perf_counter()
         canonical = [self._canonical(item) for item in items]
@@ -96,18 +103,36 @@ class ComparisonService:
             hits = await self._cached(list(pending), arrived + self._settings.request_deadline_s)
         hit_latency = time.perf_counter() - started
         misses = [key for key in pending if key not in hits]
-        deadline = arrived + self._settings.item_deadline_s
-        answers = await self._ask_backend([pending[key] for key in misses], deadline)
-        fresh = dict(zip(misses, answers, strict=True))
-        latencies = (hit_latency, time.perf_counter() - started)
-        results, observations = self._answer(items, canonical, hits, fresh, latencies)
-        new_verdicts = {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
-        if not self._settings.cache_enabled:
-            new_verdicts = {}
-        await self._store.record(new_verdicts, counter_deltas(observations))
+        admission = None
+        if misses and self._budget.applies(budget):
+            admission = await self._budget.admit([pending[key] for key in misses], budget)
+        try:
+            fresh = await self._fresh(pending, misses, admission, arrived)
+            latencies = (hit_latency, time.perf_counter() - started)
+            results, observations = self._answer(items, canonical, hits, fresh, latencies)
+            new_verdicts = {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
+            if not self._settings.cache_enabled:
+                new_verdicts = {}
+            await self._store.record(new_verdicts, counter_deltas(observations))
+        finally:
+            if admission is not None:  # the real cost is in the store now (or nothing is)
+                await self._budget.release(admission)
         for obs in observations:
             self._metrics.observe(obs)
         return results
+
+    async def _fresh(self, pending: dict[str, ComparisonItem], misses: list[str],
+                     admission: Admission | None, arrived: float) -> dict[str, Verdict]:
+        """The backend's verdicts of the admitted misses; the others abstain (budget)."""
+        allowed = admission.allowed if admission is not None else [True] * len(misses)
+        asked = [key for key, ok in zip(misses, allowed, strict=True) if ok]
+        deadline = arrived + self._settings.item_deadline_s
+        answers = await self._ask_backend([pending[key] for key in asked], deadline)
+        fresh = dict(zip(asked, answers, strict=True))
+        for key in misses:
+            if key not in fresh:  # refused by a budget: no call was made
+                fresh[key] = Verdict.abstain(ErrorKind.BUDGET, admission.refusal)
+        return fresh
 
     def _answer(
         self,
@@ -128,8 +153,9 @@ class ComparisonService:
             counts_usage = c.key in fresh and c.key not in usage_counted
             usage_counted.add(c.key)
             latency = latencies[0] if cached or c.identical else latencies[1]
-            observations.append(self._observation(original, verdict, cached, latency, counts_usage))
-            results.append(self._to_result(original, verdict, cached))
+            obs = self._observation(original, verdict, cached, latency, counts_usage)
+            observations.append(obs)
+            results.append(self._to_result(original, verdict, cached, self._item_cost(obs)))
         return results, observations
 
     async def _cached(self, keys: list[str], deadline: float) -> dict[str, CachedVerdict]:
@@ -179,7 +205,9 @@ class ComparisonService:
         )
 
     @staticmethod
-    def _to_result(item: ComparisonItem, verdict: Verdict, cached: bool) -> ComparisonResult:
+    def _to_result(
+        item: ComparisonItem, verdict: Verdict, cached: bool, cost: float | None
+    ) -> ComparisonResult:
         return ComparisonResult(
             verdict=verdict.label,
             probability=verdict.probability,
@@ -187,7 +215,16 @@ class ComparisonService:
             error=verdict.error,
             perturbation=item.perturbation,
             position_inconsistent=verdict.position_inconsistent,
+            cost_usd=cost,
         )
+
+    def _item_cost(self, obs: Observation) -> float | None:
+        """What the item cost: its calls' price, 0 for a pair not sent; None unpriced."""
+        if obs.cost_usd is not None:
+            return obs.cost_usd
+        priced = None not in (self._settings.judge_input_usd_per_mtok,
+                              self._settings.judge_output_usd_per_mtok)
+        return 0.0 if priced else None
 
     def _cost_usd(self, verdict: Verdict) -> float | None:
         input_price = self._settings.judge_input_usd_per_mtok

@@ -1,4 +1,5 @@
-"""Retries of judge calls: which errors retry, how long to wait, and never past the deadline."""
+"""Retries of judge calls on tenacity: which errors retry, how long to wait (Retry-After
+honoured, capped), and never a wait that ends past the item's deadline."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
 
 from oracle_service.core.settings import Settings
 from oracle_service.schemas import ErrorKind
@@ -119,18 +127,36 @@ def wait_before_retry(exc: BaseException, attempt: int, settings: Settings) -> f
     return min(backoff, settings.retry_max_wait_s) + random.uniform(0, settings.retry_jitter_s)
 
 
+def _give_up(settings: Settings) -> Callable[[RetryCallState], NoReturn]:
+    """What a stop raises: the last error when attempts ran out, else RetryPastDeadline
+    (the next wait would have ended past the item's deadline)."""
+
+    def give_up(state: RetryCallState) -> NoReturn:
+        last = state.outcome.exception()
+        if state.attempt_number >= settings.retry_max_attempts:
+            raise last
+        raise RetryPastDeadline(last, state.upcoming_sleep) from last
+
+    return give_up
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)  # looked up at call time (tests may stand in a fake clock)
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], settings: Settings, deadline: float) -> T:
     """`call()` until it succeeds, fails for good, runs out of attempts, or the next wait
-    would end past `deadline` (event-loop time): then the last error is raised."""
-    loop = asyncio.get_running_loop()
-    for attempt in range(1, settings.retry_max_attempts + 1):
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_retryable(exc) or attempt == settings.retry_max_attempts:
-                raise
-            wait = wait_before_retry(exc, attempt, settings)
-            if loop.time() + wait >= deadline:
-                raise RetryPastDeadline(exc, wait) from exc
-            await asyncio.sleep(wait)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    would end past `deadline` (event-loop time): then the last error is raised.
+
+    tenacity: retry_if_exception(is_retryable) picks the errors, the wait honours
+    Retry-After (wait_before_retry), stop_after_attempt | stop_before_delay bound it."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        wait=lambda state: wait_before_retry(
+            state.outcome.exception(), state.attempt_number, settings),
+        stop=stop_after_attempt(settings.retry_max_attempts)
+        | stop_before_delay(deadline - asyncio.get_running_loop().time()),
+        sleep=_sleep,
+        retry_error_callback=_give_up(settings),
+    )
+    return await retrying(call)

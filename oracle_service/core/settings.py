@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     chars_per_token: float = Field(4.0, gt=0, description="Token estimate for the TPM limit.")
     judge_input_usd_per_mtok: float | None = Field(None, ge=0, description="Prompt price/1M.")
     judge_output_usd_per_mtok: float | None = Field(None, ge=0, description="Output price/1M.")
+    budget_usd: float | None = Field(
+        None, gt=0, description="Spend limit of the judge over all runs (needs both prices): "
+        "a comparison whose estimated cost would pass it abstains (kind budget) without a "
+        "call. Runs can set a lower limit of their own (oracle.budget_usd).",
+    )
 
     # --- retries (judge) ---
     retry_max_attempts: int = Field(5, ge=1, description="Attempts per call, first included.")
@@ -187,11 +192,24 @@ class Settings(BaseSettings):
         60.0, gt=0, description="The window over which failed logins are counted per client."
     )
 
+    # --- /metrics per run ---
+    metrics_max_runs: int = Field(
+        20, ge=0, description="Most runs with training gauges at /metrics (the most recently "
+        "updated active ones), so the number of series stays bounded.",
+    )
+    metrics_active_s: float = Field(
+        900.0, gt=0, description="A run is active (gets gauges) while it has not ended and its "
+        "latest iteration summary is younger than this.",
+    )
+
     @model_validator(mode="after")
     def _check_backend_config(self) -> Settings:
         template = self.judge_template
         if template is not None and not all(field in template for field in TEMPLATE_FIELDS):
             raise ValueError(f"judge_template must contain {', '.join(TEMPLATE_FIELDS)}")
+        if self.budget_usd is not None and not self.priced:
+            raise ValueError("budget_usd needs the judge's prices: set judge_input_usd_per_mtok "
+                             "and judge_output_usd_per_mtok (backend judge)")
         if self.backend == "reward_model" and self.reward_model_path is None:
             raise ValueError("backend=reward_model needs reward_model_path")
         if self.item_deadline_s > self.request_deadline_s:
@@ -210,6 +228,12 @@ class Settings(BaseSettings):
         if self.judge_template is not None:
             return self.judge_template
         return TOKEN_TEMPLATE if self.judge_output_format == "token" else JSON_TEMPLATE
+
+    @property
+    def priced(self) -> bool:
+        """Judge calls have a known cost: both prices are set and the backend is the judge."""
+        return self.backend == "judge" and None not in (
+            self.judge_input_usd_per_mtok, self.judge_output_usd_per_mtok)
 
     @property
     def auth_enabled(self) -> bool:

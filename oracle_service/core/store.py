@@ -49,6 +49,8 @@ def table_definitions(integer: str, real: str) -> list[str]:
         "PRIMARY KEY (run_id, iteration, name))",
         f"CREATE TABLE IF NOT EXISTS service_state (name TEXT PRIMARY KEY, value {integer} "
         "NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS run_status (run_id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+        f"iterations_total {integer}, message TEXT NOT NULL, updated_at {real} NOT NULL)",
     ]
 
 
@@ -95,7 +97,20 @@ class Store(Protocol):
         """Counter rows of one run, or of every run."""
 
     async def list_runs(self) -> list[dict[str, Any]]:
-        """Runs with iteration summaries: counts, last iteration, time of the latest post."""
+        """Runs with iteration summaries: counts, last iteration, time of the latest post,
+        and the status the run sent (state, iterations_total, message; None if none)."""
+
+    async def put_run_status(self, run_id: str, status: dict[str, Any]) -> None:
+        """Store a run's state and message; iterations_total None keeps the one stored."""
+
+    async def spent_usd(self, run_id: str | None) -> float:
+        """Judge cost recorded for a run and its internal runs (`<run_id>.*`), or for all."""
+
+    async def run_totals(self, run_id: str) -> dict[str, float]:
+        """A run's counters summed over its iterations, by name (summed in the store)."""
+
+    async def last_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The summary of the run's latest iteration (None: it has none)."""
 
     async def session_epoch(self) -> int:
         """The dashboard's session epoch (0 until the first logout)."""
@@ -105,11 +120,35 @@ class Store(Protocol):
 
 
 RUN_LIST_QUERY = (
-    "SELECT run_id, COUNT(*), MAX(iteration), MAX(received_at) FROM iterations "
-    "GROUP BY run_id ORDER BY MAX(received_at) DESC, run_id"
+    "SELECT i.run_id, COUNT(*), MAX(i.iteration), MAX(i.received_at), s.state, "
+    "s.iterations_total, COALESCE(s.message, '') FROM iterations i LEFT JOIN run_status s "
+    "ON s.run_id = i.run_id GROUP BY i.run_id, s.state, s.iterations_total, s.message "
+    "ORDER BY MAX(i.received_at) DESC, i.run_id"
 )
-RUN_LIST_KEYS = ("run_id", "iterations", "last_iteration", "updated_at")
+RUN_LIST_KEYS = ("run_id", "iterations", "last_iteration", "updated_at", "state",
+                 "iterations_total", "message")
+COST_COUNTER = "cost_usd"  # the counter the judge's cost is added to (core/stats.py)
+# Spend of everything, or of one run id and its internal runs ("<run_id>.*")
+SPENT_ALL = f"SELECT COALESCE(SUM(value), 0) FROM vote_counters WHERE name = '{COST_COUNTER}'"
+SPENT_RUN = SPENT_ALL + " AND (run_id = {} OR substr(run_id, 1, {}) = {})"
 SESSION_EPOCH = "session_epoch"  # its row in service_state
+
+
+RUN_TOTALS = "SELECT name, SUM(value) FROM vote_counters WHERE run_id = {} GROUP BY name"
+LAST_SUMMARY = "SELECT summary FROM iterations WHERE run_id = {} ORDER BY iteration DESC LIMIT 1"
+
+
+def spent_query(run_id: str | None, marks: tuple[str, str, str]) -> tuple[str, tuple]:
+    """The statement and arguments of Store.spent_usd, given the dialect's three
+    placeholders in order (SQLite: ?, ?, ?; PostgreSQL: $1, $2, $3)."""
+    if run_id is None:
+        return SPENT_ALL, ()
+    return SPENT_RUN.format(*marks), (run_id, len(run_id) + 1, f"{run_id}.")
+
+
+def status_row(run_id: str, status: dict[str, Any], now: float) -> tuple:
+    return (run_id, status["state"], status.get("iterations_total"), status.get("message", ""),
+            now)
 
 
 def redacted_url(url: str) -> str:

@@ -11,8 +11,10 @@ import asyncpg
 
 from oracle_service.core.sanitize import safe_message
 from oracle_service.core.store import (
+    LAST_SUMMARY,
     RUN_LIST_KEYS,
     RUN_LIST_QUERY,
+    RUN_TOTALS,
     SESSION_EPOCH,
     CachedVerdict,
     CounterKey,
@@ -21,6 +23,8 @@ from oracle_service.core.store import (
     cached_verdict,
     counter_rows,
     redacted_url,
+    spent_query,
+    status_row,
     table_definitions,
     verdict_row,
 )
@@ -38,6 +42,11 @@ _ADD_COUNTER = (
 _PUT_ITERATION = (
     "INSERT INTO iterations VALUES ($1, $2, $3, $4) ON CONFLICT (run_id, iteration) "
     "DO UPDATE SET summary = excluded.summary, received_at = excluded.received_at"
+)
+_PUT_STATUS = (
+    "INSERT INTO run_status VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO UPDATE SET "
+    "state = excluded.state, message = excluded.message, updated_at = excluded.updated_at, "
+    "iterations_total = COALESCE(excluded.iterations_total, run_status.iterations_total)"
 )
 _COUNTERS = "SELECT run_id, iteration, name, value FROM vote_counters"
 _NEXT_EPOCH = (
@@ -148,6 +157,26 @@ class PostgresStore:
     async def list_runs(self) -> list[dict[str, Any]]:
         rows = await self._with_connection(lambda connection: connection.fetch(RUN_LIST_QUERY))
         return [dict(zip(RUN_LIST_KEYS, tuple(row), strict=True)) for row in rows]
+
+    async def put_run_status(self, run_id: str, status: dict[str, Any]) -> None:
+        row = status_row(run_id, status, time.time())
+        await self._with_connection(lambda connection: connection.execute(_PUT_STATUS, *row))
+
+    async def spent_usd(self, run_id: str | None) -> float:
+        query, args = spent_query(run_id, ("$1", "$2", "$3"))
+        value = await self._with_connection(lambda connection: connection.fetchval(query, *args))
+        return float(value)
+
+    async def run_totals(self, run_id: str) -> dict[str, float]:
+        query = RUN_TOTALS.format("$1")
+        rows = await self._with_connection(lambda connection: connection.fetch(query, run_id))
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def last_summary(self, run_id: str) -> dict[str, Any] | None:
+        query = LAST_SUMMARY.format("$1")
+        value = await self._with_connection(
+            lambda connection: connection.fetchval(query, run_id))
+        return None if value is None else json.loads(value)
 
     async def counters(self, run_id: str | None = None) -> list[CounterRow]:
         if run_id is None:

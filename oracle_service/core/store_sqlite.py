@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 from oracle_service.core.sanitize import safe_message
 from oracle_service.core.store import (
+    LAST_SUMMARY,
     RUN_LIST_KEYS,
     RUN_LIST_QUERY,
+    RUN_TOTALS,
     SESSION_EPOCH,
     CachedVerdict,
     CounterKey,
@@ -22,6 +24,8 @@ from oracle_service.core.store import (
     StoreError,
     cached_verdict,
     counter_rows,
+    spent_query,
+    status_row,
     table_definitions,
     verdict_row,
 )
@@ -34,6 +38,11 @@ _INSERT_VERDICT = "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (k
 _ADD_COUNTER = (
     "INSERT INTO vote_counters VALUES (?, ?, ?, ?) ON CONFLICT (run_id, iteration, name) "
     "DO UPDATE SET value = vote_counters.value + excluded.value"
+)
+_PUT_STATUS = (
+    "INSERT INTO run_status VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+    "state = excluded.state, message = excluded.message, updated_at = excluded.updated_at, "
+    "iterations_total = COALESCE(excluded.iterations_total, run_status.iterations_total)"
 )
 _NEXT_EPOCH = (  # no RETURNING: SQLite before 3.35 lacks it
     "INSERT INTO service_state VALUES (?, 1) ON CONFLICT (name) "
@@ -149,6 +158,26 @@ class SQLiteStore:
     def _list_runs_sync(self) -> list[dict[str, Any]]:
         rows = self._db.execute(RUN_LIST_QUERY)
         return [dict(zip(RUN_LIST_KEYS, row, strict=True)) for row in rows]
+
+    async def put_run_status(self, run_id: str, status: dict[str, Any]) -> None:
+        await self._run(self._put_run_status_sync, status_row(run_id, status, time.time()))
+
+    def _put_run_status_sync(self, row: tuple) -> None:
+        with self._db:
+            self._db.execute(_PUT_STATUS, row)
+
+    async def spent_usd(self, run_id: str | None) -> float:
+        query, args = spent_query(run_id, ("?", "?", "?"))
+        return await self._run(lambda: float(self._db.execute(query, args).fetchone()[0]))
+
+    async def run_totals(self, run_id: str) -> dict[str, float]:
+        query = RUN_TOTALS.format("?")
+        return await self._run(lambda: dict(self._db.execute(query, (run_id,)).fetchall()))
+
+    async def last_summary(self, run_id: str) -> dict[str, Any] | None:
+        query = LAST_SUMMARY.format("?")
+        row = await self._run(lambda: self._db.execute(query, (run_id,)).fetchone())
+        return None if row is None else json.loads(row[0])
 
     async def counters(self, run_id: str | None = None) -> list[CounterRow]:
         return await self._run(self._counters_sync, run_id)

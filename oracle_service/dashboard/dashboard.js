@@ -18,6 +18,10 @@ const WORKER_PER_S = "worker_per_s.";  // per-worker extras (compo/service_oracl
 const VERDICTS = [["a", "a (base better)"], ["b", "b (perturbed better)"], ["tie", "tie"],
                   ["abstain", "abstain"]];
 const REFRESH_MS = Number(document.body.dataset.refreshMs) || 2000;
+// A run's internal runs (the antithetic signal check, compo probe's settings): hidden
+// unless the "internal runs" box is ticked.
+const INTERNAL = /\.check$|\.probe-\d+$/;
+const ETA_WINDOW = 10;  // the ETA uses the mean seconds of this many latest iterations
 
 let shown = null;  // the data last drawn, as JSON: redraw only when it changes
 
@@ -140,6 +144,37 @@ function cards(container, entries) {
   }));
 }
 
+// Seconds left: the iterations to go times the mean seconds of the latest ones (running only).
+function etaSeconds(rows, info) {
+  if (!info || info.state !== "running" || info.iterations_total == null) return null;
+  const recent = rows.slice(-ETA_WINDOW).filter((row) => row.seconds != null);
+  if (!recent.length) return null;
+  const mean = recent.reduce((sum, row) => sum + row.seconds, 0) / recent.length;
+  return Math.max(0, info.iterations_total - rows.length) * mean;
+}
+
+function duration(seconds) {
+  if (seconds == null) return null;
+  const s = Math.round(seconds);
+  if (seconds > 0 && s < 1) return "< 1 s";
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function statusCards(rows, info) {
+  const total = info && info.iterations_total;
+  const eta = etaSeconds(rows, info);
+  cards(document.getElementById("run-status"), [
+    ["state", "status", (info && info.state) || "no status sent"],
+    ["progress", "progress (iterations)", total != null ? `${rows.length} of ${total}`
+                                                        : String(rows.length)],
+    ["eta", "time left (ETA)", duration(eta)]]);
+  const card = document.querySelector('[data-card="eta"]');
+  card.dataset.value = eta == null ? "" : String(eta);
+  document.getElementById("run-message").textContent = (info && info.message) || "";
+}
+
 function runCards(runId, rows) {
   const last = rows[rows.length - 1] || {};
   const accepted = rows.filter((row) => row.accepted).length;
@@ -188,16 +223,26 @@ function runList(ids, current) {
   }));
 }
 
-function selectedRun(ids) {
+function wantedRun() {
   const match = /run=([^&]+)/.exec(location.hash);
-  const wanted = match && decodeURIComponent(match[1]);
+  return match && decodeURIComponent(match[1]);
+}
+
+function selectedRun(ids) {
+  const wanted = wantedRun();
   return ids.includes(wanted) ? wanted : ids[0];
+}
+
+// The runs to list: internal ones only when asked for (or when the address names one).
+function listedRuns(ids) {
+  if (document.getElementById("show-internal").checked) return ids;
+  return ids.filter((id) => !INTERNAL.test(id) || id === wantedRun());
 }
 
 async function refresh() {
   const [runs, service] = await Promise.all([getJSON("v1/runs"), getJSON("v1/stats")]);
-  const ids = [...new Set([...runs.runs.map((run) => run.run_id),
-                           ...Object.keys(service.runs)])];
+  const ids = listedRuns([...new Set([...runs.runs.map((run) => run.run_id),
+                                     ...Object.keys(service.runs)])]);
   const runId = selectedRun(ids);
   runList(ids, runId);
   if (runId === undefined) return "no runs yet";
@@ -205,8 +250,10 @@ async function refresh() {
   const [list, stats] = await Promise.all([getJSON(`${path}/iterations`),
                                            getJSON(`${path}/stats`)]);
   const rows = list.iterations;
-  const data = JSON.stringify([runId, rows, stats]);
+  const info = runs.runs.find((run) => run.run_id === runId) || null;
+  const data = JSON.stringify([runId, rows, stats, info, ids]);
   if (data !== shown) {
+    statusCards(rows, info);
     runCards(runId, rows);
     drawAll(voteCharts(rows), rows);
     judgeSection(runId, rows, stats);
@@ -233,8 +280,11 @@ async function poll() {
   setTimeout(poll, REFRESH_MS);
 }
 
-window.addEventListener("hashchange", () => {
+function redraw() {
   shown = null;
   refresh().catch(() => {});  // at once; the next poll retries a failure
-});
+}
+
+window.addEventListener("hashchange", redraw);
+document.getElementById("show-internal").addEventListener("change", redraw);
 poll();

@@ -92,3 +92,22 @@ def test_ray_job_submit_runs_compo_train(head, make_config, local_weights, tmp_p
     assert "run finished" in result.stdout
     head_file = read_tensors(tmp_path / "runs" / "job" / "final" / "model.safetensors")
     assert torch.equal(head_file["lm_head.weight"], local_weights)
+
+
+@pytest.mark.slow
+def test_relative_paths_resolve_where_ray_start_ran(head, tmp_path):
+    """deploy/README: a job's command runs in the directory `ray start --head` ran in, not
+    in the one `ray job submit` is typed in."""
+    address, bin_dir, env = head
+    command = [str(bin_dir / "ray"), "job", "submit", "--address", address, "--",
+               "python", "-c", "import os; print('cwd=' + os.getcwd())"]
+    deadline = time.time() + TIMEOUT_S
+    while True:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path,
+                                timeout=TIMEOUT_S)
+        if AGENT_NOT_READY not in result.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [shown] = [line for line in result.stdout.splitlines() if line.startswith("cwd=")]
+    assert shown == f"cwd={os.getcwd()}" and os.getcwd() != str(tmp_path)

@@ -58,13 +58,31 @@ def trained_rewards(embedded, workdir, reward_dir, seed: int) -> dict[str, float
             **{name: score(pairs, h.sampled) for name, h in held.items()}}
 
 
+def test_held_out_prompts_are_never_trained_on(embedded):
+    """The demo's pairs repeat a few prompts (same chosen, another rejected): a held-out row
+    whose prompt is also a training row's would be trained on."""
+    from compo.model.loading import load_tokenizer
+
+    train = fileio.read_jsonl(embedded.train)
+    prompts = {row["prompt"] for row in train}
+    chosen = {(row["prompt"], row["chosen"]) for row in train}
+    rows = learning.heldout_rows(embedded)
+    assert len(rows) == len(fileio.read_jsonl(embedded.heldout)) - 3  # three were repeats
+    assert not any(row["prompt"] in prompts or (row["prompt"], row["chosen"]) in chosen
+                   for row in rows)
+    pairs = learning.heldout_prompts(embedded, load_tokenizer(embedded.model_dir),
+                                     learning.LearningSettings().heldout_prompts)
+    assert len(pairs) == learning.LearningSettings().heldout_prompts
+    assert not any(pair.row["prompt"] in prompts for pair in pairs)
+
+
 def test_the_reward_model_prefers_chosen_responses_it_never_saw(embedded, reward_dir):
-    assert learning.pair_accuracy(reward_dir, fileio.read_jsonl(embedded.heldout)) > 0.6
+    assert learning.pair_accuracy(reward_dir, learning.heldout_rows(embedded)) > 0.6
 
 
 def test_the_negated_reward_model_has_the_opposite_taste(embedded, reward_dir):
     negated = learning.negate_reward_model(reward_dir)
-    rows = fileio.read_jsonl(embedded.heldout)
+    rows = learning.heldout_rows(embedded)
     assert learning.pair_accuracy(negated, rows) < 1 - 0.6
 
 

@@ -53,6 +53,21 @@ def test_simpo_is_cpo_with_the_simpo_loss(tmp_path, model_dir):
                                   ModelConfig(path=str(model_dir)), tmp_path, seed=0)
 
 
+def test_report_to_reaches_trl(tmp_path, model_dir, pairs_file):
+    """first_stage.report_to is TRL's report_to: TensorBoard files of the stage's losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first_stage.train_first_stage(stage(report_to="tensorboard"), ModelConfig(path=str(
+        model_dir)), DataConfig(path=str(pairs_file)), tmp_path / "stage", seed=0,
+        progress=False)
+    [logdir] = {path.parent for path in (tmp_path / "stage/trl").rglob("events.out.*")}
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
+    with pytest.raises(ValueError, match="set twice"):
+        stage(report_to="wandb", trl_args={"report_to": "wandb"})
+
+
 @pytest.mark.parametrize("trainer", ["dpo", "cpo"])
 def test_trl_sees_the_tokens_compo_scores(tmp_path, model_dir, pairs_file, trainer):
     data = DataConfig(path=str(pairs_file))

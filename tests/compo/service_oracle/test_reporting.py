@@ -31,7 +31,7 @@ def test_service_oracle_and_ray_figures_are_flattened():
         comparisons=24, responses=24, identical=3, judge_ties=1, position_inconsistent=1,
         verdict_a=10, verdict_b=6, verdict_tie=4, verdict_abstain=4, error_timeout=4,
         base_chars=24 * 40, perturbed_chars=24 * 41, check_pairs=4, check_opposite=3,
-        check_b=5, generate_s=0.5, compare_s=0.7))["oracle"]
+        check_b=5, generate_s=0.5, compare_s=0.7, cost_usd=0.25, priced=20))["oracle"]
     pytest.importorskip("ray")
     from workers.stats import IterationStats
 
@@ -44,7 +44,8 @@ def test_service_oracle_and_ray_figures_are_flattened():
         "oracle_identical_share": 0.125, "oracle_ties": 1, "oracle_position_inconsistent": 1,
         "oracle_abstained": 4, "oracle_base_chars": 40.0, "oracle_perturbed_chars": 41.0,
         "oracle_check_pairs": 4, "oracle_check_opposite": 3, "oracle_check_b": 5,
-        "oracle_generate_s": 0.5, "oracle_compare_s": 0.7, "ray_workers": 2, "ray_dead": 0,
+        "oracle_generate_s": 0.5, "oracle_compare_s": 0.7, "oracle_cost_usd": 0.25,
+        "ray_workers": 2, "ray_dead": 0,
         "ray_unavailable": 1,
         "ray_redispatched": 2, "ray_failures": 1, "ray_rejected": 0,
         "worker_per_s.worker-0": 24.0, "worker_perturbations.worker-0": 12,

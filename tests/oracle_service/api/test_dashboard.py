@@ -20,6 +20,7 @@ from oracle_service.main import create_app
 from oracle_service.testing.fake_judge import BackgroundServer
 from tests.oracle_service.api.browser import (
     browser_or_skip,
+    card,
     chromium,
     log_in,
     points,
@@ -211,6 +212,7 @@ def test_the_page_follows_a_judge_run_live_and_after_a_restart(
                      f"iteration {iteration} on the page")
             assert browser.execute_script("return window.sameDocument") is True
             check_page_matches_api(browser, http, "live")
+            check_status(browser, http, "live", "running", iteration + 1)
             if iteration == ITERATIONS - 2:
                 screenshot(browser, tmp_path / "dashboard.png")  # during the run
             # iteration 1 meets a judge that sees no difference: every vote a tie, skipped
@@ -219,6 +221,9 @@ def test_the_page_follows_a_judge_run_live_and_after_a_restart(
         run.thread.join(timeout=120)
         assert not run.errors and not run.thread.is_alive()
         rows = run.trainer.run_dir.metrics()
+        wait_for(lambda: card(browser, "state") == "finished", "the finished state")
+        check_status(browser, http, "live", "finished", ITERATIONS)
+        check_internal_runs_toggle(browser, "live", "live.check")
         check_page_matches_plots(browser, rows, config.compo.accept_ratio)
         check_drawn_to_scale(browser, "ratio", "ratio")
         assert [row["accepted"] for row in rows][1] is False  # the tie judge's iteration
@@ -235,7 +240,37 @@ def test_the_page_follows_a_judge_run_live_and_after_a_restart(
         with httpx.Client(base_url=again.url, timeout=30.0,
                           headers={"Authorization": f"Bearer {api_token}"}) as http:
             check_page_matches_api(browser, http, "live")
+            check_status(browser, http, "live", "finished", ITERATIONS)
         check_page_matches_plots(browser, rows, config.compo.accept_ratio)
+
+
+def check_status(driver, http: httpx.Client, run_id: str, state: str, done: int) -> None:
+    """Status, progress (iterations of the total) and ETA: the remaining iterations times
+    the mean seconds of the latest (up to 10) iterations, while the run runs."""
+    assert card(driver, "state") == state
+    assert card(driver, "progress") == f"{done} of {ITERATIONS}"
+    summaries = http.get(f"/v1/runs/{run_id}/iterations").json()["iterations"][-10:]
+    seconds = [summary["seconds"] for summary in summaries]
+    if state == "running":
+        expected = (ITERATIONS - done) * (sum(seconds) / len(seconds))
+        assert float(card(driver, "eta")) == pytest.approx(expected, rel=1e-12)
+    else:
+        assert card(driver, "eta") == ""
+
+
+def run_links(driver) -> list[str]:
+    """The run list's links, read at once (the list is redrawn while the page polls)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#runs a')].map((a) => a.textContent);")
+
+
+def check_internal_runs_toggle(driver, run_id: str, internal: str) -> None:
+    """A run's internal runs are hidden until the box is ticked."""
+    assert run_id in run_links(driver) and internal not in run_links(driver)
+    driver.find_element("id", "show-internal").click()
+    wait_for(lambda: internal in run_links(driver), "the internal run listed")
+    driver.find_element("id", "show-internal").click()
+    wait_for(lambda: internal not in run_links(driver), "the internal run hidden again")
 
 
 def ray_row(iteration: int) -> dict:

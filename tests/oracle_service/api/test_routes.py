@@ -113,6 +113,7 @@ def test_identical_responses_tie_without_a_judge_call(
         "error": None,
         "perturbation": 7,
         "position_inconsistent": False,
+        "cost_usd": None,  # the service has no prices
     }
     assert fake_judge.judge.requests == []
 

@@ -85,3 +85,21 @@ def test_no_wait_ends_past_the_deadline():
     assert isinstance(error, RetryPastDeadline) and attempts == 1
     assert error.wait_s == 60.0 and isinstance(error.last, openai.APIStatusError)
     assert time.monotonic() - started < 1.0  # it did not sleep at all
+
+
+def test_waits_honour_retry_after_then_back_off(monkeypatch):
+    """The waits tenacity sleeps: Retry-After when sent, else the exponential backoff."""
+    from types import SimpleNamespace
+
+    from oracle_service.core import retry
+
+    slept = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(retry, "asyncio", SimpleNamespace(
+        get_running_loop=asyncio.get_running_loop, sleep=record))
+    calls = [status_error(429, **{"retry-after": "0.25"}), CallTimeout(), CallTimeout(), "ok"]
+    assert run(calls, 10) == ("ok", 4)
+    assert slept == [0.25, 0.02, 0.04]  # Retry-After, then 0.01 * 2 ** (attempt - 1)

@@ -109,6 +109,10 @@ def closed_port_url() -> str:
          "cannot open the store (COMPO_ORACLE_STORE_URL)"),
         ({"api_token": CLI_TOKEN, "item_deadline_s": "100", "request_deadline_s": "50"},
          "item_deadline_s (100.0) cannot exceed request_deadline_s (50.0)"),
+        ({"api_token": CLI_TOKEN, "budget_usd": "20"},
+         "budget_usd needs the judge's prices: set judge_input_usd_per_mtok"),
+        ({"api_token": CLI_TOKEN, "judge_template": "Which is better? {response_a}"},
+         "judge_template must contain {prompt}, {response_a}, {response_b}"),
     ],
 )  # fmt: skip
 def test_every_startup_problem_is_one_line_naming_the_setting(tmp_path, values, expected):

@@ -123,3 +123,34 @@ def test_an_unusable_sqlite_file_is_a_store_error(tmp_path):
     settings = Settings(db_path=tmp_path / "not-a-dir" / "oracle.sqlite3")
     with pytest.raises(StoreError, match="not-a-dir"):
         run_with(settings, lambda store: store.ping())
+
+
+def test_run_status_spend_and_totals(store_settings):
+    """What /metrics, the dashboard and the budget read: status joined to the run list, the
+    judge cost of a run with its internal runs (not of a run whose id only starts alike),
+    a run's counters summed by name, its latest summary."""
+    counters = {("r_1", 0, "cost_usd"): 0.5, ("r_1", 1, "cost_usd"): 0.25,
+                ("r_1.check", 0, "cost_usd"): 0.125, ("r_10", 0, "cost_usd"): 4.0,
+                ("r_1", 0, "errors.timeout"): 2, ("r_1", 1, "errors.timeout"): 1}
+
+    async def work(store: Store):
+        await store.record({}, counters)
+        for iteration in (0, 1):
+            await store.put_iteration("r_1", iteration, {"iteration": iteration, "m": 8})
+        await store.put_run_status("r_1", {"state": "running", "iterations_total": 9,
+                                           "message": ""})
+        await store.put_run_status("r_1", {"state": "stopped", "iterations_total": None,
+                                           "message": "budget"})
+        await store.put_iteration("other", 0, {"iteration": 0, "m": 1})
+        return (await store.list_runs(), await store.spent_usd("r_1"),
+                await store.spent_usd(None), await store.run_totals("r_1"),
+                await store.last_summary("r_1"), await store.last_summary("none"))
+
+    runs, spent, total, totals, last, none = run_with(store_settings, work)
+    by_id = {run["run_id"]: run for run in runs}
+    assert (by_id["r_1"]["state"], by_id["r_1"]["iterations_total"], by_id["r_1"]["message"]) \
+        == ("stopped", 9, "budget")  # a total of None keeps the one stored
+    assert (by_id["other"]["state"], by_id["other"]["message"]) == (None, "")
+    assert spent == 0.875 and total == 4.875
+    assert totals == {"cost_usd": 0.75, "errors.timeout": 3.0}
+    assert last == {"iteration": 1, "m": 8} and none is None
