@@ -105,6 +105,18 @@ class JudgeBackend:
         for client in self._clients:
             await client.close()
 
+    async def check_key(self) -> str | None:
+        """Whether the judge rejects our key, without spending tokens: a GET of its model
+        list. The rejection (HTTP 401/403) as a safe one-line message; None when the key is
+        taken or the endpoint cannot tell (no such route, unreachable: the comparisons say)."""
+        try:
+            await self._clients[0].models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            return safe_message(describe(exc, self._settings), self._secrets)
+        except Exception:  # anything else is not a verdict on the key
+            return None
+        return None
+
     def _abstain(self, exc: BaseException, **usage: int) -> Verdict:
         message = safe_message(describe(exc, self._settings), self._secrets)
         return Verdict.abstain(classify(exc), message, **usage)

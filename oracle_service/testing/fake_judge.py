@@ -139,6 +139,9 @@ class FakeJudge:
             await lifespan(receive, send)
             return
         body = await read_body(receive)
+        if (scope["method"], scope["path"]) == ("GET", "/v1/models"):
+            await self._models(scope, send)
+            return
         if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
             await _send_json(send, 404, {"error": {"message": "not found", "type": "invalid"}})
             return
@@ -175,6 +178,14 @@ class FakeJudge:
         prompt = match["prompt"] if match else user
         choice = self.decide(prompt, *(shown or ("", "")))
         return 200, self._completion(request, choice, decided=True), headers
+
+    async def _models(self, scope: dict, send: Callable) -> None:
+        """GET /v1/models: the one model (no tokens; a wrong key is a 401 as for completions)."""
+        if not self._authorised(scope):
+            await _send_json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+            return
+        model = {"id": "fake-judge", "object": "model", "created": 0, "owned_by": "compo"}
+        await _send_json(send, 200, {"object": "list", "data": [model]})
 
     def _next_reply(self) -> FakeReply:
         if self.script:

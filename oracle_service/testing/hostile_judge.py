@@ -114,7 +114,11 @@ class HostileJudge:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        request = json.loads(await read_body(receive))
+        body = await read_body(receive)
+        if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
+            await send_bytes(send, 404, error_body("not found"))  # e.g. GET /v1/models
+            return
+        request = json.loads(body)
         user = next(m["content"] for m in request["messages"] if m["role"] == "user")
         match = SHOWN_PAIR.search(user)
         prompt = match["prompt"] if match else user
