@@ -36,3 +36,8 @@ class DistributedError(RunError):
 
 class JudgeError(CompoError, RuntimeError):
     """The oracle service could not be reached or refused the comparisons."""
+
+
+class OracleFailure(RunError):
+    """The oracle failed on too many iterations in a row (e.g. every comparison abstained);
+    the run stopped and is saved: fix the cause, then resume it."""
