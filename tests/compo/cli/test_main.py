@@ -55,6 +55,14 @@ def test_split_then_train_then_apply_delta(tmp_path, model_dir, pairs_file):
     result = compo("train", "--config", str(config), "--run-id", "r1", "--no-progress")
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "r1"
+    # --no-progress: a log line every 10 iterations (and at the end); a summary in any mode
+    progress = [line for line in result.stderr.splitlines() if "compo.progress" in line]
+    assert [line.split(": ")[1].split()[1] for line in progress] == ["10/12", "12/12"]
+    accepted = sum(json.loads(line)["accepted"] for line in open(run / "metrics.jsonl"))
+    summary = result.stdout.splitlines()[-2:]
+    assert summary[0] == f"ComPO: {accepted}/12 iterations accepted"
+    assert summary[1].startswith("mean change of log pi(y+): ")
+    assert summary[1].endswith("(4 trained pairs)") and "mean margin " in summary[1]
     result = compo("apply-delta", "--base", str(model_dir), "--delta",
                    str(run / "delta.safetensors"), "--out", str(tmp_path / "rebuilt"))
     assert result.returncode == 0, result.stderr
