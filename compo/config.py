@@ -254,6 +254,15 @@ class OracleConfig(StrictModel):
     request_batch_size: int | None = Field(
         None, gt=0, description="comparisons per HTTP request; default: the service's maximum")
     timeout_s: float = Field(300.0, gt=0, description="time for one comparisons request")
+    max_abstain_ratio: float = Field(
+        0.5, ge=0, le=1, description="an iteration whose comparisons needing an answer "
+        "abstained more than this share takes no step (a failed iteration: its vote ratio "
+        "would rest on a minority; a healthy judge behind the service's retries abstains on "
+        "a few percent, a rejected key, no quota or a service that is down on ~all)")
+    max_failed_iterations: int = Field(
+        3, gt=0, description="failed iterations in a row before the run stops (exit 3), "
+        "saved before the first of them so that --resume redoes them once the cause is "
+        "fixed; a restart of the service or a rate-limit burst can cost one or two")
     report_timeout_s: float = Field(
         10.0, gt=0, description="time for posting one iteration summary (a failed report is "
         "a warning, retried with the next iteration)")

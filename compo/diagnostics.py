@@ -19,7 +19,8 @@ COIN_Z = 2.0  # opposite verdicts must beat a coin's rate by this many standard 
 MIN_VARIANCE = 1e-12  # keeps the coin test defined when every verdict is the same
 SKIP_WARN_AFTER = 10  # iterations, all skipped, before the skip warning
 TOTALS = ("iterations", "accepted", "ratio", "responses", "identical", "check_pairs",
-          "check_opposite", "check_b")
+          "check_opposite", "check_b", "failed", "abstained", "asked")
+ABSTAIN_BLAME_SHARE = 0.2  # abstentions above this share, not the radius, explain skips
 PROBE_HINT = "`compo probe --config RUN.yaml` measures which radius and temperature carry signal"
 
 
@@ -58,6 +59,7 @@ class RunWatch:
     config: TrainConfig
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
     warned: set[str] = field(default_factory=set)
+    cause: str = ""  # the last failed iteration's cause (compo/abstentions.py)
 
     def add(self, name: str, value: float) -> None:
         self.totals[name] += value
@@ -80,6 +82,10 @@ class RunWatch:
         self.add("iterations", 1)
         self.add("accepted", int(row["accepted"]))
         self.add("ratio", row["ratio"])
+        self.add("failed", int(bool(row.get("failed"))))
+        self.cause = row.get("failed") or self.cause
+        self.add("abstained", row.get("abstained", 0))  # directions without a vote
+        self.add("asked", row.get("m", 0) + row.get("abstained", 0))
         oracle = row.get("oracle") or {}
         for name in ("responses", "identical"):
             self.add(name, oracle.get(name, 0))
@@ -136,6 +142,14 @@ class RunWatch:
         if iterations < after or self.totals["accepted"]:
             return None
         compo = self.config.compo
+        abstained = self.totals["abstained"] / max(1, self.totals["asked"])
+        if self.totals["failed"] or abstained > ABSTAIN_BLAME_SHARE:  # not the radius
+            failed = int(self.totals["failed"])
+            why = (f"{failed} of them failed because the oracle abstained: {self.cause}"
+                   if failed else f"{abstained:.0%} of the directions got no vote (the "
+                   "oracle abstained)")
+            return (f"all {iterations} iterations so far were skipped; {why}. Fix that first: "
+                    "the radius and compo.accept_ratio are not the cause.")
         text = (f"all {iterations} iterations so far were skipped: mean vote ratio n-/m "
                 f"{self.totals['ratio'] / iterations:.3f} <= compo.accept_ratio "
                 f"{compo.accept_ratio:g}, so the model has not changed.")

@@ -41,3 +41,8 @@ class JudgeError(CompoError, RuntimeError):
 class RunStopped(RunError):
     """A run stopped early on purpose, its finished iterations saved (resumable): e.g. the
     judge budget is spent."""
+
+
+class OracleFailure(RunStopped):
+    """The oracle failed on too many iterations in a row (e.g. every comparison abstained);
+    the run stopped and is saved: fix the cause, then resume it."""

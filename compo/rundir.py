@@ -11,6 +11,7 @@ Layout of runs/<run_id>/:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,15 @@ class RunDirectory:
         fileio.write_text(self.config_path, dump_config(config))
         fileio.write_text(self.metrics_path, "")
         return self
+
+    def discard_unstarted(self) -> bool:
+        """Remove a directory `create` made when the start failed before anything else was
+        written (no empty run directories); True if it was removed."""
+        written = {path.name for path in self.path.iterdir()} if self.path.is_dir() else set()
+        if written - {self.config_path.name, self.metrics_path.name} or self.metrics():
+            return False
+        shutil.rmtree(self.path)
+        return True
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Weights file first, then the JSON commit point, then drop older weights."""

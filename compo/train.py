@@ -20,21 +20,25 @@ import torch
 from tqdm.auto import tqdm
 
 from compo import fileio
+from compo.abstentions import FailureStreak, abstentions_of, failure
 from compo.config import ComPOConfig, TrainConfig, in_process_options
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
 from compo.data.reselect import Selection, select_noisy
 from compo.diagnostics import RunWatch, progress_figures
-from compo.errors import ConfigError, RunStopped
-from compo.estimator import UpdateDecision, decide_from_shards
+from compo.errors import ConfigError, OracleFailure, RunStopped
+from compo.estimator import UpdateDecision, count_votes, decide_from_shards
 from compo.model.checkpoint import read_master
 from compo.model.export import write_delta
 from compo.model.exported import check_kept, export_dtype, measure_export, write_final
 from compo.model.layout import layout_of, model_tensors
 from compo.model.loading import DTYPES, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle, combine, pair_improved
+from compo.progress import ProgressLog
 from compo.run_events import RunEvents
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
+from compo.summary import source_summary
+from compo.testhooks import pause_point
 from compo.votes import LocalVoteSource, VoteSource
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,13 @@ def run_iteration(source: VoteSource, pairs: Sequence[TokenizedPair], weight: to
     indices = list(range(compo.num_perturbations))
     votes = source.votes(config.seed, iteration, indices)
     vote_seconds = time.perf_counter() - started
+    failed = failure(abstentions_of(source, votes), config.oracle.max_abstain_ratio)
+    if failed is not None:  # abstentions are a failure, not a vote: no step (abstentions.py)
+        n_minus, m, abstained = count_votes(votes)
+        decision = UpdateDecision(n_minus, m, abstained, n_minus / m if m else 0.0, False, 0.0,
+                                  0.0, 0.0, None)
+        return IterationResult(decision, before.cpu(), before.cpu(), vote_seconds,
+                               {"failed": failed})
     shards, run = source.rebuild(config.seed, iteration, indices, votes, weight)
     decision = decide_from_shards(votes, compo, tuple(weight.shape), shards, run)
     extra = {"trial_check": None} if compo.accept_check == "trial_step" else {}
@@ -173,6 +184,8 @@ class ComPOTrainer:
         self.reporter = iteration_reporter(config, run_id)
         self.events = RunEvents(config, run_dir, self.reporter)  # report_to, run status
         self.watch = RunWatch(config)  # warnings when the votes carry no signal
+        self.streak = FailureStreak(config.oracle.max_failed_iterations)
+        self.source_lines: list[str] = []  # what the source adds to the final summary
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
 
     def trained_pairs(self) -> list[TokenizedPair]:
@@ -197,18 +210,25 @@ class ComPOTrainer:
         self.events.start(len(batches), start)
         bar = tqdm(range(start, len(batches)), initial=start, total=len(batches),
                    desc="ComPO", unit="it", disable=not progress)
+        ticker = None if progress else ProgressLog(len(batches), self.run_dir.metrics())
         done = start
         try:
             for iteration in bar:
+                offset = self.offset
                 with deferred_interrupt() as interrupted:
                     row = self._step(iteration, batches[iteration], weight)
                     if row is not None:  # the iteration and the offset after it, together
                         done, self.offset = iteration + 1, row.get("data_offset", self.offset)
+                    pause_point(f"iteration-{iteration}")  # tests only (compo/testhooks.py)
                 if row is None:
                     log.warning("data.reselect: no pair qualifies as noisy under the current "
                                 "weights; the run ends after %d iterations", done)
                     break
                 bar.set_postfix(progress_figures(row))
+                if ticker is not None:
+                    ticker.observe(row, done)
+                if self.streak.observe(row.get("failed"), iteration, offset):
+                    raise OracleFailure(self.streak.message(row["failed"], str(self.run_dir.path)))
                 if done % self.config.checkpoint_every == 0:
                     self.run_dir.save_checkpoint(self._checkpoint(done, weight))
                 self.events.iteration(row)
@@ -216,6 +236,10 @@ class ComPOTrainer:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
+        except OracleFailure:  # no step since the streak began: save where it began
+            self.run_dir.save_checkpoint(Checkpoint(self.streak.done, weight.cpu(),
+                                                    self.streak.offset))
+            raise
         except (KeyboardInterrupt, RunStopped):  # RunStopped: e.g. the judge budget
             self.run_dir.save_checkpoint(self._checkpoint(done, weight))
             raise
@@ -224,6 +248,7 @@ class ComPOTrainer:
             self.events.finish(sys.exc_info()[1])
         self.run_dir.save_checkpoint(self._checkpoint(done, weight))
         self.watch.finish()
+        self.source_lines = source_summary(self.source)
         return weight
 
     def _checkpoint(self, done: int, weight: torch.Tensor) -> Checkpoint:

@@ -88,6 +88,11 @@ class OracleClient:
     async def limits(self) -> ServiceLimits:
         return ServiceLimits(**await self._request("GET", f"{API_PREFIX}/limits"))
 
+    async def preflight(self) -> dict[str, Any]:
+        """One canary comparison on the service's backend now (no cache): {"ok": true}, or
+        the abstention's kind, detail and fix."""
+        return await self._request("GET", f"{API_PREFIX}/preflight")
+
     async def compare(self, items: Sequence[ItemLike]) -> list[ComparisonResult]:
         """Results in item order; splits into batches of the server's max batch size."""
         parsed = [ComparisonItem.model_validate(item) for item in items]
@@ -155,6 +160,9 @@ class SyncOracleClient:
 
     def compare(self, items: Sequence[ItemLike]) -> list[ComparisonResult]:
         return self._loop.run_until_complete(self._client.compare(items))
+
+    def preflight(self) -> dict[str, Any]:
+        return self._loop.run_until_complete(self._client.preflight())
 
     def report_iteration(self, run_id: str, summary: SummaryLike) -> IterationSummary:
         return self._loop.run_until_complete(self._client.report_iteration(run_id, summary))

@@ -50,13 +50,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         await store.close()
         raise
-    app.state.store = store
+    app.state.store, app.state.backend = store, backend  # the backend: health.py's checks
     app.state.service = ComparisonService(settings, backend, store, app.state.metrics)
     logger.info("oracle service ready: backend=%s store=%s", backend.identity, store.description)
     try:
         yield
     finally:
-        app.state.service = None
+        key_task = getattr(app.state, "key_task", None)  # health.py's background key check
+        if key_task is not None:
+            key_task.cancel()
+        app.state.service = app.state.backend = None
         app.state.store = None
         await backend.aclose()
         await store.close()

@@ -40,6 +40,16 @@ def model_dir(tmp_path_factory, tokenizer) -> Path:
     return save_model(build_llama(len(tokenizer), hidden=32, layers=2, seed=1), tokenizer, path)
 
 
+def read_until(stream, text: str) -> list[str]:
+    """Lines of a child's stream up to the first one containing `text` (fails at its end)."""
+    lines = []
+    for raw in iter(stream.readline, b""):
+        lines.append(raw.decode(errors="replace"))
+        if text in lines[-1]:
+            return lines
+    raise AssertionError(f"{text!r} was never printed; the process wrote:\n{''.join(lines)}")
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """Rows as JSON lines (dicts are dumped; bytes are written raw)."""
     with open(path, "wb") as handle:

@@ -7,10 +7,11 @@ import argparse
 import logging
 import sys
 
+from compo.cli.errors import explain, is_ray_refusal, ray_refusal
 from compo.cli.pipeline import add_pipeline_commands
 from compo.config import SplitConfig, TrainConfig, in_process_options
 from compo.config_files import load_config
-from compo.errors import CompoError, ConfigError
+from compo.errors import ConfigError
 
 CONFORMANCE_HEADER = """# Conformance: does ComPO reproduce each model family exactly?
 
@@ -67,27 +68,29 @@ def check_ray_options(config: TrainConfig, ray_address: str | None) -> None:
 
 
 def cmd_train(args) -> int:
-    from compo.rundir import RunDirectory
-    from compo.train import ComPOTrainer, export_run, start_run
+    from compo.cli.checks import check_start, resumable
+    from compo.summary import summary_lines
+    from compo.train import export_run, start_run
 
     if args.resume:
-        run_dir = RunDirectory(args.resume)
+        run_dir = resumable(args.resume)
+        where = str(run_dir.config_path)
         config = load_config(TrainConfig, run_dir.config_path)
     elif args.config:
-        config = load_config(TrainConfig, args.config)
+        where, config = args.config, load_config(TrainConfig, args.config)
         if args.run_id:
             config = config.model_copy(update={"run_id": args.run_id})
-        check_ray_options(config, args.ray_address)
-        run_dir = start_run(config)
     else:
         raise ConfigError("compo train needs --config FILE (new run) or --resume RUN_DIR")
     check_ray_options(config, args.ray_address)
-    if args.ray_address or config.ray is not None:
-        from workers.coordinator import ray_trainer
-
-        trainer = ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
-    else:
-        trainer = ComPOTrainer(config, run_dir)
+    check_start(config, where, args.ray_address)  # seconds, before any directory or model
+    run_dir = run_dir if args.resume else start_run(config)
+    try:
+        trainer = new_trainer(config, run_dir, args)
+    except BaseException:
+        if not args.resume:
+            run_dir.discard_unstarted()  # a failed start leaves no empty run directory
+        raise
     try:
         weight = trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -99,10 +102,29 @@ def cmd_train(args) -> int:
     summary = export_run(trainer, weight)
     print(f"run finished: {run_dir.path} (final/, delta.safetensors: {summary['entries']} "
           f"entries, {summary['fraction']:.2%} of the output layer)")
+    print("\n".join(summary_lines(run_dir.metrics(), summary["export"], trainer.source_lines)))
     return 0
 
 
+def new_trainer(config: TrainConfig, run_dir, args):
+    """The run's trainer: votes in this process, or on Ray (a refused connection: one line)."""
+    from compo.train import ComPOTrainer
+
+    if not (args.ray_address or config.ray is not None):
+        return ComPOTrainer(config, run_dir)
+    from workers.coordinator import ray_trainer  # the ray extra
+
+    try:
+        return ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
+    except Exception as error:
+        if not is_ray_refusal(error):
+            raise
+        raise ray_refusal(error, args.ray_address or (config.ray and config.ray.address)) \
+            from error
+
+
 def cmd_probe(args) -> int:
+    from compo.cli.checks import check_start
     from compo.data.encoding import load_tokenized
     from compo.model.head import output_layer
     from compo.model.loading import load_model, load_tokenizer
@@ -113,6 +135,7 @@ def cmd_probe(args) -> int:
     if config.oracle.kind != "service":
         raise ConfigError(f"{args.config}: compo probe measures the service oracle's votes; "
                           "set oracle.kind: service (and oracle.service_url)")
+    check_start(config, args.config, None, use_ray=False)  # before the model loads
     tokenizer = load_tokenizer(config.model.path)
     data = load_tokenized(config.data, tokenizer)[0]
     print("\n".join(cost_lines(run_estimate(config, data, tokenizer), config.oracle.budget_usd)))
@@ -191,6 +214,8 @@ def cmd_serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compo", description=" ".join(__doc__.split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole method on a tiny local model")
@@ -272,16 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     quiet_transformers()
     try:
         return args.func(args)
-    except CompoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # a mistake a user can fix: one line (compo/cli/errors.py)
+        explained = None if args.debug else explain(error)
+        if explained is None:
+            raise
+        print(f"error: {explained[0]}", file=sys.stderr)
+        return explained[1]
 
 
 def quiet_transformers() -> None:
-    """Hide per-file progress bars of transformers (our own bar shows progress)."""
+    """Hide per-file progress bars of transformers (our own bar shows progress) and the line
+    httpx logs for every request (the oracle service's clients)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

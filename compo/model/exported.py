@@ -103,6 +103,7 @@ def measure_export(model: ModelConfig, final: str | Path, pairs: list[TokenizedP
                                        model.batch_size)
     exported = final_logprobs - base_logprobs
     return {"pairs": len(pairs), "master_change": master_change.tolist(),
+            "base_logprobs": base_logprobs.tolist(),
             "exported_change": exported.tolist(), "kept_fraction": kept(exported,
                                                                         master_change),
             "final_dtype": str(dtype).removeprefix("torch."),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from compo.abstentions import Abstentions
+from oracle_service.fixes import fix_for
 from oracle_service.schemas import VerdictLabel
 
 CHECK_SUFFIX = ".check"  # the antithetic signal check is judged under run id <run>.check
@@ -54,3 +56,27 @@ def oracle_metrics(counts: Counter) -> dict:
         "cost_usd": counts["cost_usd"] if counts["priced"] else None,
         "generated_tokens": counts["generated_tokens"],
         "generate_s": counts["generate_s"], "compare_s": counts["compare_s"]}}
+
+
+def abstentions_from_counts(counts: Counter, url: str, detail: str | None = None
+                            ) -> Abstentions:
+    """An iteration's abstentions from its counts (summed over Ray workers alike), with the
+    cause: the service failing to answer (`detail`: its last error), else the judge's
+    most frequent error kind and its fix. Asked: the comparisons that needed an answer
+    (identical responses are ties without a judge call)."""
+    abstained = counts[f"verdict_{VerdictLabel.ABSTAIN.value}"]
+    identical_ties = counts[f"verdict_{VerdictLabel.TIE.value}"] - counts["judge_ties"]
+    asked = counts["comparisons"] - identical_ties
+    unanswered = counts["service_failed"]
+    kinds = Counter({key.removeprefix("error_"): value for key, value in counts.items()
+                     if key.startswith("error_") and value})
+    if unanswered and 2 * unanswered >= abstained:
+        cause = (f"the oracle service at {url} did not answer {unanswered} of {asked} "
+                 f"comparisons ({detail or 'no answer'}): start it (compo serve) or fix "
+                 "oracle.service_url")
+    elif kinds:
+        kind, count = kinds.most_common(1)[0]
+        cause = f"judge answered {kind} for {count} of {asked} comparisons: {fix_for(kind)}"
+    else:
+        cause = f"{abstained} of {asked} comparisons abstained"
+    return Abstentions(abstained, asked, cause)

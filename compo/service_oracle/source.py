@@ -24,7 +24,7 @@ from torch import nn
 
 from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
-from compo.errors import ConfigError
+from compo.errors import ConfigError, JudgeError
 from compo.model.head import head_of
 from compo.oracle import LikelihoodOracle, combine
 from compo.perturbation import direction_key
@@ -40,7 +40,13 @@ from compo.service_oracle.generation import (
     sampling_seed,
 )
 from compo.service_oracle.memory import fitting_batch, free_bytes, row_bytes
-from compo.service_oracle.metrics import check_counts, check_run_id, oracle_metrics
+from compo.service_oracle.metrics import (
+    abstentions_from_counts,
+    check_counts,
+    check_run_id,
+    oracle_metrics,
+)
+from compo.service_oracle.preflight import refusal
 from compo.service_oracle.reporting import checked_run_id, service_token
 from compo.votes import local_rebuild
 from oracle_service.client import OracleServiceError, SyncOracleClient
@@ -125,6 +131,7 @@ class ServiceVoteSource:
         self.local = threading.local()  # each request thread's client
         self.clients: list[SyncOracleClient] = []
         self.lock = threading.Lock()
+        self.failure: str | None = None  # the last request that failed in transit or with 5xx
 
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> torch.Tensor:
         """Score the pairs, encode their prompts once; `weight` is the float32 master W."""
@@ -279,10 +286,14 @@ class ServiceVoteSource:
             results = self.client().compare(items)
         except (httpx.TransportError, OracleServiceError) as error:
             if isinstance(error, OracleServiceError) and error.status_code < SERVER_ERROR:
-                raise
+                raise JudgeError(refusal(error, self.url, self.config.oracle.token_env,
+                                         self.token)) from None  # a 4xx: one line, no vote
             log.warning("oracle service %s failed (%s: %s): %d comparisons abstain", self.url,
                         type(error).__name__, error, len(items))
             results = failed_results(items, error)
+            with self.lock:  # request threads: counted here, the rest in the calling thread
+                self.failure = f"{type(error).__name__}: {error}"
+                self.counts["service_failed"] += len(items)
         return results, time.perf_counter() - started
 
     def client(self) -> SyncOracleClient:
@@ -333,5 +344,9 @@ class ServiceVoteSource:
 
     def metrics(self) -> dict:
         return oracle_metrics(self.counts)
+
+    def abstentions(self):
+        """This iteration's abstentions and their cause (compo/abstentions.py)."""
+        return abstentions_from_counts(self.counts, self.url, self.failure)
 
 

@@ -36,7 +36,7 @@ from oracle_service.core.retry import (
     classify,
     with_retries,
 )
-from oracle_service.core.sanitize import register_secrets
+from oracle_service.core.sanitize import register_secrets, safe_message
 from oracle_service.core.settings import Settings
 from oracle_service.core.slots import CallSlots
 from oracle_service.schemas import ComparisonItem, ErrorKind
@@ -105,6 +105,18 @@ class JudgeBackend:
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
+
+    async def check_key(self) -> str | None:
+        """Whether the judge rejects our key, without spending tokens: a GET of its model
+        list. The rejection (HTTP 401/403) as a safe one-line message; None when the key is
+        taken or the endpoint cannot tell (no such route, unreachable: the comparisons say)."""
+        try:
+            await self._clients[0].models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            return safe_message(describe(exc, self._settings))  # the registered secrets
+        except Exception:  # anything else is not a verdict on the key
+            return None
+        return None
 
     def _abstain(self, exc: BaseException, **usage: int) -> Verdict:
         """The item's abstention for `exc`; a bug (internal_error) is logged here, once."""

@@ -44,6 +44,49 @@ def always_first(prompt: str, first: str, second: str) -> str:
     return "A"
 
 
+WAIT_S = 120.0  # how long a test waits for calls to arrive before it fails
+
+
+class CallCount:
+    """Calls being answered now and the most at once. Another thread (a test) can wait for
+    a count, and `hold_until(n)` makes calls wait until n are in flight together, so that a
+    concurrency limit is reached however slow the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self._changed = threading.Condition()
+        self._hold: int | None = None
+        self._gate: asyncio.Event | None = None  # made in the server's event loop
+
+    def hold_until(self, calls: int | None) -> None:
+        """From now on calls wait until `calls` are in flight (None: they never wait)."""
+        self._hold, self._gate = calls, None
+
+    async def enter(self) -> None:
+        with self._changed:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self._changed.notify_all()
+        if self._hold is not None:
+            self._gate = self._gate or asyncio.Event()
+            if self.now >= self._hold:
+                self._gate.set()  # stays open: later calls pass
+            await self._gate.wait()
+
+    def leave(self) -> None:
+        with self._changed:
+            self.now -= 1
+            self._changed.notify_all()
+
+    def wait_for(self, condition: Callable[[int], bool], timeout_s: float = WAIT_S) -> int:
+        """Block until condition(calls in flight) holds; the count, or AssertionError."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self.now), timeout_s):
+                raise AssertionError(f"{self.now} calls in flight after {timeout_s:g} s")
+            return self.now
+
+
 @dataclass
 class FakeReply:
     """One scripted reply: an error status, a literal content, and/or a delay first."""
@@ -84,8 +127,7 @@ class FakeJudge:
         self.fault_replies = list(fault_replies)
         self.script: deque[FakeReply] = deque()
         self.requests: list[SeenRequest] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.calls = CallCount()
         self._random = random.Random(seed)
 
     def enqueue(self, *replies: FakeReply) -> None:
@@ -97,16 +139,26 @@ class FakeJudge:
             await lifespan(receive, send)
             return
         body = await read_body(receive)
+        if (scope["method"], scope["path"]) == ("GET", "/v1/models"):
+            await self._models(scope, send)
+            return
         if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
             await _send_json(send, 404, {"error": {"message": "not found", "type": "invalid"}})
             return
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            await self.calls.enter()
             status, payload, headers = await self._answer(scope, json.loads(body))
         finally:
-            self.in_flight -= 1
+            self.calls.leave()
         await _send_json(send, status, payload, headers)
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls.now
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.calls.most
 
     async def _answer(self, scope: dict, request: dict) -> tuple[int, dict, dict[str, str]]:
         user = next(m["content"] for m in request["messages"] if m["role"] == "user")
@@ -126,6 +178,14 @@ class FakeJudge:
         prompt = match["prompt"] if match else user
         choice = self.decide(prompt, *(shown or ("", "")))
         return 200, self._completion(request, choice, decided=True), headers
+
+    async def _models(self, scope: dict, send: Callable) -> None:
+        """GET /v1/models: the one model (no tokens; a wrong key is a 401 as for completions)."""
+        if not self._authorised(scope):
+            await _send_json(send, 401, _error("Incorrect API key provided.", "invalid_api_key"))
+            return
+        model = {"id": "fake-judge", "object": "model", "created": 0, "owned_by": "compo"}
+        await _send_json(send, 200, {"object": "list", "data": [model]})
 
     def _next_reply(self) -> FakeReply:
         if self.script:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from oracle_service.testing.fake_judge import (
     SHOWN_PAIR,
+    CallCount,
     completion_body,
     lifespan,
     prefer_longer,
@@ -98,7 +99,7 @@ class HostileJudge:
         self.huge_error_bytes = huge_error_bytes  # the size of a huge_error reply's body
         self.huge_error_status = huge_error_status  # 200: the same body as a non-completion
         self.served: list[Served] = []
-        self.in_flight = 0  # calls being answered right now
+        self.calls = CallCount()  # calls being answered right now
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
@@ -122,7 +123,11 @@ class HostileJudge:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        request = json.loads(await read_body(receive))
+        body = await read_body(receive)
+        if scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
+            await send_bytes(send, 404, error_body("not found"))  # e.g. GET /v1/models
+            return
+        request = json.loads(body)
         user = next(m["content"] for m in request["messages"] if m["role"] == "user")
         match = SHOWN_PAIR.search(user)
         prompt = match["prompt"] if match else user
@@ -130,13 +135,17 @@ class HostileJudge:
         started = time.monotonic()
         await asyncio.sleep(self.latency_s)
         finished = False
-        self.in_flight += 1
         try:
+            await self.calls.enter()
             await self._reply(kind, scope, receive, send, request, match)
             finished = True
         finally:
-            self.in_flight -= 1
+            self.calls.leave()
             self.served.append(Served(prompt, kind, finished, started))
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls.now
 
     async def _reply(self, kind, scope, receive, send, request, match) -> None:
         if kind == GOOD:

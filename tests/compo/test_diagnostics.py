@@ -81,3 +81,26 @@ def test_progress_bar_shows_the_service_oracle_figures():
         "abst": "3", "len": "40/42"}
     assert progress_figures({"ratio": 0.25, "accepted": True}) == {"ratio": "0.25",
                                                                    "accepted": "True"}
+
+
+@pytest.mark.parametrize("kind", ["service", "likelihood"])
+def test_skips_caused_by_abstentions_never_blame_the_radius(kind, caplog):
+    watch = RunWatch(config(kind=kind))
+    cause = ("judge answered auth_error for 24 of 24 comparisons: check "
+             "COMPO_ORACLE_JUDGE_API_KEY on the service")
+    failed = {"accepted": False, "ratio": 0.0, "m": 0, "abstained": 24, "failed": cause}
+    assert watch.observe(failed) == []
+    assert watch.finish() == ["skipped"]
+    message = caplog.records[-1].getMessage()
+    assert cause in message and "1 of them failed because the oracle abstained" in message
+    assert "raise" not in message and "not the cause" in message
+
+
+def test_many_abstentions_below_the_failure_ratio_are_named_too(caplog):
+    watch = RunWatch(config(kind="likelihood"))
+    mostly = {"accepted": False, "ratio": 0.0, "m": 10, "abstained": 14}  # 58% no vote
+    assert watch.observe(mostly) == []
+    assert watch.finish() == ["skipped"]
+    message = caplog.records[-1].getMessage()
+    assert "58% of the directions got no vote" in message and "not the cause" in message
+    assert "raise compo.radius" not in message

@@ -155,7 +155,9 @@ def test_reporter_posts_the_backlog_once_the_service_answers(make_settings, runn
 def test_requests_overlap_generation_up_to_requests_in_flight(
         model_dir, pairs_file, tmp_path, make_settings, running_service, fake_judge, token_env,
         in_flight, most):
-    fake_judge.judge.latency_s = 0.3  # far longer than generating a batch of 2 here
+    # judge calls wait until `most` are in flight together: the window fills on any machine
+    # (a client that allowed fewer would stall here and fail; more would show in the max)
+    fake_judge.judge.calls.hold_until(most)
     with running_service(make_settings()) as http:
         config = train_config(model_dir, pairs_file, tmp_path, "overlap", str(http.base_url))
         config.oracle = config.oracle.model_copy(update={"generation_batch_size": 2,

@@ -4,12 +4,11 @@ one cache, whichever replica answers; a replica killed mid-load loses nothing it
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
 
-from oracle_service.testing.fake_judge import BackgroundServer, FakeJudge
+from oracle_service.testing.fake_judge import WAIT_S, BackgroundServer, FakeJudge
 from oracle_service.testing.processes import ServiceProcess
 from tests.oracle_service.conftest import JUDGE_KEY, TOKEN
 
@@ -64,6 +63,7 @@ def test_two_replicas_share_statistics_and_cache(replica_settings, fake_judge, t
 def test_a_replica_killed_mid_load_loses_nothing_it_answered(replica_settings, tmp_path):
     judge = FakeJudge(api_key=JUDGE_KEY, latency_s=0.05)
     answered: list[dict] = []
+    enough = threading.Event()  # 60 verdicts are in: kill the replica under load
     with BackgroundServer(judge) as upstream:
         settings = {**replica_settings, "judge_base_url": f"{upstream.url}/v1"}
         with ServiceProcess(settings, tmp_path / "victim.log") as victim, \
@@ -73,14 +73,15 @@ def test_a_replica_killed_mid_load_loses_nothing_it_answered(replica_settings, t
                 for start in range(worker * 1000, worker * 1000 + 1000, 4):
                     try:
                         answered.extend(post(victim.url, items("load", 4, start)))
+                        if len(answered) >= 60:
+                            enough.set()
                     except (httpx.TransportError, AssertionError):
                         return  # the replica is gone
 
             threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
             for thread in threads:
                 thread.start()
-            while len(answered) < 60:
-                time.sleep(0.01)
+            assert enough.wait(WAIT_S), f"only {len(answered)} verdicts under load"
             victim.kill()
             for thread in threads:
                 thread.join()

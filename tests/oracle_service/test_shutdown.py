@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 
@@ -13,7 +12,7 @@ from oracle_service.testing.processes import ServiceProcess
 from tests.oracle_service.conftest import JUDGE_KEY, TOKEN
 
 SHUTDOWN_S = 1.0
-SLACK_S = 3.0  # closing the store and the judge clients, process exit
+HUNG_S = 120  # how long the hung judge call would hold a process that waited for it
 
 
 def test_sigterm_with_a_hung_judge_call_exits_in_time(tmp_path):
@@ -21,7 +20,8 @@ def test_sigterm_with_a_hung_judge_call_exits_in_time(tmp_path):
     with BackgroundServer(judge) as upstream:
         settings = {"api_token": TOKEN, "judge_base_url": f"{upstream.url}/v1",
                     "judge_api_key": JUDGE_KEY, "db_path": tmp_path / "oracle.sqlite3",
-                    "judge_timeout_s": 120, "item_deadline_s": 120, "request_deadline_s": 120,
+                    "judge_timeout_s": HUNG_S, "item_deadline_s": HUNG_S,
+                    "request_deadline_s": HUNG_S,
                     "shutdown_timeout_s": SHUTDOWN_S}  # fmt: skip
         replica = ServiceProcess(settings, tmp_path / "replica.log").start()
         body = {"items": [{"prompt": "p", "response_a": "x", "response_b": "yy"}]}
@@ -34,11 +34,10 @@ def test_sigterm_with_a_hung_judge_call_exits_in_time(tmp_path):
                 pass  # the replica went away: expected
 
         threading.Thread(target=send, daemon=True).start()
-        while judge.in_flight == 0:
-            time.sleep(0.05)
+        judge.calls.wait_for(lambda calls: calls == 1)  # the judge call hangs
         took = replica.terminate()
-        deadline = time.monotonic() + 5.0
-        while judge.in_flight and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert took < SHUTDOWN_S + SLACK_S, took
-    assert judge.in_flight == 0  # the hung call was closed, not left behind
+        left = judge.calls.wait_for(lambda calls: calls == 0)  # its connection was closed
+    # it did not wait for the hung call (shutdown_timeout_s, then the open request is cut;
+    # the bound is far from both, so a busy machine does not fail it)
+    assert took < HUNG_S / 4, took
+    assert left == 0  # the hung call was closed, not left behind

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,9 +12,11 @@ import yaml
 
 from compo.fileio import read_tensors
 from compo.rundir import RunDirectory
+from compo.testhooks import PAUSE_ENV, PAUSED
 from compo.train import ComPOTrainer, start_run
+from tests.conftest import read_until
 
-SLOW_M = 256  # perturbations per iteration: iterations long enough to kill the run mid-way
+SLOW_M = 256  # perturbations per iteration
 EPOCHS = 3
 ITERATIONS = 4 * EPOCHS  # 4 pairs per epoch
 TIMEOUT_S = 300
@@ -43,20 +44,19 @@ def test_coordinator_killed_then_resumed_matches_the_uninterrupted_run(ray_local
     reference = config.model_copy(update={"ray": None, "run_id": "reference"})
     expected = ComPOTrainer(reference, start_run(reference)).run(progress=False)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the run stops after iteration 2's step, before its checkpoint (compo/testhooks.py)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PAUSE_ENV: "iteration-2:"})
     process = subprocess.Popen(
         [sys.executable, "-m", "compo.cli", "train", "--config", job_yaml(tmp_path / "job.yaml",
          config), "--ray-address", ray_local, "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     run_dir = RunDirectory(tmp_path / "runs" / "cut")
-    deadline = time.time() + TIMEOUT_S
-    while time.time() < deadline and checkpointed(run_dir) < 2 and process.poll() is None:
-        time.sleep(0.05)
+    read_until(process.stderr, PAUSED)
     process.send_signal(signal.SIGKILL)  # no chance to save anything
     _, stderr = process.communicate(timeout=TIMEOUT_S)
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
     done = run_dir.load_checkpoint().iterations_done
-    assert 2 <= done < ITERATIONS
+    assert done == 2 == checkpointed(run_dir)
 
     resumed = compo("train", "--resume", str(run_dir.path), "--ray-address", ray_local,
                     "--no-progress")

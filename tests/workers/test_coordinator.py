@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from workers.coordinator import RayVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 M = 64  # perturbations per iteration in make_config
-FROZEN_S = 8.0  # how long the unreachable worker stays stopped (> straggler timeout)
 
 
 def test_one_two_three_workers_give_bit_identical_weights(make_config, train_ray,
@@ -102,26 +100,34 @@ def test_killed_worker_mid_iteration_changes_nothing(count, restarts, make_confi
 
 def test_unreachable_worker_has_its_chunks_redone_elsewhere(make_config, train_ray,
                                                             local_weights):
-    stopped = []
+    stopped, resumed = [], []
 
-    def freeze_once(source, done, total):
+    def freeze_until_the_votes_are_in(source, done, total):
+        """Stop worker-0 in iteration 1; let it go on once that iteration has every vote
+        (so its chunks were redone elsewhere, however long that took)."""
         if source.group.round == 2 and not stopped:
             pid = next(w for w in source.workers if w.name == "worker-0").pid
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
-            threading.Timer(FROZEN_S, resume, (pid,)).start()
+        elif stopped and not resumed and (done == total or source.group.round > 2):
+            resumed.append(resume(stopped[0]))
 
     config = make_config("frozen", {"num_workers": 2, "chunk_size": 8,
                                     "straggler_timeout_s": 2.0})
-    weights, trainer = train_ray(config, on_votes=freeze_once)
+    try:
+        weights, trainer = train_ray(config, on_votes=freeze_until_the_votes_are_in)
+    finally:
+        for pid in stopped:
+            resume(pid)
     rows = trainer.run_dir.metrics()
     assert stopped and torch.equal(weights, local_weights)
     assert rows[1]["ray"]["redispatched"] >= 1 and rows[1]["ray"]["failures"] == 0
 
 
-def resume(pid: int) -> None:
+def resume(pid: int) -> int:
     with contextlib.suppress(ProcessLookupError):  # the run may have ended and killed it
         os.kill(pid, signal.SIGCONT)
+    return pid
 
 
 @pytest.mark.parametrize("count", [1, 2])

@@ -50,7 +50,7 @@ def head(tmp_path_factory):
     while time.time() < deadline and not ready(bin_dir, address, env):
         assert process.poll() is None, "ray start --head exited"
         time.sleep(1)
-    yield address, bin_dir, env
+    yield address, bin_dir, env, gcs
     process.send_signal(signal.SIGTERM)  # --block: stops the processes it started
     process.wait(timeout=TIMEOUT_S)
     log.close()
@@ -73,7 +73,7 @@ def ready(bin_dir: Path, address: str, env: dict) -> bool:
 
 @pytest.mark.slow
 def test_ray_job_submit_runs_compo_train(head, make_config, local_weights, tmp_path):
-    address, bin_dir, env = head
+    address, bin_dir, env, _ = head
     config = make_config("job", {"num_workers": 2}).model_copy(
         update={"output_dir": str(tmp_path / "runs")})
     job = tmp_path / "job.yaml"
@@ -98,7 +98,7 @@ def test_ray_job_submit_runs_compo_train(head, make_config, local_weights, tmp_p
 def test_relative_paths_resolve_where_ray_start_ran(head, tmp_path):
     """deploy/README: a job's command runs in the directory `ray start --head` ran in, not
     in the one `ray job submit` is typed in."""
-    address, bin_dir, env = head
+    address, bin_dir, env, _ = head
     command = [str(bin_dir / "ray"), "job", "submit", "--address", address, "--",
                "python", "-c", "import os; print('cwd=' + os.getcwd())"]
     deadline = time.time() + TIMEOUT_S
@@ -111,3 +111,22 @@ def test_relative_paths_resolve_where_ray_start_ran(head, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     [shown] = [line for line in result.stdout.splitlines() if line.startswith("cwd=")]
     assert shown == f"cwd={os.getcwd()}" and os.getcwd() != str(tmp_path)
+
+
+def test_a_client_without_the_clusters_token_gets_one_line(head, make_config, tmp_path):
+    """Token authentication on (RAY_AUTH_MODE=token on the head), and a shell without the
+    token: one line naming the variables, no traceback, no run directory."""
+    _, bin_dir, env, gcs = head
+    config = make_config("no-token", {"num_workers": 1}).model_copy(
+        update={"output_dir": str(tmp_path / "runs")})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    shell = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    shell["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    result = subprocess.run([str(bin_dir / "compo"), "train", "--config", str(job),
+                             "--ray-address", f"127.0.0.1:{gcs}", "--no-progress"],
+                            capture_output=True, text=True, env=shell, timeout=TIMEOUT_S)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "token authentication" in lines[0] and "RAY_AUTH_TOKEN=" in lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ import yaml
 
 from compo.cli.main import build_parser
 from compo.fileio import read_tensors
+from compo.testhooks import PAUSE_ENV, PAUSED
+from tests.conftest import read_until
 
 SUBCOMMANDS = ["demo", "split", "train", "probe", "apply-delta", "serve"]
 
@@ -54,6 +55,14 @@ def test_split_then_train_then_apply_delta(tmp_path, model_dir, pairs_file):
     result = compo("train", "--config", str(config), "--run-id", "r1", "--no-progress")
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "r1"
+    # --no-progress: a log line every 10 iterations (and at the end); a summary in any mode
+    progress = [line for line in result.stderr.splitlines() if "compo.progress" in line]
+    assert [line.split(": ")[1].split()[1] for line in progress] == ["10/12", "12/12"]
+    accepted = sum(json.loads(line)["accepted"] for line in open(run / "metrics.jsonl"))
+    summary = result.stdout.splitlines()[-2:]
+    assert summary[0] == f"ComPO: {accepted}/12 iterations accepted"
+    assert summary[1].startswith("mean change of log pi(y+): ")
+    assert summary[1].endswith("(4 trained pairs)") and "mean margin " in summary[1]
     result = compo("apply-delta", "--base", str(model_dir), "--delta",
                    str(run / "delta.safetensors"), "--out", str(tmp_path / "rebuilt"))
     assert result.returncode == 0, result.stderr
@@ -82,20 +91,20 @@ def test_ctrl_c_leaves_a_resumable_run_that_matches(tmp_path, model_dir, pairs_f
     config = train_yaml(tmp_path, model_dir, pairs_file)
     full = compo("train", "--config", str(config), "--run-id", "full", "--no-progress")
     assert full.returncode == 0, full.stderr
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    release = tmp_path / "release"  # the paused run goes on once this file exists
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PAUSE_ENV: f"iteration-1:{release}"})
     process = subprocess.Popen(
         [sys.executable, "-m", "compo.cli", "train", "--config", str(config), "--run-id",
          "cut", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    metrics = tmp_path / "runs" / "cut" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or not metrics.read_text()):
-        time.sleep(0.05)
+    read_until(process.stderr, PAUSED)  # iteration 1 voted and stepped, not saved yet
     process.send_signal(signal.SIGINT)
+    read_until(process.stderr, "interrupt: finishing this iteration")
+    release.touch()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr.decode()
     assert b"compo train --resume" in stderr
     done = json.loads((tmp_path / "runs" / "cut" / "checkpoint.json").read_text())
-    assert 1 <= done["iterations_done"] < 12
+    assert done["iterations_done"] == 2  # the interrupted iteration was finished and saved
     resumed = compo("train", "--resume", str(tmp_path / "runs" / "cut"), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     head = "final/model.safetensors"

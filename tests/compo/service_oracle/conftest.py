@@ -10,6 +10,7 @@ from tests.oracle_service.conftest import (  # noqa: F401 (the service oracle's 
     api_token,
     fake_judge,
     make_settings,
+    post_compare,
     running_service,
 )
 

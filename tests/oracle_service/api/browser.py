@@ -20,7 +20,7 @@ REQUIRE_ENV = "COMPO_REQUIRE_BROWSER"  # set by .ci/run: a missing browser fails
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--window-size=1400,1460")
-WAIT_S = 30.0
+WAIT_S = 120.0  # a guard: a busy machine renders slowly
 POLL_S = 0.05
 
 

@@ -191,6 +191,52 @@ def test_readyz_reports_ready_only_while_running(make_settings):
     assert asyncio.run(probe()) == 503  # lifespan not run: nothing opened yet
 
 
+def readiness(app) -> list[tuple[int, dict]]:
+    """/readyz before and after the background key check, with the app's lifespan run."""
+    import asyncio
+
+    async def probe() -> list[tuple[int, dict]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                first = await client.get("/readyz")
+                await app.state.key_task  # the check /readyz started in the background
+                second = await client.get("/readyz")
+        return [(r.status_code, r.json()) for r in (first, second)]
+
+    return asyncio.run(probe())
+
+
+def test_readyz_is_not_ready_when_the_judge_rejects_the_key(make_settings, fake_judge):
+    (status, body), (later, problem) = readiness(create_app(make_settings(
+        judge_api_key="sk-not-the-judges-key")))
+    assert (status, body["key"]) == (200, "pending")  # never waits for the judge
+    assert later == 503 and problem["status"] == "judge rejected the key"
+    assert "HTTP 401" in problem["detail"] and "sk-not-the-judges-key" not in str(problem)
+    assert problem["fix"] == "check COMPO_ORACLE_JUDGE_API_KEY on the service"
+    assert fake_judge.judge.requests == []  # a model list, not a (paid) completion
+
+
+def test_readyz_with_an_accepted_key(make_settings):
+    assert readiness(create_app(make_settings()))[1] == (
+        200, {"status": "ready", "backend": "judge", "key": "accepted"})
+
+
+def test_preflight_runs_a_canary_comparison_past_the_cache(make_settings, running_service,
+                                                          fake_judge, post_compare):
+    with running_service(make_settings()) as http:
+        canary = {"prompt": "What is 2 + 2?", "response_a": "4", "response_b": "5"}
+        post_compare(http, [canary])
+        assert http.get("/v1/preflight").json() == {"backend": "judge", "ok": True}
+        fake_judge.judge.api_key = "sk-rotated"
+        assert post_compare(http, [canary])[0]["cached"]  # the cache alone hides it
+        refused = http.get("/v1/preflight").json()
+        assert http.get("/v1/preflight", headers={"Authorization": ""}).status_code == 401
+    assert len(fake_judge.judge.requests) == 3  # one comparison, two canaries
+    assert (refused["ok"], refused["kind"]) == (False, "auth_error")
+    assert refused["fix"] == "check COMPO_ORACLE_JUDGE_API_KEY on the service"
+
+
 @pytest.mark.parametrize(
     ("path", "raw", "expected"),
     [

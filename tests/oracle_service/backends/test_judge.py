@@ -21,6 +21,7 @@ from oracle_service.testing.fake_judge import BackgroundServer, FakeReply
 from oracle_service.testing.hostile_judge import HostileJudge
 
 LONG, SHORT = "a long and detailed answer", "short"
+HANG_S = 60.0  # a judge reply that never comes in time (the tests cut it far sooner)
 
 
 def run_judge(settings: Settings, items: Sequence[ComparisonItem]) -> list[Verdict]:
@@ -70,7 +71,7 @@ def test_retry_after_is_honoured_without_multiplied_attempts(make_settings, fake
 
     assert verdict.label is VerdictLabel.A
     first, second = fake_judge.judge.requests  # exactly two attempts: no hidden client retries
-    assert 0.95 <= second.at - first.at < 3.0
+    assert second.at - first.at >= 0.95  # the second waited the 1 s asked for
 
 
 def test_server_errors_retry_then_succeed(make_settings, fake_judge):
@@ -89,13 +90,13 @@ def test_server_errors_exhaust_retries_into_an_abstention(make_settings, fake_ju
 
 
 def test_timeouts_retry_then_abstain(make_settings, fake_judge):
-    fake_judge.judge.enqueue(FakeReply(delay_s=2.0), FakeReply(delay_s=2.0))
+    fake_judge.judge.enqueue(FakeReply(delay_s=HANG_S), FakeReply(delay_s=HANG_S))
     settings = make_settings(judge_timeout_s=0.3, retry_max_attempts=2)
     started = time.monotonic()
     [verdict] = run_judge(settings, [one()])
     assert_abstained(verdict, ErrorKind.TIMEOUT)
     assert len(fake_judge.judge.requests) == 2
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < HANG_S / 2  # both calls were cut, not waited for
 
 
 def test_malformed_output_abstains_and_is_not_retried(make_settings, fake_judge):
@@ -135,7 +136,7 @@ def test_non_retryable_errors_fail_fast(make_settings, fake_judge, reply, api_ke
 
 
 def test_concurrency_is_bounded(make_settings, fake_judge):
-    fake_judge.judge.latency_s = 0.1
+    fake_judge.judge.calls.hold_until(3)  # calls wait until 3 are in flight together
     items = [one(f"prompt {i}") for i in range(12)]
     verdicts = run_judge(make_settings(judge_max_concurrency=3), items)
     assert all(v.label is VerdictLabel.A for v in verdicts)
@@ -147,7 +148,8 @@ def test_requests_per_minute_limit_spaces_calls(make_settings, fake_judge):
     run_judge(settings, [one(f"prompt {i}") for i in range(5)])
     arrivals = sorted(r.at for r in fake_judge.judge.requests)
     assert len(arrivals) == 5
-    assert 0.35 <= arrivals[-1] - arrivals[0] < 1.5  # 4 gaps of 0.1 s (unlimited: ~0.01 s)
+    # 4 gaps of 0.1 s (unlimited: ~0.01 s); the bucket's exact pacing: core/test_batching.py
+    assert arrivals[-1] - arrivals[0] >= 0.35
 
 
 def test_a_bug_abstains_as_internal_error_and_is_logged_once_with_its_traceback(

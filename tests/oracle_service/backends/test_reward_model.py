@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,6 +66,9 @@ def reference_scores(path: Path, texts: list[str]) -> list[float]:
         return [model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item() for text in texts]
 
 
+FILL_WAIT_MS = 60_000.0  # only a lost request would make a micro-batch wait this long
+
+
 def pairs() -> list[tuple[str, str, str]]:
     return [(PROMPTS[i % 4], RESPONSES[i], RESPONSES[(i + 3) % 8]) for i in range(8)]
 
@@ -123,8 +126,9 @@ def test_verdicts_follow_score_differences(reward_model_dir, tmp_path, running_s
 def test_concurrent_requests_are_coalesced_into_micro_batches(
     reward_model_dir, tmp_path, running_service
 ):
+    # the micro-batch goes out when its 8th pair arrives, however slowly they come
     settings = reward_settings(
-        reward_model_dir, tmp_path, reward_max_wait_ms=300.0, reward_max_batch_size=16
+        reward_model_dir, tmp_path, reward_max_wait_ms=FILL_WAIT_MS, reward_max_batch_size=8
     )
     with running_service(settings) as http:
         base_url = str(http.base_url)
@@ -144,10 +148,12 @@ def test_concurrent_requests_are_coalesced_into_micro_batches(
     batches = float(re.search(r"^oracle_backend_batch_size_count (\S+)$", metrics, re.M)[1])
     pairs_scored = float(re.search(r"^oracle_backend_batch_size_sum (\S+)$", metrics, re.M)[1])
     assert pairs_scored == 8  # 8 single-item HTTP requests ...
-    assert batches <= 2  # ... answered by one or two forward passes
+    assert batches == 1  # ... answered by one forward pass
 
 
-def run_backend(backend, items, deadline_in_s: float | None = None):
+def run_backend(backend, items, deadline_in_s: float | None = None,
+                release: threading.Event | None = None):
+    """The backend's verdicts; `release` is set once they are in (a held scorer goes on)."""
     async def go():
         try:
             deadline = None
@@ -155,6 +161,8 @@ def run_backend(backend, items, deadline_in_s: float | None = None):
                 deadline = asyncio.get_running_loop().time() + deadline_in_s
             return await backend.compare(items, deadline)
         finally:
+            if release is not None:
+                release.set()
             await backend.aclose()
 
     return asyncio.run(go())
@@ -183,6 +191,7 @@ def test_one_failing_item_abstains_alone_and_late_items_abstain(reward_model_dir
     assert [v.label for v in verdicts[:4] + verdicts[5:]] == expected
 
     slow = RewardModelBackend(settings)
-    slow.score_pairs = lambda batch: time.sleep(1.0) or real(batch)
-    late = run_backend(slow, items[:2], deadline_in_s=0.2)
+    release = threading.Event()  # the scorer answers only after the deadline has passed
+    slow.score_pairs = lambda batch: release.wait() and real(batch)
+    late = run_backend(slow, items[:2], deadline_in_s=0.2, release=release)
     assert [v.error.kind.value for v in late] == ["deadline_exceeded"] * 2
