@@ -12,6 +12,7 @@ from compo.config import (
     OracleConfig,
     TrainConfig,
 )
+from oracle_service.api.health import CANARY
 
 TOKEN_ENV = "COMPO_TEST_ORACLE_TOKEN"  # the run reads its token from here
 PERTURBATIONS = 24
@@ -32,7 +33,11 @@ def score(text: str, first: str, second: str) -> int:
 
 
 def scripted_judge(prompt: str, first: str, second: str) -> str:
-    """Crash (HTTP 500), talk nonsense, or prefer the response with the larger score."""
+    """Crash (HTTP 500), talk nonsense, or prefer the response with the larger score; the
+    service's canary question (oracle_service/api/health.py) it answers right, as any
+    working judge does."""
+    if prompt == CANARY.prompt:
+        return "A" if first == CANARY.response_a else "B"
     if bucket(first, second) == CRASH:
         raise RuntimeError("scripted judge crash")
     if bucket(first, second) == MALFORMED:

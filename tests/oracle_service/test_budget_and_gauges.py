@@ -103,7 +103,7 @@ def test_a_budget_of_two_iterations_stops_the_run_after_two(
         err = [line for line in capsys.readouterr().err.splitlines()
                if line.startswith("error:")]
         run_dir = RunDirectory(tmp_path / "runs" / "capped")
-        assert len(run_dir.metrics()) == 2 and run_dir.load_checkpoint().iterations_done == 2
+        assert len(run_dir.metrics()) == 2 and run_dir.load_checkpoint().iterations_done == 2, err
         assert len(err) == 1 and err[0].startswith(
             "error: judge budget reached at iteration 2: run capped's judge budget is spent: ")
         assert "(oracle.budget_usd;" in err[0] and "compo train --resume" in err[0]

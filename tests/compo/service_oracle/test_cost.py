@@ -11,6 +11,7 @@ from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, Tra
 from compo.data.formats import TokenizedPair
 from compo.service_oracle.cost import cost_lines, estimate_cost
 from compo.train import ComPOTrainer, start_run
+from oracle_service.api.health import CANARY
 from oracle_service.schemas import ServiceLimits
 from tests.oracle_service.scripted import TOKEN_ENV, train_config
 
@@ -50,7 +51,8 @@ def test_compo_probe_prints_the_cost_a_run_then_stays_under(
         printed = float(out.split(" per iteration, ")[0].rsplit("$", 1)[1])
         trainer = ComPOTrainer(config, start_run(config))
         trainer.run(progress=False)
-        calls = len(fake_judge.judge.requests)
+        canary = {(CANARY.response_a, CANARY.response_b), (CANARY.response_b, CANARY.response_a)}
+        calls = sum(request.shown not in canary for request in fake_judge.judge.requests)
     rows = trainer.run_dir.metrics()
     comparisons = (config.compo.num_perturbations + config.oracle.signal_checks) * len(rows)
     assert f"{comparisons // len(rows)} comparisons = {comparisons // len(rows)} judge calls" \
