@@ -381,23 +381,3 @@ class SplitConfig(StrictModel):
             raise ValueError("delta must be a finite number of nats, e.g. 3.0")
         return self
 
-
-class ChesConfig(StrictModel):
-    """CHES score (Razin et al. 2024): a high score predicts that a direct method will
-    lower log pi(y+) on the pair (likelihood displacement)."""
-
-    enabled: bool = Field(True, description="compute CHES next to the margin (the report "
-                          "shows how the two criteria overlap)")
-    length_normalized: bool = Field(
-        True, description="average the hidden embeddings over tokens (ln-CHES) instead of "
-        "summing them; the sum favours long responses")
-    top_fraction: float | None = Field(
-        None, gt=0, le=1, description="noisy = this fraction of pairs with the highest CHES")
-    threshold: float | None = Field(None, description="noisy = CHES >= threshold")
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> ChesConfig:
-        if self.top_fraction is not None and self.threshold is not None:
-            raise ValueError("set either ches.top_fraction or ches.threshold, not both "
-                             "(neither: as many pairs as the margin marks noisy)")
-        return self

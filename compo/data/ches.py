@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from compo.config import ChesConfig
+from compo.config import StrictModel
 from compo.data.formats import TokenizedPair
 from compo.data.split import CriterionResult, margin_report
 from compo.model.scoring import head_inputs, pair_sequences
@@ -24,6 +25,27 @@ QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 # (noisy by margin, noisy by CHES) -> name of the group
 OVERLAP_GROUPS = {(True, True): "both noisy", (True, False): "margin only",
                   (False, True): "CHES only", (False, False): "neither (clean)"}
+
+
+class ChesConfig(StrictModel):
+    """CHES score (Razin et al. 2024): a high score predicts that a direct method will
+    lower log pi(y+) on the pair (likelihood displacement)."""
+
+    enabled: bool = Field(True, description="compute CHES next to the margin (the report "
+                          "shows how the two criteria overlap)")
+    length_normalized: bool = Field(
+        True, description="average the hidden embeddings over tokens (ln-CHES) instead of "
+        "summing them; the sum favours long responses")
+    top_fraction: float | None = Field(
+        None, gt=0, le=1, description="noisy = this fraction of pairs with the highest CHES")
+    threshold: float | None = Field(None, description="noisy = CHES >= threshold")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ChesConfig:
+        if self.top_fraction is not None and self.threshold is not None:
+            raise ValueError("set either ches.top_fraction or ches.threshold, not both "
+                             "(neither: as many pairs as the margin marks noisy)")
+        return self
 
 
 def response_embeddings(model: nn.Module, pairs: Sequence[TokenizedPair], pad_id: int,

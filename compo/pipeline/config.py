@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compo.config import ChesConfig, DataConfig, ModelConfig, StrictModel
+from compo.config import DataConfig, ModelConfig, StrictModel
+from compo.data.ches import ChesConfig
 from compo.data.ropo import RopoConfig
 from compo.eval.config import GenerationConfig, JudgeConfig
 from compo.trackers import tracker_names

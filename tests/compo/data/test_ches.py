@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from compo.config import ChesConfig, DataConfig, ModelConfig, SplitConfig
+from compo.config import DataConfig, ModelConfig, SplitConfig
 from compo.data.ches import (
+    ChesConfig,
     ches_criterion,
     ches_from_embeddings,
     ches_noisy_mask,
