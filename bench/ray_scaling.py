@@ -156,7 +156,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--perturbations", type=int, default=400)
     parser.add_argument("--iterations", type=int, default=4, help="measured, after warm-up")
-    parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--chunk-size", type=lambda v: v if v == "auto" else int(v),
+                        default="auto", help="ray.chunk_size: auto or a number")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--oracle", choices=["likelihood", "judge"], default="likelihood")

@@ -7,7 +7,7 @@ with an error that names the file and the field and says how to fix it.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -169,9 +169,10 @@ class RayConfig(StrictModel):
         "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="placement group strategy: PACK fills nodes, SPREAD uses many")
-    chunk_size: int = Field(
-        16, gt=0, description="perturbation indices per task; fixed, never derived from the "
-        "worker count, so every topology computes each vote in the same grouping")
+    chunk_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="perturbation indices per task; auto: about 4 chunks per live "
+        "worker (m / (4 workers), at least 1, whole oracle.generation_batch_size batches), "
+        "so every worker is busy; or a fixed number. Votes never depend on it")
     tasks_in_flight: int = Field(2, gt=0, description="chunks queued per worker at a time")
     straggler_timeout_s: float = Field(
         300.0, gt=0, description="a worker silent this long while holding chunks is treated "
@@ -348,7 +349,8 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _chunks_hold_whole_generation_batches(self) -> TrainConfig:
         size, batch = self.ray and self.ray.chunk_size, self.oracle.generation_batch_size
-        if self.oracle.kind == "service" and size is not None and batch and size % batch:
+        fixed = isinstance(size, int)  # auto is sized in whole generation batches
+        if self.oracle.kind == "service" and fixed and batch and size % batch:
             raise ValueError(
                 f"ray.chunk_size ({size}) must be a multiple of oracle.generation_batch_size "
                 f"({batch}), so every topology generates the same batches (e.g. chunk_size: "

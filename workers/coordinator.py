@@ -56,7 +56,8 @@ class RayVoteSource:
                                            self.settings)
         self.group = WorkerGroup(self.settings, start_pool(config, self.settings, count,
                                                            self.use_gpu, service))
-        self.chunks = ChunkQueue(self.settings)
+        batch = config.oracle.generation_batch_size if self.generative else None
+        self.chunks = ChunkQueue(self.settings, batch)
         self.group.on_lost = self.chunks.hand_back
         self.oracle_counts: Counter = Counter()  # service oracle: counts of the answers used
 
@@ -88,7 +89,7 @@ class RayVoteSource:
         base = self.base_responses(seed, iteration) if self.generative else None
         out = np.zeros(len(indices), dtype=np.int8)
         group.stats.perturbations = len(indices)
-        self.chunks.reset(indices)
+        self.chunks.reset(indices, sum(not w.dead for w in group.workers))
         remaining, group.last_progress = len(indices), time.monotonic()
         bar = tqdm(total=len(indices), desc=f"votes {iteration}", unit="vote", leave=False,
                    disable=not self.progress)

@@ -1,12 +1,14 @@
-"""The chunk queue of one iteration's votes: fixed chunks of perturbation indices, which
-are queued and which worker holds which, re-dispatch of the chunks of failed or straggling
-workers within ray.max_redispatch. Plain Python: sending a chunk is a function it is given
-(the coordinator's Ray call), so it is tested without a cluster.
+"""The chunk queue of one iteration's votes: chunks of perturbation indices (ray.chunk_size;
+auto: sized from m and the live workers so every worker is busy), which are queued and
+which worker holds which, re-dispatch of the chunks of failed or straggling workers within
+ray.max_redispatch. Plain Python: sending a chunk is a function it is given (the
+coordinator's Ray call), so it is tested without a cluster.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +30,21 @@ class Chunk:
     done: bool = False
 
 
+CHUNKS_PER_WORKER = 4  # auto: a worker holds tasks_in_flight (2) and has as many queued
+
+
+def chunk_length(setting: int | str, count: int, workers: int, batch: int | None = None) -> int:
+    """Indices per chunk: ray.chunk_size as set, or auto: about CHUNKS_PER_WORKER chunks per
+    worker, at least 1, rounded up to whole generation batches of `batch` (service oracle).
+    Votes are the same for any chunking (the tests compare topologies bit for bit)."""
+    if setting != "auto":
+        return int(setting)
+    size = max(1, math.ceil(count / (max(1, workers) * CHUNKS_PER_WORKER)))
+    return batch * math.ceil(size / batch) if batch else size
+
+
 def make_chunks(indices: Sequence[int], size: int) -> list[Chunk]:
-    """Fixed chunks of the index list, independent of the number of workers."""
+    """Chunks of `size` consecutive entries of the index list."""
     chunks = []
     for first in range(0, len(indices), size):
         part = [int(i) for i in indices[first : first + size]]
@@ -46,15 +61,17 @@ class ChunkQueue:
     """Queued chunks and the calls that hold the others. A worker is any object with the
     fields `name`, `in_flight` (chunks it holds) and `last_heard` (monotonic seconds)."""
 
-    def __init__(self, settings: RayConfig):
-        self.settings = settings
+    def __init__(self, settings: RayConfig, batch: int | None = None):
+        self.settings, self.batch = settings, batch  # batch: the service's generation batch
         self.queue: deque[Chunk] = deque()
         self.tasks: dict[Any, tuple[Chunk, Any]] = {}
         self.redispatched = 0
 
-    def reset(self, indices: Sequence[int]) -> None:
-        """A new request: all its chunks queued, nothing held."""
-        self.queue = deque(make_chunks(indices, self.settings.chunk_size))
+    def reset(self, indices: Sequence[int], workers: int = 1) -> None:
+        """A new request: all its chunks queued (sized for `workers` live workers when
+        ray.chunk_size is auto), nothing held."""
+        size = chunk_length(self.settings.chunk_size, len(indices), workers, self.batch)
+        self.queue = deque(make_chunks(indices, size))
         self.tasks = {}
 
     def refs(self) -> list:

@@ -11,6 +11,7 @@ import yaml
 from compo.cli.main import build_parser
 from compo.config import TrainConfig
 from compo.config_files import load_config
+from workers.dispatch import chunk_length, make_chunks
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent
@@ -51,7 +52,8 @@ def parse_train(argv: list[str]):
 def test_job_config_is_a_valid_30_gpu_run(job):
     assert job.ray is not None and job.ray.num_workers >= 30 and job.ray.use_gpu is True
     assert job.model.device == "cuda" and job.checkpoint_every == 1
-    assert job.compo.num_perturbations % job.ray.chunk_size == 0
+    workers, m = job.ray.num_workers, job.compo.num_perturbations
+    assert len(make_chunks(range(m), chunk_length(job.ray.chunk_size, m, workers))) >= 2 * workers
     for path in (job.model.path, job.data.path, job.output_dir):
         assert path.startswith("/shared/"), "every node sees these on the shared volume"
 

@@ -51,7 +51,7 @@ def test_answers_for_another_round_version_or_chunk_are_rejected():
 def test_ray_section_is_validated_with_field_names():
     config = parse_config(TrainConfig, {**BASE, "ray": {"num_workers": 30,
                                                         "placement_strategy": "SPREAD"}})
-    assert config.ray.num_workers == 30 and config.ray.chunk_size == 16
+    assert config.ray.num_workers == 30 and config.ray.chunk_size == "auto"
     assert parse_config(TrainConfig, BASE).ray is None
     with pytest.raises(ConfigError, match="ray.num_wrkers: unknown key"):
         parse_config(TrainConfig, {**BASE, "ray": {"num_wrkers": 3}})
@@ -79,6 +79,9 @@ def test_service_oracle_chunks_must_hold_whole_generation_batches():
         parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 12}, "oracle": service})
     parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 16}, "oracle": service})
     parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 12}})  # likelihood: any size
+    parse_config(TrainConfig, {**BASE, "ray": {}, "oracle": service})  # auto: whole batches
+    with pytest.raises(ConfigError, match=r"ray.chunk_size"):
+        parse_config(TrainConfig, {**BASE, "ray": {"chunk_size": 0}})
 
 
 def test_the_plain_worker_and_the_chunk_queue_import_without_ray():
