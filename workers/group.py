@@ -20,7 +20,7 @@ from compo.errors import DistributedError
 from compo.model.export import fingerprint
 from workers.placement import ActorPool, alive_nodes, failure_reason
 from workers.protocol import WeightVersions
-from workers.stats import IterationStats, serialized_size
+from workers.stats import IterationStats, payload_size
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ class WorkerGroup:
     # -- bytes --------------------------------------------------------------------------
 
     def put(self, obj: Any):
-        self.stats.bytes["object_store_puts"] += serialized_size(obj)
+        self.stats.bytes["object_store_puts"] += payload_size(obj)
         return ray.put(obj)
 
     def count(self, kind: str, *objects: Any) -> None:
-        self.stats.bytes[kind] += serialized_size(*objects)
+        self.stats.bytes[kind] += payload_size(*objects)
