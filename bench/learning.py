@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compo import fileio  # noqa: E402
@@ -43,6 +45,7 @@ from oracle_service.backends import reward_fit  # noqa: E402
 from oracle_service.backends.reward_model import RewardModelBackend  # noqa: E402
 from oracle_service.core.settings import Settings  # noqa: E402
 from oracle_service.main import create_app  # noqa: E402
+from oracle_service.reward_cli import evaluate  # noqa: E402
 from oracle_service.schemas import ComparisonItem  # noqa: E402
 from oracle_service.testing.fake_judge import (  # noqa: E402
     BackgroundServer,
@@ -89,7 +92,7 @@ def oracle_url(kind: str, workdir: Path, reward_dir: Path):
     """The service for one oracle kind: reward model, or the fake judge with its taste."""
     db = workdir / f"{kind}.sqlite3"
     if kind in REWARDS:
-        path = reward_dir if kind == "reward" else learning.negated_dir(reward_dir)
+        path = reward_dir if kind == "reward" else negated_dir(reward_dir)
         with service(db, backend="reward_model", reward_model_path=path,
                      reward_device="cpu") as url:
             yield url
@@ -103,6 +106,36 @@ def oracle_url(kind: str, workdir: Path, reward_dir: Path):
     finally:
         stop.set()
         process.join(STARTUP_S)
+
+
+def fit_reward_model(model_dir: Path, rows: list[dict], out: Path,
+                     settings: reward_fit.FitSettings | None = None) -> Path:
+    """What `compo reward-model fit --from-scratch` writes: a small Llama on the start
+    model's tokenizer, fitted on `rows` (Bradley-Terry)."""
+    return reward_fit.fit_reward_model(model_dir, rows, out, settings or reward_fit.FitSettings(),
+                                       reward_fit.ScratchShape())[0]
+
+
+def pair_accuracy(reward_dir: Path, rows: list[dict]) -> float:
+    """Share of pairs whose chosen response the reward model scores above the rejected one
+    (the service's texts, one padded batch)."""
+    return evaluate(reward_dir, rows, reward_fit.FitSettings(batch_size=len(rows)))
+
+
+def negated_dir(reward_dir: Path) -> Path:
+    """Where the negated reward model of `reward_dir` is kept (see negate_reward_model)."""
+    return reward_dir.with_name(reward_dir.name + "-negated")
+
+
+@torch.no_grad()
+def negate_reward_model(reward_dir: Path) -> Path:
+    """The reward model with its scalar head negated (reward -r): the opposite taste, for
+    the contrast of the learning check; saved next to `reward_dir`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    model.score.weight.neg_()
+    return reward_fit.save(model, reward_fit.load_tokenizer(reward_dir), negated_dir(reward_dir))
 
 
 CONTRASTS = (("shorter", "longer"), ("reward", "negated"))  # (taste, its opposite)
@@ -259,15 +292,11 @@ def main() -> None:
             print(json.dumps(default_run(workdir, data, temperature, args.defaults)), flush=True)
         return
     reward_dir = workdir / "reward-model"
-    if not (reward_dir / "config.json").is_file():  # what `compo reward-model fit` runs
-        fit = learning.RewardFit()
-        reward_fit.fit_reward_model(
-            data.model_dir, fileio.read_jsonl(data.train), reward_dir,
-            reward_fit.FitSettings(steps=fit.steps, batch_size=fit.batch, learning_rate=fit.lr),
-            reward_fit.ScratchShape(hidden=fit.hidden, layers=fit.layers))
-    if not (learning.negated_dir(reward_dir) / "config.json").is_file():
-        learning.negate_reward_model(reward_dir)
-    accuracy = learning.pair_accuracy(reward_dir, learning.heldout_rows(data))
+    if not (reward_dir / "config.json").is_file():
+        fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir)
+    if not (negated_dir(reward_dir) / "config.json").is_file():
+        negate_reward_model(reward_dir)
+    accuracy = pair_accuracy(reward_dir, learning.heldout_rows(data))
     print(f"reward model: held-out pair accuracy {accuracy:.1%}")
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -1,6 +1,6 @@
 """`compo reward-model fit`: train the reward model that `backend: reward_model` serves, from
 preference pairs (oracle_service/backends/reward_fit.py). A plugin of the compo CLI
-(entry point `compo.commands`); argparse only at import (torch loads when it runs)."""
+(compo/plugins.py); argparse only at import (torch loads when it runs)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The shape of the house: no import cycles (function-level imports included), `compo/`
-imports without ray, fastapi or uvicorn, files stay small, README's Layout is the tree."""
+imports without ray, fastapi or uvicorn and never `workers/` or the service beyond its wire
+modules, files stay small, README's Layout is the tree."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("compo", "workers", "oracle_service")
 SERVER_SIDE = ("ray", "fastapi", "uvicorn", "starlette")  # never at module level in compo/
 MAX_LINES = 400
+WIRE = ("oracle_service.client", "oracle_service.schemas")  # all of the service compo/ sees
 
 
 def sources() -> list[Path]:
@@ -120,6 +122,28 @@ def test_compo_has_no_module_level_import_of_the_server_side():
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)
     assert offenders == {}
+
+
+def upward(names: set[str]) -> list[str]:
+    """The imported names that point from compo/ up: workers.*, or oracle_service.* beyond
+    WIRE (`from oracle_service import client` names oracle_service.client: allowed)."""
+    return sorted(name for name in names if name.split(".")[0] == "workers" or (
+        name.split(".")[0] == "oracle_service"
+        and not any(name == wire or name.startswith(f"{wire}.") for wire in WIRE)))
+
+
+def test_compo_never_imports_workers_or_the_service_beyond_its_wire_modules():
+    offenders = {str(p.relative_to(ROOT)): bad for p in sources()
+                 if p.relative_to(ROOT).parts[0] == "compo" and (bad := upward(imported(p)))}
+    assert offenders == {}  # placement: compo/plugins.py; shared helpers: the wire modules
+
+
+def test_upward_names_workers_and_the_service_beyond_the_wire():
+    names = {"workers.coordinator.ray_trainer", "oracle_service.schemas.ErrorKind",
+             "oracle_service.client", "oracle_service.clients.x", "oracle_service.fixes.fix_for",
+             "compo.config.TrainConfig", "ray"}
+    assert upward(names) == ["oracle_service.clients.x", "oracle_service.fixes.fix_for",
+                             "workers.coordinator.ray_trainer"]
 
 
 def test_every_compo_module_imports_with_the_server_side_missing():

@@ -1,5 +1,6 @@
 """The `compo` command line: demo, split, train, probe, apply-delta, conformance, the
-pipeline's commands (compo/cli/pipeline.py), and commands of plugins (serve)."""
+pipeline's commands (compo/cli/pipeline.py), and the service's (serve, reward-model:
+compo/plugins.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import logging
 import sys
 
+from compo import plugins
 from compo.cli.errors import explain, is_ray_refusal, ray_refusal
 from compo.cli.pipeline import add_pipeline_commands
 from compo.config import SplitConfig, TrainConfig, in_process_options
@@ -112,8 +114,7 @@ def new_trainer(config: TrainConfig, run_dir, args):
 
     if not (args.ray_address or config.ray is not None):
         return ComPOTrainer(config, run_dir)
-    from workers.coordinator import ray_trainer  # the ray extra
-
+    ray_trainer = plugins.resolve(plugins.PLACEMENTS["ray"])  # workers/: the ray extra
     try:
         return ray_trainer(config, run_dir, args.ray_address, not args.no_progress)
     except Exception as error:
@@ -202,15 +203,6 @@ def cmd_conformance(args) -> int:
     return 0 if all(row.refused is None for row in rows) or not args.model else 1
 
 
-def cmd_serve(args) -> int:
-    from oracle_service.main import main as serve_main
-
-    if args.after_dashes:  # the older spelling: compo serve -- --port 8000
-        rest = args.after_dashes[1:] if args.after_dashes[0] == "--" else args.after_dashes
-        return serve_main(rest)
-    return serve_main(args=args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compo", description=" ".join(__doc__.split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -274,19 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     conform.add_argument("--out", help="also write the table (markdown) to this file")
     conform.set_defaults(func=cmd_conformance)
 
-    from oracle_service import cli as service_cli  # argparse only: no FastAPI here
-
-    serve = sub.add_parser("serve", help="start the comparison oracle service",
-                           description=service_cli.DESCRIPTION)
-    service_cli.add_arguments(serve)
-    serve.add_argument("after_dashes", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    serve.set_defaults(func=cmd_serve)
-
     add_pipeline_commands(sub)  # pipeline, eval, compare, plot
-    # temporary, until commands are plugins (entry points compo.commands, pyproject.toml)
-    from oracle_service.reward_cli import add_reward_model_command  # argparse only
-
-    add_reward_model_command(sub)
+    for command in plugins.COMMANDS:  # serve, reward-model (compo/plugins.py)
+        plugins.resolve(command)(sub)
     return parser
 
 

@@ -1,17 +1,15 @@
-"""Does ComPO learn from votes on generated responses? The pieces of the check on the
-embedded default (bench/learning.py runs it, tests/compo/demo/test_learning.py at a
-smaller scale): a sequence-classification reward model fitted on the demo's training pairs
-(Bradley-Terry), ComPO with the oracle service as its oracle, and greedy responses of the
-start and the trained output layer on held-out prompts."""
+"""Does ComPO learn from votes on generated responses? The library's pieces of the check on
+the embedded default (bench/learning.py runs it with the service's reward model and fake
+judge, tests/compo/demo/test_learning.py at a smaller scale): ComPO with the oracle service
+as its oracle, and responses of the start and the trained output layers on held-out
+prompts."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn import functional
 
 from compo import fileio
 from compo.config import (
@@ -26,7 +24,6 @@ from compo.config import (
 from compo.data.encoding import load_tokenized
 from compo.data.formats import TokenizedPair
 from compo.demo.embedded import EmbeddedData
-from compo.demo.tiny import save_model
 from compo.model.head import head_of, output_layer
 from compo.model.loading import load_model, load_tokenizer
 from compo.service_oracle.generation import (
@@ -36,20 +33,6 @@ from compo.service_oracle.generation import (
     sampling_seed,
 )
 from compo.train import ComPOTrainer, start_run
-from oracle_service.backends.reward_model import format_text
-
-SEPARATOR = "\n\n"  # oracle_service Settings.reward_text_separator's default
-
-
-@dataclass(frozen=True)
-class RewardFit:
-    """The reward model: a tiny Llama with a scalar head, fitted on (chosen, rejected)."""
-
-    hidden: int = 64
-    layers: int = 2
-    steps: int = 150
-    batch: int = 16
-    lr: float = 2e-3
 
 
 @dataclass(frozen=True)
@@ -68,56 +51,6 @@ class LearningSettings:
     temperature: float = 1.0  # oracle.temperature of the run (shared noise: CRN)
     samples: int = 16  # sampled responses per held-out prompt for the expected metrics
     sample_temperature: float = 1.0
-
-
-def reward_texts(tokenizer, rows: list[dict], key: str) -> list[str]:
-    """The texts the service's reward-model backend scores for (prompt, rows[key])."""
-    return [format_text(tokenizer, row["prompt"], row[key], SEPARATOR) for row in rows]
-
-
-def scores(model, tokenizer, texts: list[str]) -> torch.Tensor:
-    """Scalar rewards [N] of the texts (one padded batch)."""
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    return model(**encoded).logits[:, 0]
-
-
-def fit_reward_model(model_dir: Path, rows: list[dict], out: Path, seed: int,
-                     fit: RewardFit = RewardFit()) -> Path:
-    """A LlamaForSequenceClassification on the start model's tokenizer, fitted with the
-    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) on `rows`; saved to `out`."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    tokenizer = load_tokenizer(model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=fit.hidden,
-                         intermediate_size=3 * fit.hidden, num_hidden_layers=fit.layers,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=1024)
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=fit.lr)
-    rng = random.Random(seed)
-    chosen, rejected = (reward_texts(tokenizer, rows, key) for key in ("chosen", "rejected"))
-    for _ in range(fit.steps):
-        batch = rng.sample(range(len(rows)), min(fit.batch, len(rows)))
-        margin = (scores(model, tokenizer, [chosen[i] for i in batch])
-                  - scores(model, tokenizer, [rejected[i] for i in batch]))
-        loss = -functional.logsigmoid(margin).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return save_model(model.eval(), tokenizer, out)
-
-
-@torch.inference_mode()
-def pair_accuracy(reward_dir: Path, rows: list[dict]) -> float:
-    """Share of pairs whose chosen response the reward model scores above the rejected."""
-    from transformers import AutoModelForSequenceClassification
-
-    tokenizer = load_tokenizer(reward_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
-    chosen = scores(model, tokenizer, reward_texts(tokenizer, rows, "chosen"))
-    rejected = scores(model, tokenizer, reward_texts(tokenizer, rows, "rejected"))
-    return float((chosen > rejected).float().mean())
 
 
 def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, seed: int,
@@ -237,19 +170,3 @@ def sampled_responses(model, tokenizer, weight: torch.Tensor, pairs: list[Tokeni
                           generators, tokenizer.eos_token_id).tokens
         out.append([tokenizer.decode(t, skip_special_tokens=True) for t in tokens])
     return out
-
-
-def negated_dir(reward_dir: Path) -> Path:
-    """Where the negated reward model of `reward_dir` is kept (see negate_reward_model)."""
-    return reward_dir.with_name(reward_dir.name + "-negated")
-
-
-@torch.no_grad()
-def negate_reward_model(reward_dir: Path) -> Path:
-    """The reward model with its scalar head negated (reward -r): the opposite taste, for
-    the contrast of the learning check; saved next to `reward_dir`."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
-    model.score.weight.neg_()
-    return save_model(model, load_tokenizer(reward_dir), negated_dir(reward_dir))

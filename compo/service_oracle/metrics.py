@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from compo.abstentions import Abstentions
-from oracle_service.fixes import fix_for
-from oracle_service.schemas import VerdictLabel
+from oracle_service.schemas import VerdictLabel, fix_for
 
 CHECK_SUFFIX = ".check"  # the antithetic signal check is judged under run id <run>.check
 RUN_ID_LIMIT = 128  # characters of a run id (oracle_service.schemas.RUN_ID_PATTERN)

@@ -19,8 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from oracle_service.core.run_metrics import render_run_gauges
 from oracle_service.core.store import StoreError
-from oracle_service.fixes import fix_for
-from oracle_service.schemas import API_PREFIX, ComparisonItem, ErrorKind
+from oracle_service.schemas import API_PREFIX, ComparisonItem, ErrorKind, fix_for
 
 logger = logging.getLogger(__name__)
 open_router = APIRouter(tags=["health"])

@@ -16,8 +16,9 @@ from bench import learning as bench
 from compo import fileio
 from compo.demo import learning
 from compo.demo.embedded import prepare_embedded
+from oracle_service.backends import reward_fit
 
-FIT = learning.RewardFit(steps=60)
+FIT = reward_fit.FitSettings(steps=60)
 SMALL = replace(learning.LearningSettings(), iterations=30, perturbations=48,
                 heldout_prompts=16, samples=8)
 REWARD_SCALE = replace(SMALL, iterations=60)  # at 30 the gap was 0.07-0.15 (seeds 0, 1)
@@ -34,8 +35,8 @@ def embedded(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reward_dir(embedded, tmp_path_factory):
     rows = fileio.read_jsonl(embedded.train)
-    return learning.fit_reward_model(embedded.model_dir, rows,
-                                     tmp_path_factory.mktemp("reward"), seed=0, fit=FIT)
+    return bench.fit_reward_model(embedded.model_dir, rows, tmp_path_factory.mktemp("reward"),
+                                  FIT)
 
 
 def trained_lengths(embedded, workdir, seed: int) -> dict[str, float]:
@@ -79,13 +80,13 @@ def test_held_out_prompts_are_never_trained_on(embedded):
 
 
 def test_the_reward_model_prefers_chosen_responses_it_never_saw(embedded, reward_dir):
-    assert learning.pair_accuracy(reward_dir, learning.heldout_rows(embedded)) > 0.6
+    assert bench.pair_accuracy(reward_dir, learning.heldout_rows(embedded)) > 0.6
 
 
 def test_the_negated_reward_model_has_the_opposite_taste(embedded, reward_dir):
-    negated = learning.negate_reward_model(reward_dir)
+    negated = bench.negate_reward_model(reward_dir)
     rows = learning.heldout_rows(embedded)
-    assert learning.pair_accuracy(negated, rows) < 1 - 0.6
+    assert bench.pair_accuracy(negated, rows) < 1 - 0.6
 
 
 def test_judges_of_opposite_tastes_move_held_out_lengths_apart(embedded, tmp_path,
@@ -98,7 +99,7 @@ def test_judges_of_opposite_tastes_move_held_out_lengths_apart(embedded, tmp_pat
 def test_reward_models_of_opposite_signs_move_held_out_rewards_apart(embedded, reward_dir,
                                                                      tmp_path, monkeypatch):
     monkeypatch.setenv(bench.TOKEN_ENV, bench.TOKEN)
-    learning.negate_reward_model(reward_dir)
+    bench.negate_reward_model(reward_dir)
     reward = trained_rewards(embedded, tmp_path, reward_dir, SEED)
     assert reward["negated"] + MIN_REWARD_GAP < reward["reward"], reward
     # The start model imitates the chosen responses the reward model was fitted to prefer,

@@ -1,5 +1,5 @@
-"""`compo reward-model fit`: the fit equals the learning bench's, and the model it writes is
-served by the reward_model backend with the verdicts it learned."""
+"""`compo reward-model fit`: the model it writes (also the learning bench's: bench/learning.py)
+is served by the reward_model backend with the verdicts it learned."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from compo.cli.main import main as compo_main
-from compo.demo.learning import RewardFit
-from compo.demo.learning import fit_reward_model as demo_fit
 from oracle_service.backends.reward_fit import (
     FitSettings,
     ScratchShape,
@@ -21,16 +19,14 @@ from oracle_service.backends.reward_fit import (
 from tests.conftest import PAIRS, write_jsonl
 
 
-def test_the_fit_is_the_learning_benchs(model_dir, tmp_path):
-    rows = PAIRS * 3
-    ours, losses = fit_reward_model(model_dir, rows, tmp_path / "ours",
-                                    FitSettings(steps=4, batch_size=5, seed=2),
-                                    ScratchShape(hidden=32, layers=1))
-    bench = demo_fit(model_dir, rows, tmp_path / "bench", seed=2,
-                     fit=RewardFit(hidden=32, layers=1, steps=4, batch=5))
-    a, b = (load_file(path / "model.safetensors") for path in (ours, bench))
+def test_the_fit_is_seeded(model_dir, tmp_path):
+    """The learning bench refits its reward model from the seed: the same model each time."""
+    rows, settings = PAIRS * 3, FitSettings(steps=4, batch_size=5, seed=2)
+    fitted = [fit_reward_model(model_dir, rows, tmp_path / name, settings,
+                               ScratchShape(hidden=32, layers=1)) for name in ("a", "b")]
+    a, b = (load_file(path / "model.safetensors") for path, _ in fitted)
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
-    assert len(losses) == 4
+    assert len(fitted[0][1]) == 4
 
 
 def test_fit_then_serve(model_dir, tmp_path, make_settings, running_service, post_compare,
