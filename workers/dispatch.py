@@ -67,7 +67,7 @@ class ChunkQueue:
         self.tasks: dict[Any, tuple[Chunk, Any]] = {}
         self.redispatched = 0
 
-    def reset(self, indices: Sequence[int], workers: int = 1) -> None:
+    def reset(self, indices: Sequence[int], workers: int) -> None:
         """A new request: all its chunks queued (sized for `workers` live workers when
         ray.chunk_size is auto), nothing held."""
         size = chunk_length(self.settings.chunk_size, len(indices), workers, self.batch)

@@ -85,7 +85,7 @@ def test_votes_do_not_depend_on_the_chunking(make_config, model_dir):
 
 def test_each_worker_gets_at_most_tasks_in_flight_chunks():
     queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=2))
-    queue.reset(range(24))  # six chunks
+    queue.reset(range(24), workers=1)  # six chunks
     a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
     queue.assign([a, b], send, now=1.0)
     assert [name for name, _ in send.sent] == ["a", "a", "b", "b"]
@@ -97,7 +97,7 @@ def test_each_worker_gets_at_most_tasks_in_flight_chunks():
 
 def test_a_failed_worker_hands_back_every_chunk_it_held_first_in_line():
     queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=2))
-    queue.reset(range(16))
+    queue.reset(range(16), workers=1)
     a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
     queue.assign([a, b], send, now=0.0)
     failed, _ = queue.take("ref-1")
@@ -111,7 +111,7 @@ def test_a_failed_worker_hands_back_every_chunk_it_held_first_in_line():
 
 def test_a_chunk_that_keeps_failing_stops_the_run_naming_it():
     queue = ChunkQueue(RayConfig(chunk_size=4, max_redispatch=1))
-    queue.reset(range(4))
+    queue.reset(range(4), workers=1)
     worker, send = FakeWorker("a"), Calls()
     for attempt in range(2):
         queue.assign([worker], send, now=0.0)
@@ -125,7 +125,7 @@ def test_a_chunk_that_keeps_failing_stops_the_run_naming_it():
 
 def test_a_done_chunk_is_never_sent_again():
     queue = ChunkQueue(RayConfig(chunk_size=4))
-    queue.reset(range(8))
+    queue.reset(range(8), workers=1)
     worker, send = FakeWorker("a", in_flight=0), Calls()
     queue.assign([worker], send, now=0.0)
     chunk, _ = queue.take("ref-1")
@@ -136,7 +136,7 @@ def test_a_done_chunk_is_never_sent_again():
 
 def test_a_silent_worker_is_a_straggler_and_its_chunks_go_elsewhere():
     queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=1, straggler_timeout_s=10))
-    queue.reset(range(8))
+    queue.reset(range(8), workers=1)
     slow, quick, send = FakeWorker("slow"), FakeWorker("quick"), Calls()
     queue.assign([slow, quick], send, now=100.0)
     assert queue.stragglers([slow, quick], now=105.0) == []
