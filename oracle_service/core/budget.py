@@ -5,17 +5,17 @@ Each comparison that would call the judge is priced in advance from its characte
 same estimate as the token rate limit, plus judge_max_tokens of output per call) and
 admitted only if what was spent (the store's cost counters, shared by every replica), what
 this replica's calls in flight have reserved, and the estimate stay within every budget
-that applies; otherwise it abstains with kind `budget` and no call is made. Reservations
-are released once the request's real cost is in the store, so a budget can only be passed
-by the calls other replicas have in flight, or where the estimate falls short of the
-judge's own count.
+that applies; otherwise it abstains with kind `budget` and no call is made. A request's
+real cost is recorded and its reservations freed in one step (never counted twice), so a
+budget can only be passed by the calls other replicas have in flight, or where the
+estimate falls short of the judge's own count.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from oracle_service.core.settings import TEMPLATE_FIELDS, Settings
@@ -104,11 +104,27 @@ class BudgetGuard:
                     admission.reserved[scope] = admission.reserved.get(scope, 0.0) + cost
         return admission
 
-    async def release(self, admission: Admission) -> None:
-        """The request's real cost is in the store (or it failed): free its reservations."""
+    async def release(self, admission: Admission | None) -> None:
+        """The request failed before its cost was recorded: free its reservations."""
+        if admission is not None:
+            async with self._lock:
+                self._free(admission)
+
+    async def settle(self, admission: Admission | None, recording: Awaitable[None]) -> None:
+        """Record the request's real cost and free its reservations in one step under the
+        admission lock: no admission sees the cost both spent and reserved, or neither."""
+        if admission is None:
+            await recording
+            return
         async with self._lock:
-            for scope, amount in admission.reserved.items():
-                self._reserved[scope] = max(0.0, self._reserved[scope] - amount)
+            try:
+                await recording
+            finally:
+                self._free(admission)
+
+    def _free(self, admission: Admission) -> None:
+        for scope, amount in admission.reserved.items():
+            self._reserved[scope] = max(0.0, self._reserved[scope] - amount)
 
     def refusal(self, scope: str | None, limit: float, spent: float, cost: float) -> str:
         """The abstention's message: which budget, what was spent, how to go on."""

@@ -113,10 +113,11 @@ class ComparisonService:
             new_verdicts = {key: self._to_cached(v) for key, v in fresh.items() if v.ok}
             if not self._settings.cache_enabled:
                 new_verdicts = {}
-            await self._store.record(new_verdicts, counter_deltas(observations))
-        finally:
-            if admission is not None:  # the real cost is in the store now (or nothing is)
-                await self._budget.release(admission)
+        except BaseException:
+            await self._budget.release(admission)  # nothing was recorded
+            raise
+        await self._budget.settle(admission,
+                                  self._store.record(new_verdicts, counter_deltas(observations)))
         for obs in observations:
             self._metrics.observe(obs)
         return results
