@@ -167,6 +167,10 @@ class RayConfig(StrictModel):
     gpus_per_worker: float = Field(
         1.0, gt=0, le=1, description="GPUs reserved per worker when workers use GPUs; below "
         "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
+    cpus_per_body: float = Field(
+        1.0, gt=0, description="CPUs of the body (likelihood oracle: it holds the model and "
+        "runs it once per iteration; the workers hold only the moved parameters)")
+    gpus_per_body: float = Field(1.0, gt=0, description="GPUs of the body when on GPUs")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="placement group strategy: PACK fills nodes, SPREAD uses many")
     chunk_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(

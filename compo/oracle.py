@@ -20,6 +20,7 @@ the two tail outputs (never of two sets of logits).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from compo.model.scoring import (
     segment_sums,
     sequence_logprobs,
 )
-from compo.model.tail import TAIL_DTYPES, Tail, TailBatch
+from compo.model.tail import TAIL_DTYPES, Tail, TailBatch, map_tensors
 from compo.perturbation import (
     block_budget,
     direction_chunks,
@@ -47,6 +48,18 @@ from compo.perturbation import (
     plan_blocks,
     table_tensor,
 )
+
+
+@dataclass
+class HeadFeed:
+    """What the body sends the moved parameters, once per iteration (no weights in it)."""
+
+    inputs: HeadInputs  # hidden [N, d] model dtype (empty with moved MLPs), targets, segment
+    tail_batches: list[TailBatch] | None = None  # the tail's inputs (moved MLPs only)
+
+    def to(self, device: torch.device | str) -> HeadFeed:
+        """The feed with every tensor on `device` (it travels on the CPU)."""
+        return map_tensors(self, lambda t: t.to(device))
 
 
 @dataclass
@@ -267,18 +280,37 @@ class LikelihoodOracle:
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> OracleState:
         """Run the model body once for these pairs; `weight` is the float32 master (the
         stacked [R, d] of compo/model/layout.py; the output layer alone when k = 0)."""
+        return self.state(self.feed(pairs), weight)
+
+    def feed(self, pairs: Sequence[TokenizedPair]) -> HeadFeed:
+        """The body's part: run the model up to what the moved parameters consume."""
+        if self.model is None:
+            raise TypeError("this oracle holds only the moved parameters: the body feeds it")
+        sequences = pair_sequences(pairs)
         if self.tail is None:
-            inputs = head_inputs(self.model, pair_sequences(pairs), self.pad_id,
-                                 self.batch_size)
-            return build_state(inputs, weight, self.head, self.direction_dtype)
-        batches, targets = self.tail.prepare(pair_sequences(pairs), self.pad_id,
-                                             self.batch_size)
+            return HeadFeed(head_inputs(self.model, sequences, self.pad_id, self.batch_size))
+        batches, targets = self.tail.prepare(sequences, self.pad_id, self.batch_size)
+        return HeadFeed(targets, batches)
+
+    def state(self, feed: HeadFeed, weight: torch.Tensor) -> OracleState:
+        """The moved parameters' part: the iteration's cache from the body's feed."""
+        if feed.tail_batches is None:
+            return build_state(feed.inputs, weight, self.head, self.direction_dtype)
         tensors = self.layout.tensors(weight)
-        hidden = self.tail.head_input(batches, tensors)
+        hidden = self.tail.head_input(feed.tail_batches, tensors)
+        targets = feed.inputs
         inputs = HeadInputs(hidden, targets.targets, targets.segment, targets.num_sequences)
         state = build_state(inputs, tensors[self.layout.head.name], self.head, torch.float32)
-        state.master, state.tail_batches = weight, batches
+        state.master, state.tail_batches = weight, feed.tail_batches
         return state
+
+    def detached(self) -> LikelihoodOracle:
+        """This oracle without the model: the head, the layout and the tail's own copies
+        (what a head worker holds); it votes on what a body feeds it."""
+        head_only = copy.copy(self)
+        head_only.model = None
+        head_only.tail = None if self.tail is None else self.tail.detached()
+        return head_only
 
     def changes(self, state: OracleState, seed: int, iteration: int,
                 indices: Sequence[int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
 from compo.estimator import RowShards, ShardRunner, kept_votes, vote_weighted_rows
 from compo.model.loading import DTYPES
-from compo.oracle import LikelihoodOracle, OracleState
+from compo.oracle import HeadFeed, LikelihoodOracle, OracleState
 
 Shards = tuple[list[range], ShardRunner]  # row ranges of sum y_i z_i, and who computes them
 
@@ -74,6 +74,11 @@ class LocalVoteSource:
 
     def prepare(self, pairs, weight):
         self.state = self.oracle.prepare(pairs, weight)
+        return self.state.base_logprobs
+
+    def prepare_fed(self, feed: HeadFeed, weight: torch.Tensor) -> torch.Tensor:
+        """prepare from what a body sent (compo/oracle.py HeadFeed): no body pass here."""
+        self.state = self.oracle.state(feed, weight)
         return self.state.base_logprobs
 
     def votes(self, seed, iteration, indices):

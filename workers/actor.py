@@ -1,10 +1,12 @@
-"""The Ray actor: one per GPU (or CPU slot), delegating every call to workers.worker.Worker."""
+"""The Ray actors: the body (workers/body.py) and one worker per GPU (or CPU slot,
+workers/worker.py), each delegating every call to its plain class."""
 
 from __future__ import annotations
 
 import ray
 
 from compo.config import ComPOConfig, ModelConfig
+from workers.body import Body, HeadPart
 from workers.protocol import ServiceSetup
 from workers.worker import Worker
 
@@ -19,10 +21,10 @@ class WorkerActor:
     """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str,
-                 service: ServiceSetup | None = None):
+                 service: ServiceSetup | None = None, head: HeadPart | None = None):
         self.node_id = ray.get_runtime_context().get_node_id()
         node = node_label(ray.util.get_node_ip_address(), self.node_id)
-        self.worker = Worker(model, compo, name, node, service)
+        self.worker = Worker(model, compo, name, node, service, head)
 
     def describe(self) -> dict:
         return {**self.worker.describe(), "node_id": self.node_id}
@@ -45,3 +47,22 @@ class WorkerActor:
 
     def logprobs(self, round_id, version):
         return self.worker.logprobs(round_id, version)
+
+
+@ray.remote
+class BodyActor:
+    """Thin Ray wrapper of the body: loads the model once, then feeds the head workers."""
+
+    def __init__(self, model: ModelConfig, compo: ComPOConfig):
+        self.node_id = ray.get_runtime_context().get_node_id()
+        node = node_label(ray.util.get_node_ip_address(), self.node_id)
+        self.body = Body(model, compo, "body", node)
+
+    def describe(self) -> dict:
+        return {**self.body.describe(), "node_id": self.node_id}
+
+    def head_part(self) -> HeadPart:
+        return self.body.head_part()
+
+    def feed(self, pairs):
+        return self.body.feed(pairs)

@@ -32,9 +32,10 @@ from compo.rundir import RunDirectory
 from compo.service_oracle.metrics import oracle_metrics
 from compo.train import ComPOTrainer
 from compo.votes import Shards
+from workers.body_handle import RemoteBody
 from workers.dispatch import Chunk, ChunkQueue
 from workers.group import WorkerGroup, WorkerState
-from workers.placement import connect, plan_workers, start_pool
+from workers.placement import connect, plan_workers, start_body, start_pool
 from workers.protocol import ServiceSetup, VoteBatch, answer_matches, pair_ids
 from workers.rebuild import ShardCalls
 
@@ -53,9 +54,12 @@ class RayVoteSource:
         self.progress, self.on_votes = progress, on_votes
         connect(self.settings, address)
         count, self.use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
-                                           self.settings)
+                                           self.settings, body=not self.generative)
+        self.body = None if self.generative else RemoteBody(
+            start_body(config, self.settings, self.use_gpu), self.settings)
+        head = None if self.body is None else self.body.head_ref  # head workers: no model
         self.group = WorkerGroup(self.settings, start_pool(config, self.settings, count,
-                                                           self.use_gpu, service))
+                                                           self.use_gpu, service, head))
         batch = config.oracle.generation_batch_size if self.generative else None
         self.chunks = ChunkQueue(self.settings, batch)
         self.group.on_lost = self.chunks.hand_back
@@ -66,14 +70,18 @@ class RayVoteSource:
         return self.group.workers
 
     def start(self, base_weight: torch.Tensor) -> RayVoteSource:
-        """Wait for every worker to load the model; each must hold `base_weight`."""
+        """Wait for the body and every worker to load; each must hold `base_weight`."""
+        if self.body is not None:
+            self.body.wait_loaded(self.config.model.path)
         self.group.start(base_weight, self.config.model.path)
         log.info("%d workers ready on %d nodes (%s)", len(self.workers),
                  len({w.node for w in self.workers}), "GPU" if self.use_gpu else "CPU")
         return self
 
     def close(self) -> None:
-        """Stop the workers and release their placement group."""
+        """Stop the body and the workers and release their placement group."""
+        if self.body is not None:
+            self.body.shutdown()
         self.group.shutdown()
 
     # -- VoteSource ---------------------------------------------------------------------
@@ -81,7 +89,13 @@ class RayVoteSource:
     def prepare(self, pairs, weight: torch.Tensor) -> torch.Tensor:
         """New round: publish the weights if they moved, prepare the pairs on every worker."""
         self.chunks.redispatched, self.oracle_counts = 0, Counter()
-        return torch.tensor(self.group.begin_round(pair_ids(pairs), weight))
+        started, payload = time.perf_counter(), pair_ids(pairs)
+        if self.body is not None:  # the body runs once; workers get what it sends
+            payload = self.body.feed(payload)
+        body_seconds = time.perf_counter() - started
+        base = self.group.begin_round(payload, weight)
+        self.group.stats.seconds["body"] = body_seconds
+        return torch.tensor(base)
 
     def votes(self, seed: int, iteration: int, indices: Sequence[int]) -> torch.Tensor:
         """Votes of all `indices`; returns only when every index has a valid vote."""

@@ -121,8 +121,9 @@ class WorkerGroup:
     # -- a round: weights published, pairs prepared -------------------------------------
 
     def begin_round(self, pairs: Any, weight: torch.Tensor) -> np.ndarray:
-        """Publish the weights if they moved and prepare `pairs` on every worker that is
-        not dead or restarting; returns the base log-probs of the first that answered."""
+        """Publish the weights if they moved and prepare `pairs` (token ids, or the body's
+        feed) on every worker that is not dead or restarting; returns the base log-probs
+        of the first that answered."""
         self.stats, self.base_logprobs = IterationStats(), {}
         self.round += 1
         self.publish(weight, acknowledge=False)

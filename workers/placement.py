@@ -11,11 +11,14 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
-from workers.actor import WorkerActor, node_label
+from workers.actor import BodyActor, WorkerActor, node_label
 from workers.protocol import ServiceSetup
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
@@ -34,16 +37,18 @@ def alive_nodes() -> set[str]:
     return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
 
 
-def plan_workers(total: dict, free: dict, settings: RayConfig) -> tuple[int, bool]:
+def plan_workers(total: dict, free: dict, settings: RayConfig,
+                 body: bool = False) -> tuple[int, bool]:
     """(number of workers, on GPUs?): GPUs if the cluster has any (use_gpu auto), one
     worker per gpus_per_worker free GPUs (or per cpus_per_worker free CPUs) unless
-    num_workers says."""
+    num_workers says; `body`: what the body role takes is not a worker's."""
     use_gpu = total.get("GPU", 0) > 0 if settings.use_gpu == "auto" else settings.use_gpu
     if use_gpu and not total.get("GPU", 0):
         raise DistributedError("ray.use_gpu is true but the cluster has no GPUs; set "
                                "use_gpu: auto (CPU workers) or start GPU nodes")
-    gpu_slots = int(free.get("GPU", 0) // settings.gpus_per_worker)
-    cpus = free.get("CPU", 0)
+    body_gpus = settings.gpus_per_body if body and use_gpu else 0
+    gpu_slots = int(max(0.0, free.get("GPU", 0) - body_gpus) // settings.gpus_per_worker)
+    cpus = free.get("CPU", 0) - (settings.cpus_per_body if body else 0)
     count = settings.num_workers or (gpu_slots if use_gpu
                                      else int(cpus // settings.cpus_per_worker))
     if count < 1:
@@ -133,10 +138,23 @@ def reserve(count: int, use_gpu: bool, settings: RayConfig):
     return group
 
 
+def start_body(config: TrainConfig, settings: RayConfig, use_gpu: bool) -> Any:
+    """The body actor, on the coordinator's node where it has room (it outlives workers'
+    nodes there); it loads the model in the background."""
+    here = ray.get_runtime_context().get_node_id()
+    model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+    return BodyActor.options(
+        num_cpus=settings.cpus_per_body, num_gpus=settings.gpus_per_body if use_gpu else 0,
+        max_restarts=settings.max_restarts, max_task_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+    ).remote(model, config.compo)
+
+
 def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
-               service: ServiceSetup | None = None) -> ActorPool:
+               service: ServiceSetup | None = None, head: Any = None) -> ActorPool:
     """Reserve the bundles and start one actor in each; loading runs in the background.
-    `service`: the service oracle's settings (oracle.kind=service)."""
+    `service`: the service oracle's settings (oracle.kind=service); `head`: the object
+    ref of the body's HeadPart (head workers: no model is loaded)."""
     group = reserve(count, use_gpu, settings)
     model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
     names = [f"worker-{i}" for i in range(count)]
@@ -147,7 +165,7 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
             max_restarts=settings.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=i),
-        ).remote(model, config.compo, names[i], service)
+        ).remote(model, config.compo, names[i], service, head)
         for i in range(count)
     ]
     loading = {actor.describe.remote(): i for i, actor in enumerate(actors)}

@@ -81,3 +81,4 @@ class IterationStats:
             "rejected": self.rejected, "base_mismatch": self.base_mismatch,
             "per_worker": per_worker,
         }
+

@@ -20,8 +20,10 @@ from compo.config import ComPOConfig, ModelConfig
 from compo.estimator import RowShards
 from compo.model.export import fingerprint
 from compo.model.loading import load_model, load_tokenizer
-from compo.oracle import LikelihoodOracle
+from compo.oracle import HeadFeed, LikelihoodOracle
 from compo.votes import LocalVoteSource, VoteSource, step_rows
+from workers.body import HeadPart
+from workers.memory import resident_bytes
 from workers.protocol import (
     INDEX_DTYPE,
     REBUILD_METHODS,
@@ -36,20 +38,27 @@ from workers.protocol import (
 
 
 class Worker:
-    """Holds the model, a float32 master output layer and its version number."""
+    """A float32 master of the moved parameters and its version number, with the model
+    (generation workers, or a worker that runs its own body) or without it (a head worker
+    fed by the body: `head`)."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str = "worker",
-                 node: str = "local", service: ServiceSetup | None = None):
+                 node: str = "local", service: ServiceSetup | None = None,
+                 head: HeadPart | None = None):
         started = time.perf_counter()
         self.name, self.node = name, node
-        network = load_model(model)  # first: its errors say what is wrong with the path
-        tokenizer = load_tokenizer(model.path)
-        self.source: VoteSource = (
-            service_source(network, tokenizer, service) if service is not None else
-            LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
-                                             model.batch_size)))
-        self.generative = service is not None
-        self.weight = self.likelihood_oracle().master_weight()
+        self.generative, self.head = service is not None, head
+        if head is not None:
+            self.head = head.to(model.device)
+            self.source: VoteSource = LocalVoteSource(self.head.oracle)
+        else:
+            network = load_model(model)  # first: its errors say what is wrong with the path
+            tokenizer = load_tokenizer(model.path)
+            self.source = (
+                service_source(network, tokenizer, service) if service is not None else
+                LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
+                                                 model.batch_size)))
+        self.weight = self.loaded_master()
         self.head_sha256 = fingerprint(self.weight)  # the coordinator checks it is its own
         self.compo = compo
         self.version = 0  # 0: the output layer as loaded
@@ -62,6 +71,7 @@ class Worker:
         return {"name": self.name, "node": self.node, "pid": os.getpid(),
                 "device": str(self.weight.device), "version": self.version,
                 "shape": list(self.weight.shape), "head_sha256": self.head_sha256,
+                "holds_model": self.head is None, "resident_bytes": resident_bytes(),
                 "load_seconds": self.load_seconds}
 
     def apply(self, patch: WeightPatch) -> int:
@@ -69,7 +79,7 @@ class Worker:
         if self.version == patch.version:
             return self.version
         if patch.base is None:
-            self.weight = self.likelihood_oracle().master_weight()
+            self.weight = self.loaded_master()
         elif patch.base != self.version:
             raise StaleVersionError(f"{self.name}: holds version {self.version}, the patch "
                                     f"goes from {patch.base} to {patch.version}")
@@ -79,13 +89,17 @@ class Worker:
         self.version = patch.version
         return self.version
 
-    def prepare(self, round_id: int, version: int, pairs: Sequence[PairIds],
+    def prepare(self, round_id: int, version: int, pairs: Sequence[PairIds] | HeadFeed,
                 patch: WeightPatch | None = None) -> tuple[int, np.ndarray]:
-        """Apply `patch`, run the body once for `pairs`; (version, base log-probs [S])."""
+        """Apply `patch`, then take the body's feed (a head worker) or run the body once
+        for `pairs`; (version, base log-probs [S])."""
         if patch is not None:
             self.apply(patch)
         self._check_version(version)
-        base = self.source.prepare(as_pairs(pairs), self.weight)
+        if self.head is not None:
+            base = self.source.prepare_fed(pairs.to(self.weight.device), self.weight)
+        else:
+            base = self.source.prepare(as_pairs(pairs), self.weight)
         self.prepared = (round_id, version)
         return self.version, base.cpu().numpy()
 
@@ -136,6 +150,12 @@ class Worker:
             small = self.weight.numel() <= np.iinfo(np.int32).max
             return positions.numpy().astype(np.int32 if small else np.int64), values.numpy()
         return result.numpy()
+
+    def loaded_master(self) -> torch.Tensor:
+        """A fresh copy of the float32 master as loaded (version 0)."""
+        if self.head is not None:
+            return self.head.master.clone()
+        return self.likelihood_oracle().master_weight()
 
     def likelihood_oracle(self) -> LikelihoodOracle:
         """The likelihood oracle inside the vote source (it holds the loaded layer)."""

@@ -13,6 +13,7 @@ tail with the model's own weights is checked against what the output layer recei
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,9 +44,14 @@ class TailBatch:
 
 
 def map_tensors(value, change: Callable[[torch.Tensor], torch.Tensor]):
-    """`value` with `change` applied to every tensor inside (tuples, lists, dicts)."""
+    """`value` with `change` applied to every tensor inside (tuples, lists, dicts,
+    dataclass instances)."""
     if isinstance(value, torch.Tensor):
         return change(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{field.name: map_tensors(getattr(value, field.name),
+                                                                     change)
+                                             for field in dataclasses.fields(value)})
     if isinstance(value, tuple | list):
         return type(value)(map_tensors(v, change) for v in value)
     if isinstance(value, dict):
@@ -144,6 +150,12 @@ class Tail:
         stacked = StackedLinear(getattr(parent, attribute))
         setattr(parent, attribute, stacked)
         return stacked
+
+    def detached(self) -> Tail:
+        """The copies that rerun (layers, norm, moved projections) without the model."""
+        runner = copy.copy(self)
+        runner.model, runner.originals = None, []
+        return runner
 
     def prepare(self, sequences, pad_id: int, batch_size: int) -> tuple[list[TailBatch],
                                                                         HeadInputs]:

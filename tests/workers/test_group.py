@@ -15,8 +15,8 @@ def cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    nodes = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": NODE_CPUS, "object_store_memory": NODE_OBJECT_STORE_BYTES,
+    nodes = Cluster(initialize_head=True, head_node_args={  # + the body, on the driver's node
+        "num_cpus": NODE_CPUS + 1, "object_store_memory": NODE_OBJECT_STORE_BYTES,
         "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
     for _ in range(2):
         nodes.add_node(num_cpus=NODE_CPUS, object_store_memory=NODE_OBJECT_STORE_BYTES)

@@ -1,0 +1,81 @@
+"""The coordinator's handle of the body actor (likelihood oracle): the head part it gives
+the workers, one feed per round, and its restarts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+
+from compo.config import RayConfig
+from compo.errors import DistributedError
+from compo.oracle import HeadFeed
+from workers.placement import failure_reason
+from workers.protocol import PairIds
+
+log = logging.getLogger(__name__)
+
+
+class RemoteBody:
+    """Calls to the body actor; a call that fails while Ray restarts it is sent again
+    (ray.max_restarts times), any other failure stops the run naming the body."""
+
+    def __init__(self, actor: Any, settings: RayConfig):
+        self.actor, self.settings = actor, settings
+        self.head_ref = actor.head_part.remote()  # the workers' constructors wait for it
+        self.loading, self.node = actor.describe.remote(), "its node"
+        self.passes = 0
+
+    def wait_loaded(self, model_path: str) -> dict:
+        """What the body says of itself once it has loaded the model."""
+        try:
+            info = ray.get(self.loading, timeout=self.settings.load_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise DistributedError(f"the body: model {model_path} not loaded within "
+                                   f"{self.settings.load_timeout_s:g} s (ray.load_timeout_s)"
+                                   ) from None
+        except ray.exceptions.RayError as error:
+            raise DistributedError(f"the body could not load the model {model_path}: "
+                                   f"{failure_reason(error)}") from None
+        self.node = info["node"]
+        return info
+
+    def feed(self, pairs: list[PairIds]) -> HeadFeed:
+        """The round's feed: the body runs once for the pairs (again after a restart;
+        while Ray restarts it, the call is sent again every ray.poll_interval_s)."""
+        attempt, deadline = 0, time.monotonic() + self.settings.load_timeout_s
+        while True:
+            try:
+                feed = ray.get(self.actor.feed.remote(pairs),
+                               timeout=self.settings.load_timeout_s)  # a restart reloads
+            except ray.exceptions.GetTimeoutError:
+                raise DistributedError(
+                    f"the body on {self.node} did not run the iteration's pairs within "
+                    f"{self.settings.load_timeout_s:g} s (ray.load_timeout_s)") from None
+            except ray.exceptions.ActorUnavailableError as error:
+                if time.monotonic() > deadline:
+                    raise DistributedError(f"the body on {self.node} did not come back within "
+                                           f"{self.settings.load_timeout_s:g} s "
+                                           f"(ray.load_timeout_s): {failure_reason(error)}"
+                                           ) from None
+                time.sleep(self.settings.poll_interval_s)  # Ray is restarting it
+                continue
+            except ray.exceptions.RayActorError as error:
+                attempt += 1
+                if attempt > self.settings.max_restarts:
+                    raise DistributedError(f"the body on {self.node} failed {attempt} times "
+                                           f"(ray.max_restarts): {failure_reason(error)}"
+                                           ) from None
+                log.warning("the body on %s failed (%s); sending the pairs again", self.node,
+                            failure_reason(error))
+                continue
+            except ray.exceptions.RayError as error:
+                raise DistributedError(f"the body on {self.node}: {failure_reason(error)}"
+                                       ) from None
+            self.passes += 1
+            return feed
+
+    def shutdown(self) -> None:
+        ray.kill(self.actor, no_restart=True)
