@@ -1,8 +1,5 @@
-"""README's `compo plan` table: the command run for four real checkpoints on 30 GPUs of
-80 GiB (the body's GPUs plus head workers on the rest), m = 1,800, N = 1,000 tokens.
-
-    python bench/plan_table.py        # prints the markdown table README shows
-"""
+"""README's `compo plan` table (`python bench/plan_table.py`): the command for four real
+checkpoints on 30 GPUs of 80 GiB (body + head workers), m = 1,800, N = 1,000 tokens."""
 
 from __future__ import annotations
 

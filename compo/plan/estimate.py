@@ -77,20 +77,47 @@ def role(parts: dict[str, int], gpus: int, instances: int, overhead_gib: float,
             "parts_gib": {name: round(size / GIB, 3) for name, size in parts.items()}}
 
 
-def fewest_gpus(parts_for, limit_gib: float, chosen: int | None) -> int:
-    """`chosen`, or the fewest GPUs (<= MAX_GPUS_PER_ROLE) on which parts_for(g) fits."""
-    if chosen is not None:
-        return chosen
+def gpu_count(parts_for, limit_gib: float, option: int | None, config: TrainConfig,
+              name: str) -> tuple[int, str]:
+    """GPUs of one instance and where the number comes from: the option, ray.<name> when
+    the config sets it (>= 1), else the fewest (<= MAX_GPUS_PER_ROLE) that fit."""
+    ray = config.ray
+    value = getattr(ray, name, None) if ray and name in ray.model_fields_set else None
+    if option is not None:
+        return option, f"--{name.replace('_', '-')}"
+    if value is not None and value >= 1:
+        return math.ceil(value), f"ray.{name}"
     for gpus in range(1, MAX_GPUS_PER_ROLE + 1):
         if sum(parts_for(gpus).values()) / GIB + GPU_PROCESS_GIB <= limit_gib:
-            return gpus
-    return MAX_GPUS_PER_ROLE
+            return gpus, "the fewest that fit"
+    return MAX_GPUS_PER_ROLE, "none fit"
 
 
-def configured(config: TrainConfig, name: str) -> int | None:
-    """ray.<name> of the run config when it is a whole number of GPUs (>= 1), else None."""
-    value = getattr(config.ray, name, None) if config.ray is not None else None
-    return int(value) if value is not None and value >= 1 and value == int(value) else None
+def likelihood_roles(shapes: ModelShapes, run: roles.Run, config: TrainConfig,
+                     options: PlanOptions, limit: float) -> dict:
+    """The body (sharded over its GPUs) and the head workers (one GPU each)."""
+    gpus, source = gpu_count(lambda g: roles.body(shapes, run, g), limit,
+                             options.gpus_per_body, config, "gpus_per_body")
+    body = role(roles.body(shapes, run, gpus), gpus, 1, GPU_PROCESS_GIB, limit)
+    head = roles.head_worker(shapes, run, options.workers)
+    return {"body": {**body, "gpus_from": source},
+            "head_worker": role(head, 1, options.workers, GPU_PROCESS_GIB, limit)}
+
+
+def generation_roles(shapes: ModelShapes, run: roles.Run, config: TrainConfig,
+                     options: PlanOptions, limit: float) -> tuple[dict, int]:
+    """The generation workers (each sharded over its GPUs) and their generation batch."""
+    free = int((limit - GPU_PROCESS_GIB) * GIB)
+    per_worker = math.ceil((run.perturbations + 1) * run.pairs / options.workers)
+
+    def sized(g: int) -> tuple[dict[str, int], int]:
+        return roles.generation_worker(shapes, run, g, free * g, per_worker)
+
+    gpus, source = gpu_count(lambda g: sized(g)[0], limit, options.gpus_per_worker, config,
+                             "gpus_per_worker")
+    parts, batch = sized(gpus)
+    worker = role(parts, gpus, options.workers, GPU_PROCESS_GIB, limit)
+    return {"generation_worker": {**worker, "gpus_from": source}}, batch
 
 
 def make_plan(config: TrainConfig, options: PlanOptions) -> dict:
@@ -98,34 +125,17 @@ def make_plan(config: TrainConfig, options: PlanOptions) -> dict:
     shapes = read_shapes(options.model, config.compo.perturb.mlp_last_layers)
     run, gpu = run_of(config, options.tokens), GPUS[options.gpu]
     limit = options.gpu_memory_gib or gpu.memory_gib
-    workers = options.workers
-    host = roles.coordinator(shapes)
-    found = {"coordinator": role(host, 0, 1, HOST_PROCESS_GIB + TOKENIZER_GIB,
-                                 options.host_memory_gib)}
+    found = {"coordinator": role(roles.coordinator(shapes), 0, 1,
+                                 HOST_PROCESS_GIB + TOKENIZER_GIB, options.host_memory_gib)}
     if run.kind == "likelihood":
-        body_gpus = fewest_gpus(lambda g: roles.body(shapes, run, g), limit,
-                                options.gpus_per_body or configured(config, "gpus_per_body"))
-        found["body"] = role(roles.body(shapes, run, body_gpus), body_gpus, 1,
-                             GPU_PROCESS_GIB, limit)
-        found["head_worker"] = role(roles.head_worker(shapes, run, workers), 1, workers,
-                                    GPU_PROCESS_GIB, limit)
-        seconds = speed.likelihood_seconds(shapes, run, gpu, workers)
-        batch = None
+        found |= likelihood_roles(shapes, run, config, options, limit)
+        seconds, batch = speed.likelihood_seconds(shapes, run, gpu, options.workers), None
     else:
-        free = int((limit - GPU_PROCESS_GIB) * GIB)
-        per_worker = math.ceil((run.perturbations + 1) * run.pairs / workers)
-
-        def parts_for(g: int) -> dict[str, int]:
-            return roles.generation_worker(shapes, run, g, free * g, per_worker)[0]
-
-        chosen = options.gpus_per_worker or configured(config, "gpus_per_worker")
-        worker_gpus = fewest_gpus(parts_for, limit, chosen)
-        parts, batch = roles.generation_worker(shapes, run, worker_gpus, free * worker_gpus,
-                                               per_worker)
-        found["generation_worker"] = role(parts, worker_gpus, workers, GPU_PROCESS_GIB, limit)
-        seconds = speed.generation_seconds(shapes, run, gpu, workers, batch)
+        workers, batch = generation_roles(shapes, run, config, options, limit)
+        found |= workers
+        seconds = speed.generation_seconds(shapes, run, gpu, options.workers, batch)
     kept = speed.kept_fraction(config.compo.clip, shapes.moved_rows * shapes.hidden)
-    sent = speed.bytes_per_iteration(shapes, run, workers, kept)
+    sent = speed.bytes_per_iteration(shapes, run, options.workers, kept)
     seconds["network"] = speed.network_seconds(sent, options.network_gbit_s)
     seconds["total"] = sum(seconds.values())
     return summary(shapes, run, options, found, sent, seconds, limit, batch, kept)

@@ -27,7 +27,8 @@ GPUS = {
 }
 EFFICIENCY = 0.5  # share of a peak rate real kernels reach (the design's 0.5-1 ms at 7B)
 GPU_PROCESS_GIB = 1.0  # per GPU process: CUDA context, allocator slack, code (not modelled)
-HOST_PROCESS_GIB = 0.5  # a CPU process with torch and transformers imported (measured ~0.4)
+HOST_PROCESS_GIB = 0.5  # a CPU process: 0.26 GB RSS once torch, transformers and compo are
+# imported, + 0.16 GB the first load keeps (tests/compo/plan/measure_roles.py, 2 CPU cores)
 TOKENIZER_GIB = 0.05  # a fast tokenizer of a 128k-256k vocabulary, loaded
 TOKEN_TEXT_BYTES = 4  # bytes of text per generated token sent to the judge (UTF-8, English)
 NETWORK_GBIT_S = 25.0  # default network between nodes, Gbit/s (a common cloud NIC)

@@ -21,6 +21,8 @@ def role_rows(plan: dict) -> list[str]:
         limit = plan["gpu_memory_gib"] if role["gpus"] else plan["host_memory_gib"]
         parts = sorted(role["parts_gib"].items(), key=lambda item: -item[1])[:3]
         largest = ", ".join(f"{part} {gib:.2f}" for part, gib in parts)
+        if "gpus_from" in role:
+            largest += f"; GPUs: {role['gpus_from']}"
         rows.append(f"{name:<18} {where:<13} {role['gib']:>9.2f} {limit:>6.1f}  "
                     f"{'yes' if role['fits'] else 'NO ':<4}  {largest} (+{role['overhead_gib']}"
                     " fixed)")

@@ -1,6 +1,5 @@
-"""Memory of each role, in bytes, part by part: what the code allocates for these shapes
-(compo/oracle.py OracleState, compo/perturbation.py plan_blocks, compo/model/tail.py,
-compo/service_oracle/memory.py), without the fixed per-process overhead."""
+"""Memory of each role in bytes, part by part, as the code allocates it (OracleState,
+plan_blocks, the tail, generation batches), without the fixed per-process overhead."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from compo.service_oracle.memory import LOGIT_COPIES, MAX_AUTO_BATCH, fitting_ba
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 INDEX_BYTES = 16  # per completion token: its target and its sequence number (int64 each)
-PRODUCT_COPIES = 3  # [P, N, rows] float32 per direction block: h z^T, its change, p * change
+PRODUCT_COPIES = 4  # [P, N, rows] float32 per block: h z^T, its change, p * change, sums
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,8 @@ def direction_blocks(shapes: ModelShapes, run: Run, per_worker: int) -> int:
         tail_group = max(1, block // moved)
         products += tail_group * (moved * BYTES[run.tail_dtype] + 3 * run.tokens *
                                   shapes.hidden * 4)
-    return min(block, group * shapes.vocab * shapes.hidden) * 4 + products
+    operand = run.tokens * shapes.hidden * 4  # hidden as float32 for the products
+    return min(block, group * shapes.vocab * shapes.hidden) * 4 + products + operand
 
 
 def head_worker(shapes: ModelShapes, run: Run, workers: int) -> dict[str, int]:
@@ -91,10 +91,8 @@ def coordinator(shapes: ModelShapes) -> dict[str, int]:
 
 def generation_worker(shapes: ModelShapes, run: Run, gpus: int, free: int,
                       per_worker: int) -> tuple[dict[str, int], int]:
-    """A generation worker on one of its `gpus`, and its generation batch: the weights'
-    share, the float32 output layer it perturbs, KV caches and logits of the batch
-    (oracle.generation_batch_size, or auto as compo/service_oracle/memory.py sizes it from
-    `free`, the bytes left after the rest)."""
+    """A generation worker on one of its `gpus` and its batch (oracle.generation_batch_size,
+    or sized from `free` as compo/service_oracle/memory.py does): weights, head, caches."""
     weights, master = shapes.loaded_params * run.width, shapes.vocab * shapes.hidden * 4
     parts = {"weights": math.ceil(weights / gpus), "head_master": master}
     row = ((run.prompt_tokens + run.new_tokens) * shapes.kv_elements_per_token * run.width

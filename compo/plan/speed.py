@@ -44,10 +44,8 @@ def flop_seconds(flops: float, tflops: float) -> float:
 
 def likelihood_seconds(shapes: ModelShapes, run: Run, gpu: Gpu, workers: int
                        ) -> dict[str, float]:
-    """The body once (device_map runs its GPUs one after another: no speed-up), then each
-    head worker's share of the m perturbations: 2 N d V FLOPs for h z^T and d V direction
-    values written and read (with moved MLPs also the tail's 2 x params x N FLOPs and
-    (h' - h) W^T in float32)."""
+    """The body once (its device_map GPUs run one after another), then each head worker's
+    m / W directions: 2 N d V FLOPs and d V values written and read (+ the tail's FLOPs)."""
     body = flop_seconds(2 * shapes.params * run.body_tokens, gpu.bf16_tflops)
     product = flop_seconds(2 * run.tokens * shapes.hidden * shapes.vocab, gpu.bf16_tflops)
     direction = 2 * shapes.vocab * shapes.hidden * 4 / (gpu.bandwidth_gbs * 1e9 * EFFICIENCY)
@@ -62,9 +60,8 @@ def likelihood_seconds(shapes: ModelShapes, run: Run, gpu: Gpu, workers: int
 
 def generation_seconds(shapes: ModelShapes, run: Run, gpu: Gpu, workers: int, batch: int
                        ) -> dict[str, float]:
-    """Each generation worker's share of the (m + 1) x pairs responses, in batches: a
-    prefill (2 x params x prompt tokens per row), then one step per new token that reads
-    every weight once (memory bound). The judge's time is not in it."""
+    """A generation worker's share of (m + 1) x pairs responses in batches: a prefill, then
+    one weight-reading step per new token (memory bound); no judge time."""
     rows = math.ceil((run.perturbations + 1) * run.pairs / workers)
     batches = math.ceil(rows / batch)
     weights = shapes.loaded_params * run.width

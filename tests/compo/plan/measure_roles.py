@@ -15,6 +15,9 @@ from compo.config import ComPOConfig, ModelConfig
 from compo.data.formats import TokenizedPair
 from compo.model.loading import load_model
 from compo.oracle import LikelihoodOracle
+from compo.service_oracle.memory import peak_bytes
+
+BLOCK = 1 << 20  # compo.block_elements of the votes measured
 
 
 def rss() -> int:
@@ -50,9 +53,11 @@ def main(path: str, count: int, length: int, dtype: str) -> None:
     with_master = rss()
     state = oracle.prepare(pairs(count, length, master.shape[0]), master)
     prepared = rss()
+    eager = LikelihoodOracle(model, ComPOConfig(block_elements=BLOCK, products="eager"), 0)
+    _, votes = peak_bytes(lambda: eager.votes(state, 0, 0, list(range(4))), master.device)
     print(json.dumps({"first_load_fixed": start - imported, "load_model": loaded - start,
                       "master": with_master - loaded, "state": prepared - with_master,
-                      "tokens": state.probs.shape[0]}))
+                      "tokens": state.probs.shape[0], "votes_peak": votes, "block": BLOCK}))
 
 
 if __name__ == "__main__":

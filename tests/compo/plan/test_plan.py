@@ -92,3 +92,13 @@ def test_bad_input_is_one_line_naming_the_fix(job, capsys, tmp_path, flags, word
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert all(word in err for word in words), err
+
+
+def test_gpus_per_worker_set_in_the_config_is_used_and_an_overfull_worker_says_no(job, capsys):
+    job.write_text(JOB + "oracle: {kind: service}\nray: {gpus_per_worker: 1.0}\n")
+    code, result, _ = plan(job, capsys, "--model", "llama-3-70b", "--workers", "14")
+    worker = result["roles"]["generation_worker"]
+    assert code == 1 and not result["fits"] and worker["gpus_from"] == "ray.gpus_per_worker"
+    code, result, _ = plan(job, capsys, "--model", "llama-3-70b", "--workers", "14",
+                           "--gpus-per-worker", "2")
+    assert code == 0 and result["roles"]["generation_worker"]["gpus"] == 2

@@ -36,10 +36,11 @@ def measured(tmp_path_factory, tokenizer) -> tuple[Path, dict]:
     return path, json.loads(result.stdout.splitlines()[-1])
 
 
-def planned(path: Path, tokens: int) -> tuple[dict, dict, dict]:
+def planned(path: Path, tokens: int, block: int | None = None) -> tuple[dict, dict, dict]:
     """The plan's parts for the same shapes: body (1 GPU), coordinator, head worker."""
     config = TrainConfig(model={"path": str(path), "dtype": "bfloat16"},
-                         data={"path": "pairs.jsonl"}, batch_size=PAIRS)
+                         data={"path": "pairs.jsonl"}, batch_size=PAIRS,
+                         compo={"block_elements": block})
     shapes, run = read_shapes(str(path)), run_of(config, tokens)
     return (roles.body(shapes, run, 1), roles.coordinator(shapes),
             roles.head_worker(shapes, run, workers=1))
@@ -71,3 +72,12 @@ def test_head_worker_state_is_what_prepare_allocates(measured):
     assert grown["tokens"] == PAIRS * 2 * LENGTH
     assert close(head["hidden"] + head["probs"], grown["state"]), (head, grown)
     assert close(head["master"], grown["master"])
+
+
+@pytest.mark.slow
+def test_head_worker_direction_blocks_are_the_peak_of_votes(measured):
+    """The profiler's peak of the tensors LikelihoodOracle.votes allocates (eager, 4
+    directions) against the plan's one block of directions and its products."""
+    path, grown = measured
+    head = planned(path, grown["tokens"], grown["block"])[2]
+    assert close(head["directions"], grown["votes_peak"]), (head, grown)
