@@ -1,4 +1,4 @@
-"""The `compo` command line: demo, split, train, probe, apply-delta, conformance, the
+"""The `compo` command line: demo, split, train, probe, apply-delta, conformance, plan, the
 pipeline's commands (compo/cli/pipeline.py), and the service's (serve, reward-model:
 compo/plugins.py)."""
 
@@ -11,6 +11,7 @@ import sys
 from compo import plugins
 from compo.cli.errors import explain, is_ray_refusal, ray_refusal
 from compo.cli.pipeline import add_pipeline_commands
+from compo.cli.plan import add_plan_command
 from compo.config import SplitConfig, TrainConfig, in_process_options
 from compo.config_files import load_config
 from compo.errors import ConfigError
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     conform.set_defaults(func=cmd_conformance)
 
     add_pipeline_commands(sub)  # pipeline, eval, compare, plot
+    add_plan_command(sub)  # plan (compo/cli/plan.py)
     for command in plugins.COMMANDS:  # serve, reward-model (compo/plugins.py)
         plugins.resolve(command)(sub)
     return parser
