@@ -63,7 +63,8 @@ class ModelConfig(StrictModel):
 
     path: str = Field(description="local directory with config.json and weights")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...; 'auto': the layers "
+                        "spread over every visible GPU (device_map)")
     batch_size: int = Field(8, gt=0, description="sequences per forward pass when scoring")
 
 

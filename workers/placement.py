@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import (
 
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
+from compo.model.loading import SHARDED
 from workers.actor import BodyActor, WorkerActor, node_label
 from workers.protocol import ServiceSetup
 
@@ -142,7 +143,8 @@ def start_body(config: TrainConfig, settings: RayConfig, use_gpu: bool) -> Any:
     """The body actor, on the coordinator's node where it has room (it outlives workers'
     nodes there); it loads the model in the background."""
     here = ray.get_runtime_context().get_node_id()
-    model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+    device = ("cpu" if not use_gpu else SHARDED if settings.gpus_per_body > 1 else "cuda")
+    model = config.model.model_copy(update={"device": device})
     return BodyActor.options(
         num_cpus=settings.cpus_per_body, num_gpus=settings.gpus_per_body if use_gpu else 0,
         max_restarts=settings.max_restarts, max_task_retries=0,

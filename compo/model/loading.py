@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+SHARDED = "auto"  # model.device: transformers' device_map over the visible devices
+
 
 def load_tokenizer(path: str | Path):
     """Tokenizer from a local directory; a missing pad token falls back to EOS."""
@@ -29,22 +31,24 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(config: ModelConfig) -> nn.Module:
-    """Causal LM from a local directory, in eval mode, output layer untied."""
+    """Causal LM from a local directory, in eval mode, output layer untied; device "auto":
+    layers spread over every visible GPU (the body of a model no one GPU holds)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(config.path)
     if not (path / "config.json").is_file():
         raise ModelError(f"model.path={path}: no config.json there; point model.path at a "
                          "directory written by save_pretrained (downloads are disabled)")
+    sharded = {"device_map": SHARDED} if config.device == SHARDED else {}
     model, info = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[config.dtype], local_files_only=True, output_loading_info=True
-    )
+        str(path), dtype=DTYPES[config.dtype], local_files_only=True, output_loading_info=True,
+        **sharded)
     head_name = _output_param_name(model, str(path))
     if head_name in info["missing_keys"] and not is_tied(model):
         raise ModelError(f"model.path={path}: the checkpoint has no output layer "
                          f"({head_name} missing; it would be random). Use a causal LM "
                          "checkpoint (*ForCausalLM), not a bare base model")
-    model = prepare_model(model.to(config.device), str(path))
+    model = prepare_model(model if sharded else model.to(config.device), str(path))
     verified_head(model, f"model.path={path}")
     return model
 

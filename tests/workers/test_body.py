@@ -3,6 +3,7 @@ that runs its own body, bit for bit, and holds no model."""
 
 import numpy as np
 import pytest
+import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig
 from compo.data.encoding import load_tokenized
@@ -39,3 +40,11 @@ def test_a_fed_head_worker_votes_as_a_worker_with_the_model(model_dir, pairs, mo
     assert body.describe()["passes"] == 2  # once per round, whatever the head workers do
     with pytest.raises(TypeError, match="the body feeds it"):
         head.likelihood_oracle().feed([])
+
+
+def test_a_body_spread_by_device_map_feeds_the_same_hidden_states(model_dir, pairs):
+    compo = ComPOConfig(num_perturbations=M, radius=1e-2)
+    whole = Body(ModelConfig(path=str(model_dir)), compo).feed(pairs)
+    spread = Body(ModelConfig(path=str(model_dir), device="auto"), compo).feed(pairs)  # no GPU
+    assert torch.equal(whole.inputs.hidden, spread.inputs.hidden)  # here: all on the CPU
+    assert torch.equal(whole.inputs.targets, spread.inputs.targets)
