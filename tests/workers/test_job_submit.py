@@ -16,7 +16,7 @@ import yaml
 from compo.fileio import read_tensors
 
 TIMEOUT_S = 300
-HEAD_CPUS = 3
+HEAD_CPUS = 4  # the job's entrypoint, the body and two workers
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
 
 
