@@ -1,10 +1,11 @@
 """One device's part of a distributed run: a plain class (no Ray) that holds the model.
 
 workers/actor.py wraps it in a Ray actor. Per iteration it applies the coordinator's
-weights patch, computes the hidden-state cache once, then answers chunks of perturbation
-indices (workers/protocol.py). With the service oracle (oracle.kind=service) the votes are
-the comparison service's verdicts on responses this worker generates; one worker generates
-the base responses of an iteration and the coordinator hands them to all.
+weights update (step patches or a dense snapshot), computes the hidden-state cache once,
+then answers chunks of perturbation indices (workers/protocol.py). With the service oracle
+(oracle.kind=service) the votes are the comparison service's verdicts on responses this
+worker generates; one worker generates the base responses of an iteration and the
+coordinator hands them to all.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from compo.config import ComPOConfig, ModelConfig
 from compo.estimator import RowShards
@@ -30,7 +30,8 @@ from workers.protocol import (
     ServiceSetup,
     StaleVersionError,
     VoteBatch,
-    WeightPatch,
+    WeightUpdate,
+    apply_update,
     as_pairs,
 )
 
@@ -64,23 +65,13 @@ class Worker:
                 "shape": list(self.weight.shape), "head_sha256": self.head_sha256,
                 "load_seconds": self.load_seconds}
 
-    def apply(self, patch: WeightPatch) -> int:
-        """Bring the output layer to patch.version; returns the version now held."""
-        if self.version == patch.version:
-            return self.version
-        if patch.base is None:
-            self.weight = self.likelihood_oracle().master_weight()
-        elif patch.base != self.version:
-            raise StaleVersionError(f"{self.name}: holds version {self.version}, the patch "
-                                    f"goes from {patch.base} to {patch.version}")
-        flat = self.weight.view(-1)
-        positions = torch.tensor(patch.indices, dtype=torch.int64, device=flat.device)
-        flat[positions] = torch.tensor(patch.values, dtype=flat.dtype, device=flat.device)
-        self.version = patch.version
+    def apply(self, update: WeightUpdate) -> int:
+        """Bring the output layer to update.version; returns the version now held."""
+        self.version = apply_update(self.weight, self.version, update, self.name)
         return self.version
 
     def prepare(self, round_id: int, version: int, pairs: Sequence[PairIds],
-                patch: WeightPatch | None = None) -> tuple[int, np.ndarray]:
+                patch: WeightUpdate | None = None) -> tuple[int, np.ndarray]:
         """Apply `patch`, run the body once for `pairs`; (version, base log-probs [S])."""
         if patch is not None:
             self.apply(patch)
