@@ -1,7 +1,8 @@
 """The ComPO training loop. Where the votes come from is a VoteSource (compo/votes.py).
 
 Per iteration: pick pairs -> votes of m directions -> sum y_i z_i -> accept or skip ->
-apply the sparse step to the float32 master output layer -> metrics, checkpoint.
+apply the sparse step to the float32 master output layer -> metrics, its changed entries to
+the run's delta log, a commit point every checkpoint_every iterations (compo/rundir.py).
 """
 
 from __future__ import annotations
@@ -216,9 +217,10 @@ class ComPOTrainer:
             for iteration in bar:
                 offset = self.offset
                 with deferred_interrupt() as interrupted:
-                    row = self._step(iteration, batches[iteration], weight)
+                    row, changed = self._step(iteration, batches[iteration], weight)
                     if row is not None:  # the iteration and the offset after it, together
                         done, self.offset = iteration + 1, row.get("data_offset", self.offset)
+                        self.run_dir.append_delta(iteration, changed, weight)
                     pause_point(f"iteration-{iteration}")  # tests only (compo/testhooks.py)
                 if row is None:
                     log.warning("data.reselect: no pair qualifies as noisy under the current "
@@ -230,29 +232,29 @@ class ComPOTrainer:
                 if self.streak.observe(row.get("failed"), iteration, offset):
                     raise OracleFailure(self.streak.message(row["failed"], str(self.run_dir.path)))
                 if done % self.config.checkpoint_every == 0:
-                    self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+                    self._commit(Checkpoint(done, weight.cpu(), self.offset))
                 self.events.iteration(row)
                 if self.on_iteration is not None:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
         except OracleFailure:  # no step since the streak began: save where it began
-            self.run_dir.save_checkpoint(Checkpoint(self.streak.done, weight.cpu(),
-                                                    self.streak.offset))
+            self._commit(Checkpoint(self.streak.done, weight.cpu(), self.streak.offset))
             raise
         except (KeyboardInterrupt, RunStopped):  # RunStopped: e.g. the judge budget
-            self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+            self._commit(Checkpoint(done, weight.cpu(), self.offset))
             raise
         finally:
             bar.close()
             self.events.finish(sys.exc_info()[1])
-        self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+        self._commit(Checkpoint(done, weight.cpu(), self.offset))
         self.watch.finish()
         self.source_lines = source_summary(self.source)
         return weight
 
-    def _checkpoint(self, done: int, weight: torch.Tensor) -> Checkpoint:
-        return Checkpoint(done, weight.cpu(), self.offset)
+    def _commit(self, checkpoint: Checkpoint) -> None:
+        """A commit point; a dense master every config.dense_every iterations."""
+        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every)
 
     def _reselect(self, weight: torch.Tensor) -> Selection | None:
         """data.reselect: the next noisy pairs under `weight` from the running offset."""
@@ -267,15 +269,18 @@ class ComPOTrainer:
         """Release what the vote source holds (Ray: the workers; service: connections)."""
         self.source.close()
 
-    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict | None:
-        """One iteration: update `weight` in place, log and return the metrics row (None:
-        data.reselect found no noisy pair)."""
+    def _step(self, iteration: int, batch: list[int],
+              weight: torch.Tensor) -> tuple[dict | None, torch.Tensor]:
+        """One iteration: update `weight` in place, log the metrics row; returns it (None:
+        data.reselect found no noisy pair) and the flat positions the step changed (the
+        clipped step's kept entries; none when it was skipped)."""
+        unchanged = torch.zeros(0, dtype=torch.int64)
         started = time.perf_counter()
         picked = {}
         if self.config.data.reselect is not None:
             selection = self._reselect(weight)
             if selection is None:
-                return None
+                return None, unchanged
             batch = selection.indices
             picked = {"pair_indices": batch, "data_offset": selection.offset,
                       "scanned": selection.scanned}
@@ -290,7 +295,8 @@ class ComPOTrainer:
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised
             row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)
-        return row
+        update = result.decision.update if result.decision.accepted else None
+        return row, unchanged if update is None else update.indices
 
 
 @contextmanager
