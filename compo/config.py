@@ -303,8 +303,8 @@ class TrainConfig(StrictModel):
         "data offset); the weights' sparse changes are logged as each iteration ends")
     dense_every: int = Field(
         100, gt=0, description="iterations between dense float32 masters of the moved "
-        "parameters (written at a commit point, also when the delta log outgrows one); "
-        "between them only the sparse delta log grows")
+        "parameters (written at a commit point; sooner when the delta log reaches 4 "
+        "masters' bytes); between them only the sparse delta log grows")
     oracle_service_url: str | None = Field(
         None, description="report per-iteration summaries to this oracle service"
     )

@@ -31,6 +31,8 @@ from compo.config_files import dump_config
 from compo.errors import RunError
 from compo.perturbation import GENERATOR
 
+LOG_MASTERS = 4  # a delta log this many dense masters long: the next commit writes a master
+
 
 @dataclass
 class Checkpoint:
@@ -95,11 +97,12 @@ class RunDirectory:
 
     def save_checkpoint(self, checkpoint: Checkpoint, dense_every: int | None = None) -> None:
         """Commit `checkpoint`: a dense master when none is open, `dense_every` iterations
-        have passed since the last one (None: always) or the log outgrew it; else only the
-        commit point, the log's records being on disk already (append_delta)."""
+        have passed since the last one (None: always) or the log holds LOG_MASTERS masters'
+        bytes; else only the commit point, the records being on disk already (append_delta)."""
         done, log = checkpoint.iterations_done, self.log
+        master_bytes = checkpoint.weight.numel() * checkpoint.weight.element_size()
         dense = (dense_every is None or log is None or done - log.start >= dense_every
-                 or log.bytes >= checkpoint.weight.numel() * checkpoint.weight.element_size())
+                 or log.bytes >= LOG_MASTERS * master_bytes)
         if dense:
             self.weights = f"head-{done:06d}.safetensors"
             fileio.write_tensors(self.path / self.weights, {"output_weight": checkpoint.weight})
