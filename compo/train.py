@@ -175,12 +175,11 @@ class ComPOTrainer:
         if source is None:
             self.model = load_model(config.model)
             self.layout = layout_of(self.model, moved_layers)  # what the directions move
-            self.base_weight = self.layout.stack(model_tensors(self.model, self.layout))
+            self._base = self.layout.stack(model_tensors(self.model, self.layout))
             source = default_source(config, self.model, self.tokenizer, run_id)
         else:
-            self.layout, self.base_weight = read_master(config.model.path,
-                                                        DTYPES[config.model.dtype],
-                                                        moved_layers)
+            self.layout, self._base = read_master(config.model.path, DTYPES[config.model.dtype],
+                                                  moved_layers)
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
         self.events = RunEvents(config, run_dir, self.reporter)  # report_to, run status
@@ -188,6 +187,17 @@ class ComPOTrainer:
         self.streak = FailureStreak(config.oracle.max_failed_iterations)
         self.source_lines: list[str] = []  # what the source adds to the final summary
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        """The moved parameters as loaded (float32 [R, d]). A run lets go of them once it
+        holds its master (one float32 copy); export reads them again (model or files)."""
+        if self._base is None:
+            self._base = (self.layout.stack(model_tensors(self.model, self.layout))
+                          if self.model is not None else
+                          read_master(self.config.model.path, DTYPES[self.config.model.dtype],
+                                      self.config.compo.perturb.mlp_last_layers)[1])
+        return self._base
 
     def trained_pairs(self) -> list[TokenizedPair]:
         """The pairs of the iterations run so far (each once)."""
@@ -202,8 +212,10 @@ class ComPOTrainer:
         """Run (or continue) to the end of the schedule; returns the master weight."""
         checkpoint = self.run_dir.load_checkpoint()
         start = checkpoint.iterations_done if checkpoint else 0
-        weight = (checkpoint.weight if checkpoint else self.base_weight).clone()
-        weight = weight.to(self.base_weight.device)
+        base = self.base_weight
+        weight = (checkpoint.weight if checkpoint else base.clone()).to(base.device)
+        del base  # one float32 master from here: the Ray source's versions hold the loaded
+        self._base = None  # layer until their first publish, then let it go too
         self.offset = checkpoint.data_offset if checkpoint else 0
         self.run_dir.truncate_metrics(start)
         self.watch.replay(self.run_dir.metrics())

@@ -112,7 +112,7 @@ class WeightVersions:
             raise RuntimeError("watch before the first advance: publish the weights first")
         pending = self._values(self.current).view(torch.int32) != \
             self.published.view(torch.int32)  # changed, not yet published: keep them
-        fresh = self.current.view(-1)[positions.to(self.current.device)].float().cpu()
+        fresh = self._values(self.current, positions)
         self.watched = torch.cat([self.watched[pending], positions])
         self.published = torch.cat([self.published[pending], fresh])
 
@@ -134,8 +134,12 @@ class WeightVersions:
             return None
         self.published = values
         self.version += 1
-        patch = WeightPatch(self.version, self.version - 1, self._compact(self.watched[changed]),
-                            values[changed].numpy())
+        if not bool(changed.all()):  # usually every kept entry changed: no copies then
+            values, positions = values[changed], self.watched[changed]
+        else:
+            positions = self.watched
+        patch = WeightPatch(self.version, self.version - 1, self._compact(positions),
+                            values.numpy())
         self.chain.append(patch)
         while len(self.chain) > 1 and sum(p.nbytes for p in self.chain) > self.chain_bytes:
             self.chain.popleft()
@@ -157,9 +161,10 @@ class WeightVersions:
         """The current version as a whole (a view of the master: no copy on the CPU)."""
         return WeightSnapshot(self.version, self.current.detach().float().cpu().numpy())
 
-    def _values(self, weight: torch.Tensor) -> torch.Tensor:
-        """The watched positions' float32 values in `weight` (on the CPU)."""
-        return weight.view(-1)[self.watched.to(weight.device)].float().cpu()
+    def _values(self, weight: torch.Tensor, positions: torch.Tensor | None = None):
+        """The float32 values at `positions` (the watched ones) in `weight`, on the CPU."""
+        positions = self.watched if positions is None else positions
+        return torch.index_select(weight.view(-1), 0, positions.to(weight.device)).float().cpu()
 
     def _compact(self, positions: torch.Tensor) -> np.ndarray:
         """Flat positions as int32 when the layer is small enough, else int64."""
