@@ -250,3 +250,14 @@ def test_options_that_need_the_model_here_are_refused_with_votes_from_elsewhere(
                               compo={"accept_check": "trial_step"})
     with pytest.raises(ConfigError, match="trial_step: not supported when votes come"):
         ComPOTrainer(config, start_run(config), source=object())
+
+
+def test_the_run_holds_one_float32_master(model_dir, pairs_file, tmp_path):
+    config = make_config(model_dir, pairs_file, tmp_path, "one", max_iterations=2)
+    trainer = ComPOTrainer(config, start_run(config))
+    loaded = trainer.base_weight.clone()
+    held = []
+    trainer.on_iteration = lambda row: held.append(trainer._base)
+    weight = trainer.run(progress=False)
+    assert held == [None, None]  # the loaded layer is let go while the run goes on
+    assert torch.equal(trainer.base_weight, loaded) and not torch.equal(weight, loaded)
