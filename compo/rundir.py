@@ -103,20 +103,20 @@ class RunDirectory:
         master_bytes = checkpoint.weight.numel() * checkpoint.weight.element_size()
         dense = (dense_every is None or log is None or done - log.start >= dense_every
                  or log.bytes >= LOG_MASTERS * master_bytes)
+        weights = f"head-{done:06d}.safetensors" if dense else self.weights
         if dense:
-            self.weights = f"head-{done:06d}.safetensors"
-            fileio.write_tensors(self.path / self.weights, {"output_weight": checkpoint.weight})
+            fileio.write_tensors(self.path / weights, {"output_weight": checkpoint.weight})
             log = DeltaLog(f"deltas-{done:06d}.log", done, 0)
             fileio.atomic_write(self.path / log.name, lambda tmp: tmp.write_bytes(b""))
         fileio.write_json(self.checkpoint_path, {
-            "iterations_done": done, "weights": self.weights, "deltas": log.name,
+            "iterations_done": done, "weights": weights, "deltas": log.name,
             "deltas_bytes": log.bytes, "dense_iterations": log.start,
             "directions": GENERATOR, "data_offset": checkpoint.data_offset,
         })
-        self.log = log
+        self.weights, self.log = weights, log  # committed
         if dense:
             for old in [*self.path.glob("head-*.safetensors"), *self.path.glob("deltas-*.log")]:
-                if old.name not in (self.weights, log.name):
+                if old.name not in (weights, log.name):
                     old.unlink()
 
     def append_delta(self, iteration: int, positions: torch.Tensor,
@@ -153,7 +153,8 @@ class RunDirectory:
                            f"(only {length} of {self.log.bytes} bytes read back); restore the "
                            f"file or start a new run")
         for record in records:
-            record.apply_(weight)
+            if record.iteration < done:  # the state after `done` iterations, never later
+                record.apply_(weight)
         return Checkpoint(done, weight, state.get("data_offset", 0))
 
     def log_metrics(self, row: dict) -> None:
