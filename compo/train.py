@@ -244,22 +244,22 @@ class ComPOTrainer:
                 if self.streak.observe(row.get("failed"), iteration, offset):
                     raise OracleFailure(self.streak.message(row["failed"], str(self.run_dir.path)))
                 if done % self.config.checkpoint_every == 0:
-                    self._commit(Checkpoint(done, weight.cpu(), self.offset))
+                    self._commit(Checkpoint(done, weight, self.offset))
                 self.events.iteration(row)
                 if self.on_iteration is not None:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
         except OracleFailure:  # no step since the streak began: save where it began
-            self._commit(Checkpoint(self.streak.done, weight.cpu(), self.streak.offset))
+            self._commit(Checkpoint(self.streak.done, weight, self.streak.offset))
             raise
         except (KeyboardInterrupt, RunStopped):  # RunStopped: e.g. the judge budget
-            self._commit(Checkpoint(done, weight.cpu(), self.offset))
+            self._commit(Checkpoint(done, weight, self.offset))
             raise
         finally:
             bar.close()
             self.events.finish(sys.exc_info()[1])
-        self._commit(Checkpoint(done, weight.cpu(), self.offset))
+        self._commit(Checkpoint(done, weight, self.offset))
         self.watch.finish()
         self.source_lines = source_summary(self.source)
         return weight
