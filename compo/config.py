@@ -303,7 +303,13 @@ class TrainConfig(StrictModel):
     max_iterations: int | None = Field(None, gt=0, description="stop early after this many")
     output_dir: str = Field("runs", description="runs are written to <output_dir>/<run_id>")
     run_id: str | None = Field(None, description="default: derived from the time")
-    checkpoint_every: int = Field(10, gt=0, description="iterations between checkpoints")
+    checkpoint_every: int = Field(
+        10, gt=0, description="iterations between commit points (checkpoint.json: progress, "
+        "data offset); the weights' sparse changes are logged as each iteration ends")
+    dense_every: int = Field(
+        100, gt=0, description="iterations between dense float32 masters of the moved "
+        "parameters (written at a commit point; sooner when the delta log reaches 4 "
+        "masters' bytes); between them only the sparse delta log grows")
     oracle_service_url: str | None = Field(
         None, description="report per-iteration summaries to this oracle service"
     )

@@ -3,9 +3,16 @@
 Layout of runs/<run_id>/:
   config.yaml          the resolved config (what the run was started with)
   metrics.jsonl        one line per finished iteration
-  checkpoint.json      the commit point: last finished iteration and its weights file
-  head-<iter>.safetensors  float32 master copy of the output layer after that iteration
+  checkpoint.json      the commit point: iterations done, the dense master and how many
+                       bytes of its delta log count
+  head-<iter>.safetensors  float32 master of the moved parameters after that iteration
+                       (written every `dense_every` iterations, at a commit)
+  deltas-<iter>.log    append-only sparse changes after that dense master: one record per
+                       accepted iteration (compo/deltalog.py), fsync'd as it happens
   final/, delta.safetensors  written by export at the end
+
+Resume = the dense master + the log's committed records: bit for bit the weights of the
+uninterrupted run. A record past the commit point (torn or not yet committed) is dropped.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from compo import fileio
+from compo import deltalog, fileio
 from compo.config_files import dump_config
 from compo.errors import RunError
 from compo.perturbation import GENERATOR
+
+LOG_MASTERS = 4  # a delta log this many dense masters long: the next commit writes a master
 
 
 @dataclass
@@ -32,6 +41,15 @@ class Checkpoint:
     iterations_done: int
     weight: torch.Tensor  # float32 master [R, d]: the output layer (and moved MLPs, layout.py)
     data_offset: int = 0  # data.reselect: where the next scan for noisy pairs starts
+
+
+@dataclass
+class DeltaLog:
+    """The open delta log: its file, the iterations done at its dense master, its bytes."""
+
+    name: str
+    start: int
+    bytes: int
 
 
 def mean_change(before: list[float], after: list[float]) -> float | None:
@@ -55,6 +73,8 @@ class RunDirectory:
         self.config_path = self.path / "config.yaml"
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoint_path = self.path / "checkpoint.json"
+        self.weights: str | None = None  # the committed dense master's file
+        self.log: DeltaLog | None = None  # the open delta log (after the first dense master)
 
     def create(self, config: BaseModel) -> RunDirectory:
         """Start a fresh run: refuses to overwrite one that has a checkpoint."""
@@ -75,20 +95,43 @@ class RunDirectory:
         shutil.rmtree(self.path)
         return True
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Weights file first, then the JSON commit point, then drop older weights."""
-        name = f"head-{checkpoint.iterations_done:06d}.safetensors"
-        fileio.write_tensors(self.path / name, {"output_weight": checkpoint.weight})
+    def save_checkpoint(self, checkpoint: Checkpoint, dense_every: int | None = None) -> None:
+        """Commit `checkpoint`: a dense master when none is open, `dense_every` iterations
+        have passed since the last one (None: always) or the log holds LOG_MASTERS masters'
+        bytes; else only the commit point, the records being on disk already (append_delta)."""
+        done, log = checkpoint.iterations_done, self.log
+        master_bytes = checkpoint.weight.numel() * checkpoint.weight.element_size()
+        dense = (dense_every is None or log is None or done - log.start >= dense_every
+                 or log.bytes >= LOG_MASTERS * master_bytes)
+        weights = f"head-{done:06d}.safetensors" if dense else self.weights
+        if dense:
+            fileio.write_tensors(self.path / weights, {"output_weight": checkpoint.weight})
+            log = DeltaLog(f"deltas-{done:06d}.log", done, 0)
+            fileio.atomic_write(self.path / log.name, lambda tmp: tmp.write_bytes(b""))
         fileio.write_json(self.checkpoint_path, {
-            "iterations_done": checkpoint.iterations_done, "weights": name,
+            "iterations_done": done, "weights": weights, "deltas": log.name,
+            "deltas_bytes": log.bytes, "dense_iterations": log.start,
             "directions": GENERATOR, "data_offset": checkpoint.data_offset,
         })
-        for old in self.path.glob("head-*.safetensors"):
-            if old.name != name:
-                old.unlink()
+        self.weights, self.log = weights, log  # committed
+        if dense:
+            for old in [*self.path.glob("head-*.safetensors"), *self.path.glob("deltas-*.log")]:
+                if old.name not in (weights, log.name):
+                    old.unlink()
+
+    def append_delta(self, iteration: int, positions: torch.Tensor,
+                     weight: torch.Tensor) -> None:
+        """Log the entries an accepted iteration set (their values now in `weight`); before
+        the run's first dense master there is no log (the first commit writes one)."""
+        if self.log is None or positions.numel() == 0:
+            return
+        values = weight.view(-1)[positions.to(weight.device)]
+        record = deltalog.encode(iteration, positions, values)
+        self.log.bytes = deltalog.append(self.path / self.log.name, record, self.log.bytes)
 
     def load_checkpoint(self) -> Checkpoint | None:
-        """The last committed checkpoint, or None for a run that never saved one."""
+        """The last committed checkpoint (dense master + its log's committed records), or
+        None for a run that never saved one."""
         if not self.checkpoint_path.exists():
             return None
         state = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
@@ -98,9 +141,21 @@ class RunDirectory:
                 f"({state.get('directions', 'the generator before CHANGELOG.md #11')}) than "
                 f"this version makes ({GENERATOR}); resuming would mix them. Finish it with "
                 f"the version that started it, or start a new run")
-        tensors = fileio.read_tensors(self.path / state["weights"])
-        return Checkpoint(state["iterations_done"], tensors["output_weight"],
-                          state.get("data_offset", 0))
+        done, self.weights = state["iterations_done"], state["weights"]
+        weight = fileio.read_tensors(self.path / self.weights)["output_weight"]
+        if "deltas" not in state:  # a run from before the delta log: dense checkpoints only
+            self.log = DeltaLog(f"deltas-{done:06d}.log", done, 0)
+            return Checkpoint(done, weight, state.get("data_offset", 0))
+        self.log = DeltaLog(state["deltas"], state["dense_iterations"], state["deltas_bytes"])
+        records, length = deltalog.read(self.path / self.log.name, self.log.bytes)
+        if length < self.log.bytes:
+            raise RunError(f"{self.path / self.log.name}: damaged before its commit point "
+                           f"(only {length} of {self.log.bytes} bytes read back); restore the "
+                           f"file or start a new run")
+        for record in records:
+            if record.iteration < done:  # the state after `done` iterations, never later
+                record.apply_(weight)
+        return Checkpoint(done, weight, state.get("data_offset", 0))
 
     def log_metrics(self, row: dict) -> None:
         """Append one iteration's metrics."""

@@ -1,7 +1,8 @@
 """The ComPO training loop. Where the votes come from is a VoteSource (compo/votes.py).
 
 Per iteration: pick pairs -> votes of m directions -> sum y_i z_i -> accept or skip ->
-apply the sparse step to the float32 master output layer -> metrics, checkpoint.
+apply the sparse step to the float32 master output layer -> metrics, its changed entries to
+the run's delta log, a commit point every checkpoint_every iterations (compo/rundir.py).
 """
 
 from __future__ import annotations
@@ -174,12 +175,11 @@ class ComPOTrainer:
         if source is None:
             self.model = load_model(config.model)
             self.layout = layout_of(self.model, moved_layers)  # what the directions move
-            self.base_weight = self.layout.stack(model_tensors(self.model, self.layout))
+            self._base = self.layout.stack(model_tensors(self.model, self.layout))
             source = default_source(config, self.model, self.tokenizer, run_id)
         else:
-            self.layout, self.base_weight = read_master(config.model.path,
-                                                        DTYPES[config.model.dtype],
-                                                        moved_layers)
+            self.layout, self._base = read_master(config.model.path, DTYPES[config.model.dtype],
+                                                  moved_layers)
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
         self.events = RunEvents(config, run_dir, self.reporter)  # report_to, run status
@@ -187,6 +187,17 @@ class ComPOTrainer:
         self.streak = FailureStreak(config.oracle.max_failed_iterations)
         self.source_lines: list[str] = []  # what the source adds to the final summary
         self.measure_export: Callable[..., dict] = measure_export  # Ray: on a worker node
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        """The moved parameters as loaded (float32 [R, d]). A run lets go of them once it
+        holds its master (one float32 copy); export reads them again (model or files)."""
+        if self._base is None:
+            self._base = (self.layout.stack(model_tensors(self.model, self.layout))
+                          if self.model is not None else
+                          read_master(self.config.model.path, DTYPES[self.config.model.dtype],
+                                      self.config.compo.perturb.mlp_last_layers)[1])
+        return self._base
 
     def trained_pairs(self) -> list[TokenizedPair]:
         """The pairs of the iterations run so far (each once)."""
@@ -201,8 +212,10 @@ class ComPOTrainer:
         """Run (or continue) to the end of the schedule; returns the master weight."""
         checkpoint = self.run_dir.load_checkpoint()
         start = checkpoint.iterations_done if checkpoint else 0
-        weight = (checkpoint.weight if checkpoint else self.base_weight).clone()
-        weight = weight.to(self.base_weight.device)
+        base = self.base_weight
+        weight = (checkpoint.weight if checkpoint else base.clone()).to(base.device)
+        del base  # one float32 master from here: the Ray source's versions hold the loaded
+        self._base = None  # layer until their first publish, then let it go too
         self.offset = checkpoint.data_offset if checkpoint else 0
         self.run_dir.truncate_metrics(start)
         self.watch.replay(self.run_dir.metrics())
@@ -216,9 +229,10 @@ class ComPOTrainer:
             for iteration in bar:
                 offset = self.offset
                 with deferred_interrupt() as interrupted:
-                    row = self._step(iteration, batches[iteration], weight)
+                    row, changed = self._step(iteration, batches[iteration], weight)
                     if row is not None:  # the iteration and the offset after it, together
                         done, self.offset = iteration + 1, row.get("data_offset", self.offset)
+                        self.run_dir.append_delta(iteration, changed, weight)
                     pause_point(f"iteration-{iteration}")  # tests only (compo/testhooks.py)
                 if row is None:
                     log.warning("data.reselect: no pair qualifies as noisy under the current "
@@ -230,29 +244,29 @@ class ComPOTrainer:
                 if self.streak.observe(row.get("failed"), iteration, offset):
                     raise OracleFailure(self.streak.message(row["failed"], str(self.run_dir.path)))
                 if done % self.config.checkpoint_every == 0:
-                    self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+                    self._commit(Checkpoint(done, weight, self.offset))
                 self.events.iteration(row)
                 if self.on_iteration is not None:
                     self.on_iteration(row)
                 if interrupted():
                     raise KeyboardInterrupt
         except OracleFailure:  # no step since the streak began: save where it began
-            self.run_dir.save_checkpoint(Checkpoint(self.streak.done, weight.cpu(),
-                                                    self.streak.offset))
+            self._commit(Checkpoint(self.streak.done, weight, self.streak.offset))
             raise
         except (KeyboardInterrupt, RunStopped):  # RunStopped: e.g. the judge budget
-            self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+            self._commit(Checkpoint(done, weight, self.offset))
             raise
         finally:
             bar.close()
             self.events.finish(sys.exc_info()[1])
-        self.run_dir.save_checkpoint(self._checkpoint(done, weight))
+        self._commit(Checkpoint(done, weight, self.offset))
         self.watch.finish()
         self.source_lines = source_summary(self.source)
         return weight
 
-    def _checkpoint(self, done: int, weight: torch.Tensor) -> Checkpoint:
-        return Checkpoint(done, weight.cpu(), self.offset)
+    def _commit(self, checkpoint: Checkpoint) -> None:
+        """A commit point; a dense master every config.dense_every iterations."""
+        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every)
 
     def _reselect(self, weight: torch.Tensor) -> Selection | None:
         """data.reselect: the next noisy pairs under `weight` from the running offset."""
@@ -267,15 +281,18 @@ class ComPOTrainer:
         """Release what the vote source holds (Ray: the workers; service: connections)."""
         self.source.close()
 
-    def _step(self, iteration: int, batch: list[int], weight: torch.Tensor) -> dict | None:
-        """One iteration: update `weight` in place, log and return the metrics row (None:
-        data.reselect found no noisy pair)."""
+    def _step(self, iteration: int, batch: list[int],
+              weight: torch.Tensor) -> tuple[dict | None, torch.Tensor]:
+        """One iteration: update `weight` in place, log the metrics row; returns it (None:
+        data.reselect found no noisy pair) and the flat positions the step changed (the
+        clipped step's kept entries; none when it was skipped)."""
+        unchanged = torch.zeros(0, dtype=torch.int64)
         started = time.perf_counter()
         picked = {}
         if self.config.data.reselect is not None:
             selection = self._reselect(weight)
             if selection is None:
-                return None
+                return None, unchanged
             batch = selection.indices
             picked = {"pair_indices": batch, "data_offset": selection.offset,
                       "scanned": selection.scanned}
@@ -290,7 +307,8 @@ class ComPOTrainer:
         if self.reporter is not None:  # posts to the service; a failure is counted, not raised
             row.update(self.reporter.report(row))
         self.run_dir.log_metrics(row)
-        return row
+        update = result.decision.update if result.decision.accepted else None
+        return row, unchanged if update is None else update.indices
 
 
 @contextmanager

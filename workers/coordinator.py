@@ -3,12 +3,13 @@
 RayVoteSource is a VoteSource (compo/votes.py), so the loop, checkpoints, resume and
 metrics are the core engine's. It holds a WorkerGroup (workers/group.py: versions,
 preparation, failures) and a ChunkQueue (workers/dispatch.py). Per iteration the group
-brings every worker to the current weights version (a sparse patch, put once into the
-object store) and prepares the pairs; the votes are gathered chunk by chunk with
-ray.wait, re-dispatching the chunks of dead, unreachable or straggling workers. With the
-service oracle one worker first generates the iteration's base responses, put once for
-all chunks. An accepted step is rebuilt by the workers, a shard of rows of sum y_i z_i
-each (workers/rebuild.py), and published the same way as the weights.
+brings every worker to the current weights version (the sparse step patches it missed or a
+dense snapshot, whichever is smaller, put once into the object store) and prepares the
+pairs; the votes are gathered chunk by chunk with ray.wait, re-dispatching the chunks of
+dead, unreachable or straggling workers. With the service oracle one worker first generates
+the iteration's base responses, put once for all chunks. An accepted step is rebuilt by the
+workers, a shard of rows of sum y_i z_i each (workers/rebuild.py), and published the same
+way as the weights.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from workers.stats import IterationStats, payload_size
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_VERSION = -1  # a worker that failed: its next call carries a full patch
+UNKNOWN_VERSION = -1  # a worker that failed: its next call carries a dense snapshot
 
 
 @dataclass
@@ -147,9 +147,9 @@ class WorkerGroup:
     def publish(self, weight: torch.Tensor, acknowledge: bool) -> None:
         """Make the next version if `weight` moved; with `acknowledge`, send it now."""
         started = time.perf_counter()
-        step = self.weights.advance(weight)
-        if step is not None:
-            self.stats.update_bytes += step.nbytes
+        update = self.weights.advance(weight)  # compares only the step's positions
+        if update is not None:
+            self.stats.update_bytes += update.nbytes
         if acknowledge:
             acks = {}
             for worker in self.prepared():
@@ -166,7 +166,8 @@ class WorkerGroup:
         self.stats.seconds["broadcast"] += time.perf_counter() - started
 
     def patch_ref(self, worker: WorkerState) -> Any:
-        """Object ref of the patch `worker` needs (each patch is put once), or None."""
+        """Object ref of the update `worker` needs (step patches or a dense snapshot, each
+        put once per version), or None."""
         patch = self.weights.patch_for(worker.version)
         if patch is None:
             return None

@@ -64,7 +64,10 @@ class ShardCalls:
                 results.setdefault(index, as_tensors(value))
             self._requeue_stragglers(calls, todo, results)
         group.stats.seconds[f"rebuild_{method}"] += time.perf_counter() - started
-        return [results[i] for i in range(len(shards))]
+        ordered = [results[i] for i in range(len(shards))]
+        if method == "step":  # the positions the step may change: all the versions compare
+            group.weights.watch(torch.cat([positions for positions, _ in ordered]))
+        return ordered
 
     def _assign(self, todo: deque, calls: dict, method: str, shards: Sequence[range],
                 args: tuple) -> None:

@@ -1,10 +1,11 @@
 """One device's part of a distributed run: a plain class (no Ray) that holds the model.
 
 workers/actor.py wraps it in a Ray actor. Per iteration it applies the coordinator's
-weights patch, computes the hidden-state cache once, then answers chunks of perturbation
-indices (workers/protocol.py). With the service oracle (oracle.kind=service) the votes are
-the comparison service's verdicts on responses this worker generates; one worker generates
-the base responses of an iteration and the coordinator hands them to all.
+weights update (step patches or a dense snapshot), computes the hidden-state cache once,
+then answers chunks of perturbation indices (workers/protocol.py). With the service oracle
+(oracle.kind=service) the votes are the comparison service's verdicts on responses this
+worker generates; one worker generates the base responses of an iteration and the
+coordinator hands them to all.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from compo.config import ComPOConfig, ModelConfig
 from compo.estimator import RowShards
@@ -32,7 +32,8 @@ from workers.protocol import (
     ServiceSetup,
     StaleVersionError,
     VoteBatch,
-    WeightPatch,
+    WeightUpdate,
+    apply_update,
     as_pairs,
 )
 
@@ -58,7 +59,9 @@ class Worker:
                 service_source(network, tokenizer, service) if service is not None else
                 LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
                                                  model.batch_size)))
-        self.weight = self.loaded_master()
+        # the master as loaded (version 0); a head worker's is the body's copy, moved here
+        self.weight = (self.head.master if self.head is not None
+                       else self.likelihood_oracle().master_weight())
         self.head_sha256 = fingerprint(self.weight)  # the coordinator checks it is its own
         self.compo = compo
         self.version = 0  # 0: the output layer as loaded
@@ -74,23 +77,13 @@ class Worker:
                 "holds_model": self.head is None, "resident_bytes": resident_bytes(),
                 "load_seconds": self.load_seconds}
 
-    def apply(self, patch: WeightPatch) -> int:
-        """Bring the output layer to patch.version; returns the version now held."""
-        if self.version == patch.version:
-            return self.version
-        if patch.base is None:
-            self.weight = self.loaded_master()
-        elif patch.base != self.version:
-            raise StaleVersionError(f"{self.name}: holds version {self.version}, the patch "
-                                    f"goes from {patch.base} to {patch.version}")
-        flat = self.weight.view(-1)
-        positions = torch.tensor(patch.indices, dtype=torch.int64, device=flat.device)
-        flat[positions] = torch.tensor(patch.values, dtype=flat.dtype, device=flat.device)
-        self.version = patch.version
+    def apply(self, update: WeightUpdate) -> int:
+        """Bring the output layer to update.version; returns the version now held."""
+        self.version = apply_update(self.weight, self.version, update, self.name)
         return self.version
 
     def prepare(self, round_id: int, version: int, pairs: Sequence[PairIds] | HeadFeed,
-                patch: WeightPatch | None = None) -> tuple[int, np.ndarray]:
+                patch: WeightUpdate | None = None) -> tuple[int, np.ndarray]:
         """Apply `patch`, then take the body's feed (a head worker) or run the body once
         for `pairs`; (version, base log-probs [S])."""
         if patch is not None:
@@ -150,12 +143,6 @@ class Worker:
             small = self.weight.numel() <= np.iinfo(np.int32).max
             return positions.numpy().astype(np.int32 if small else np.int64), values.numpy()
         return result.numpy()
-
-    def loaded_master(self) -> torch.Tensor:
-        """A fresh copy of the float32 master as loaded (version 0)."""
-        if self.head is not None:
-            return self.head.master.clone()
-        return self.likelihood_oracle().master_weight()
 
     def likelihood_oracle(self) -> LikelihoodOracle:
         """The likelihood oracle inside the vote source (it holds the loaded layer)."""

@@ -1,6 +1,7 @@
 """Training loop: determinism, resume, interruption, checkpoints that survive crashes."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -63,6 +64,8 @@ def test_interrupt_then_resume_reproduces_uninterrupted_run(model_dir, pairs_fil
         train(config, on_iteration=interrupt)
     run_dir = RunDirectory(tmp_path / "runs" / "cut")
     assert run_dir.load_checkpoint().iterations_done == 5
+    state = json.loads(run_dir.checkpoint_path.read_text())  # the dense master at 3 + a log
+    assert state["dense_iterations"] == 3 and state["deltas_bytes"] > 0
     resumed = ComPOTrainer(config, run_dir).run(progress=False)
     assert torch.equal(resumed, full)
     assert [row["iteration"] for row in run_dir.metrics()] == list(range(8))
@@ -88,13 +91,14 @@ def test_crash_while_writing_a_checkpoint_keeps_the_last_one(model_dir, pairs_fi
                                                            monkeypatch):
     from compo import fileio
 
-    config = make_config(model_dir, pairs_file, tmp_path, "c", checkpoint_every=2)
+    config = make_config(model_dir, pairs_file, tmp_path, "c", checkpoint_every=2,
+                         dense_every=2)  # every commit writes a dense master
     calls = {"n": 0}
     real_header = fileio.safetensors_header
 
     def failing_header(tensors, metadata=None):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second checkpoint dies half-way through the write
+        if calls["n"] == 2:  # the second dense master dies half-way through the write
             raise OSError("disk full")
         return real_header(tensors, metadata)
 
@@ -246,3 +250,14 @@ def test_options_that_need_the_model_here_are_refused_with_votes_from_elsewhere(
                               compo={"accept_check": "trial_step"})
     with pytest.raises(ConfigError, match="trial_step: not supported when votes come"):
         ComPOTrainer(config, start_run(config), source=object())
+
+
+def test_the_run_holds_one_float32_master(model_dir, pairs_file, tmp_path):
+    config = make_config(model_dir, pairs_file, tmp_path, "one", max_iterations=2)
+    trainer = ComPOTrainer(config, start_run(config))
+    loaded = trainer.base_weight.clone()
+    held = []
+    trainer.on_iteration = lambda row: held.append(trainer._base)
+    weight = trainer.run(progress=False)
+    assert held == [None, None]  # the loaded layer is let go while the run goes on
+    assert torch.equal(trainer.base_weight, loaded) and not torch.equal(weight, loaded)

@@ -164,16 +164,17 @@ def test_stale_worker_is_refused_and_brought_back_exactly(make_config, model_dir
         # a worker that moved on to weights the coordinator never published
         import ray
 
-        from workers.protocol import WeightPatch
-        rogue = WeightPatch(7, None, torch.tensor([0, 1]).numpy(),
-                            torch.tensor([9.0, 9.0]).numpy())
+        from workers.protocol import WeightSnapshot
+        moved = weight.clone()
+        moved.view(-1)[:2] = 9.0
+        rogue = WeightSnapshot(7, moved.numpy())
         ray.get(source.workers[1].actor.apply.remote(rogue))
         votes = source.votes(3, 0, list(range(M)))
         local.prepare(pairs, weight)
         assert torch.equal(votes, local.votes(3, 0, list(range(M))))
         stats = source.metrics()["ray"]
         assert stats["failures"] >= 1 and stats["redispatched"] >= 1
-        source.prepare(pairs, weight)  # next round: the rogue worker got a full patch
+        source.prepare(pairs, weight)  # next round: the rogue worker got a dense snapshot
         assert len(source.group.usable()) == 2
         assert torch.equal(source.votes(3, 1, list(range(M))),
                            local.votes(3, 1, list(range(M))))

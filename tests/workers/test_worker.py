@@ -15,6 +15,8 @@ from workers.protocol import (
     ServiceSetup,
     StaleVersionError,
     VoteBatch,
+    WeightChain,
+    WeightSnapshot,
     WeightVersions,
     as_pairs,
     pair_ids,
@@ -33,6 +35,9 @@ def pairs(model_dir, pairs_path):
 @pytest.fixture
 def worker(model_dir):
     return Worker(ModelConfig(path=str(model_dir)), COMPO, "worker-7", "10.0.0.7/abcd")
+
+
+UNKNOWN_VERSION = -1  # the coordinator's mark of a worker that failed (workers/group.py)
 
 
 def stepped(weight: torch.Tensor, positions: list[int], delta: float) -> torch.Tensor:
@@ -65,27 +70,35 @@ def test_answers_are_compact(worker, pairs):
 
 
 def test_patches_bring_workers_to_the_coordinators_exact_weights(worker):
-    versions = WeightVersions(worker.weight.clone())
-    assert versions.advance(versions.base.clone()) is None  # nothing moved: no new version
-    first = stepped(versions.base, [0, 5, 77], 1e-3)
-    step = versions.advance(first)
+    master, loaded = worker.weight.clone(), worker.weight.clone()
+    versions = WeightVersions(loaded)
+    assert versions.advance(master) is None  # adopted: what the workers loaded, version 0
+    versions.watch(torch.tensor([0, 5, 77]))
+    assert versions.advance(master) is None  # nothing moved: no new version
+    master.view(-1)[[0, 5, 77]] += 1e-3
+    step = versions.advance(master)
     assert (step.version, step.base) == (1, 0) and step.indices.dtype == np.int32
     assert step.nbytes == 3 * (4 + 4)
+    first = master.clone()
     assert worker.apply(step) == 1 and torch.equal(worker.weight, first)
     assert worker.apply(step) == 1 and torch.equal(worker.weight, first)  # idempotent
 
-    second = stepped(first, [5, 9], -2e-3)
-    versions.advance(second)
-    assert torch.equal(versions.held, second)
+    versions.watch(torch.tensor([5, 9]))
+    master.view(-1)[[5, 9]] -= 2e-3
+    versions.advance(master)
     assert versions.patch_for(2) is None and versions.patch_for(1).base == 1
-    full = versions.patch_for(0)
-    assert full.base is None and sorted(full.indices.tolist()) == [0, 5, 9, 77]
+    chain = versions.patch_for(0)  # two small steps: fewer bytes than the dense layer
+    assert isinstance(chain, WeightChain) and [p.version for p in chain.patches] == [1, 2]
 
-    fresh = stepped(worker.weight, [3], 5.0)  # a worker holding something else entirely
-    worker.weight, worker.version = fresh, 0
-    with pytest.raises(StaleVersionError, match="holds version 0, the patch goes from 1"):
+    worker.weight, worker.version = loaded.clone(), 0  # a new worker: the layer as loaded
+    assert worker.apply(chain) == 2 and torch.equal(worker.weight, master)
+    # a failed worker, holding something else entirely
+    worker.weight, worker.version = stepped(worker.weight, [3], 5.0), UNKNOWN_VERSION
+    with pytest.raises(StaleVersionError, match="holds version -1, the patches go from 1"):
         worker.apply(versions.patch_for(1))
-    assert worker.apply(full) == 2 and torch.equal(worker.weight, second)
+    snapshot = versions.patch_for(UNKNOWN_VERSION)
+    assert isinstance(snapshot, WeightSnapshot) and snapshot.nbytes == master.numel() * 4
+    assert worker.apply(snapshot) == 2 and torch.equal(worker.weight, master)
 
 
 def test_requests_for_other_versions_or_rounds_are_refused(worker, pairs):
