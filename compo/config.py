@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compo.perturb_config import PerturbConfig
 from compo.trackers import tracker_names
 
 DEFAULT_TOKEN_ENV = "COMPO_ORACLE_API_TOKEN"  # the variable the service itself reads
@@ -85,21 +86,6 @@ class ClipConfig(StrictModel):
             raise ValueError(f"clip.value is a fraction in (0, 1] for mode 'fraction', "
                              f"got {self.value}; e.g. 0.02 keeps 2% of entries")
         return self
-
-
-class PerturbConfig(StrictModel):
-    """Which weights the directions move (the paper's Table 5: the output layer alone, or
-    it and the MLP projections of the last layers)."""
-
-    mlp_last_layers: int = Field(
-        0, ge=0, description="also move every linear weight of the MLP of the last k decoder "
-        "layers (0: the output layer only). Likelihood oracle only; the body runs once up to "
-        "the first moved layer, the moved layers and the head once per direction")
-    tail_dtype: Literal["float64", "float32"] = Field(
-        "float64", description="dtype the moved layers rerun in: float64 keeps h' - h free of "
-        "the residual stream's rounding (~1e-7 relative; as fast as float32 on H100/A100, "
-        "2x on CPU); float32 is faster on GPUs without float64 throughput (~1e-3 relative "
-        "at r = 5e-4)")
 
 
 class ComPOConfig(StrictModel):
@@ -351,10 +337,10 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _moved_layers_with_likelihood(self) -> TrainConfig:
-        if self.compo.perturb.mlp_last_layers and self.oracle.kind == "service":
-            raise ValueError("compo.perturb.mlp_last_layers works with the likelihood oracle; "
-                             "the service oracle generates with a moved output layer only. "
-                             "Set it to 0 or use oracle.kind: likelihood")
+        if self.compo.perturb.moves_layers and self.oracle.kind == "service":
+            raise ValueError(f"compo.perturb.target {self.compo.perturb.target} works with the "
+                             "likelihood oracle; the service oracle generates with a moved "
+                             "output layer only. Set target: head or oracle.kind: likelihood")
         return self
 
     @model_validator(mode="after")

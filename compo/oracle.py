@@ -10,7 +10,8 @@ large sums:
 with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
 p = softmax(base logits).
 
-With compo.perturb.mlp_last_layers = k the MLPs of the last k layers move too: the master
+With compo.perturb.target other than head, weights of the last k layers move too (the
+MLPs', or another target's of compo/model/targets/): the master
 is the stack of compo/model/layout.py, the body runs once up to the first moved layer, and
 per direction the tail (compo/model/tail.py) reruns to h'; then
   e = s * ((h' - h) W^T + r h' z^T)
@@ -268,13 +269,14 @@ class LikelihoodOracle:
         self.pad_id, self.batch_size = pad_id, batch_size
         self.head = head_of(model)
         self.direction_dtype = DTYPES[config.direction_dtype]
-        self.layout = layout_of(model, config.perturb.mlp_last_layers)
+        self.layout = layout_of(model, config.perturb)
         self.tail = (Tail(model, self.layout, dtype=TAIL_DTYPES[config.perturb.tail_dtype])
                      if self.layout.moved_layers else None)
         if self.tail is not None:
             if config.products == "fused":
                 raise ConfigError("compo.products: fused computes the output layer's votes "
-                                  "only; with compo.perturb.mlp_last_layers use auto or eager")
+                                  "only; with compo.perturb.target other than head use auto "
+                                  "or eager")
             self.tail.check()
 
     def prepare(self, pairs: Sequence[TokenizedPair], weight: torch.Tensor) -> OracleState:

@@ -171,15 +171,14 @@ class ComPOTrainer:
         if source is not None and in_process_options(config):
             raise ConfigError(f"{', '.join(in_process_options(config))}: not supported when "
                               "votes come from elsewhere (Ray workers); remove them")
-        moved_layers = config.compo.perturb.mlp_last_layers
         if source is None:
             self.model = load_model(config.model)
-            self.layout = layout_of(self.model, moved_layers)  # what the directions move
+            self.layout = layout_of(self.model, config.compo.perturb)  # what the directions move
             self._base = self.layout.stack(model_tensors(self.model, self.layout))
             source = default_source(config, self.model, self.tokenizer, run_id)
         else:
             self.layout, self._base = read_master(config.model.path, DTYPES[config.model.dtype],
-                                                  moved_layers)
+                                                  config.compo.perturb)
         self.source = source
         self.reporter = iteration_reporter(config, run_id)
         self.events = RunEvents(config, run_dir, self.reporter)  # report_to, run status
@@ -196,7 +195,7 @@ class ComPOTrainer:
             self._base = (self.layout.stack(model_tensors(self.model, self.layout))
                           if self.model is not None else
                           read_master(self.config.model.path, DTYPES[self.config.model.dtype],
-                                      self.config.compo.perturb.mlp_last_layers)[1])
+                                      self.config.compo.perturb)[1])
         return self._base
 
     def trained_pairs(self) -> list[TokenizedPair]:
@@ -343,7 +342,7 @@ def export_run(trainer: ComPOTrainer, weight: torch.Tensor) -> dict:
     report = trainer.measure_export(config.model, out / "final", trainer.trained_pairs(),
                                     trainer.tokenizer.pad_token_id, trainer.base_weight,
                                     weight, network=trainer.model,
-                                    mlp_last_layers=config.compo.perturb.mlp_last_layers)
+                                    layout=trainer.layout)
     fileio.write_json(out / "export_report.json", report)
     summary.update(export=report, export_keeps=check_kept(report, config.export.dtype))
     return summary

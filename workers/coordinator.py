@@ -236,11 +236,11 @@ def remote_measure(settings: RayConfig, use_gpu: bool) -> Callable[..., dict]:
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
 
     def measure(model, final, pairs, pad_id, base_weight, master, network=None,
-                mlp_last_layers: int = 0) -> dict:
+                layout=None) -> dict:
         task = ray.remote(**resources)(measure_export)
         model = model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
         return ray.get(task.remote(model, str(final), pairs, pad_id, base_weight.cpu(),
-                                   master.cpu(), mlp_last_layers=mlp_last_layers))
+                                   master.cpu(), layout=layout))
 
     return measure
 

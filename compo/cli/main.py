@@ -36,10 +36,11 @@ sequence alone, in nats (exact: at most 1e-4). Perturbed error: the largest rela
 of ComPO's log-prob change against a float64 full forward pass with W + r z (exact: at
 most 1e-3; where a family's forward casts its logits to float32, as Mamba's and xLSTM's
 do, the reference applies its verified head in float64 to its output layer's input). Votes
-agree: perturbations whose vote equals the float64 one (exact: all). The last two columns:
-the same with the MLPs of the last 2 layers moving too (compo.perturb: {mlp_last_layers:
-2}; families whose MLPs ComPO cannot rerun are refused there). Check your own checkpoint
-with `compo conformance --model PATH`.
+agree: perturbations whose vote equals the float64 one (exact: all). The last columns, two
+per target of compo/model/targets/ that moves weights inside the layers: the same with that
+target moving in the last 2 layers too (e.g. compo.perturb: {target: mlp, last_layers: 2},
+the paper's Table 5; families whose layers ComPO cannot rerun that way are refused there
+with the reason). Check your own checkpoint with `compo conformance --model PATH`.
 
 """
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from compo import fileio
+from compo.config import PerturbConfig
 from compo.errors import ModelError
 from compo.model.layout import Layout, layout_of
 
@@ -79,11 +80,11 @@ def read_output_layer(path: str | Path, dtype: torch.dtype) -> torch.Tensor:
     return read_tensor(path, name).to(dtype).float()
 
 
-def read_master(path: str | Path, dtype: torch.dtype, mlp_last_layers: int = 0
+def read_master(path: str | Path, dtype: torch.dtype, perturb: PerturbConfig | None = None
                 ) -> tuple[Layout, torch.Tensor]:
     """The layout and float32 stacked master of everything the directions move
     (compo/model/layout.py), read from the files as a model loaded in `dtype` holds it."""
-    layout = layout_of(meta_network(path), mlp_last_layers, str(path))
+    layout = layout_of(meta_network(path), perturb, str(path))
     tensors = {layout.head.name: read_output_layer(path, dtype)}
     for block in layout.moved_layers:
         tensors[block.name] = read_tensor(path, block.name).to(dtype).float()

@@ -1,7 +1,7 @@
 """Does ComPO reproduce a model exactly? Base log-probs against the model's own forward, and
 perturbed log-prob changes against a float64 full forward with W + r z — with the output
-layer alone, and with the MLPs of the last MOVED_LAYERS layers moving too
-(compo.perturb.mlp_last_layers).
+layer alone, and with each target of compo/model/targets/ that moves weights of the last
+MOVED_LAYERS layers too (compo.perturb.target: mlp, ...).
 
 `compo conformance` prints (and with --out writes) the table over every causal-LM type the
 installed transformers ships (tiny random models with random multipliers, soft-caps and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from compo.config import ComPOConfig, PerturbConfig
 from compo.data.formats import TokenizedPair
 from compo.errors import ModelError
 from compo.model.head import head_input, head_of, output_layer, probe_ids, verified_head
+from compo.model.targets import layer_targets
 from compo.oracle import LikelihoodOracle, combine, pair_improved
 from compo.perturbation import direction, direction_key
 
@@ -41,6 +42,20 @@ class NoReference(Exception):
 
 
 @dataclass
+class Moved:
+    """One layer target's result: its figures, or why it is refused for the model."""
+
+    error: float | None = None  # largest relative error of the changes
+    agreement: float | None = None  # share of perturbations voting like float64
+    refused: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.refused is not None or (self.error <= CHANGE_TOLERANCE
+                                            and self.agreement == 1.0)
+
+
+@dataclass
 class Conformance:
     """One model's row of the table; `refused` holds the reason when it is refused."""
 
@@ -50,9 +65,7 @@ class Conformance:
     vote_agreement: float | None = None  # share of perturbations voting like float64
     perturbations: int = 0
     refused: str | None = None
-    moved_error: float | None = None  # the same with the last layers' MLPs moving too
-    moved_agreement: float | None = None
-    moved_refused: str | None = None
+    moved: dict[str, Moved] = field(default_factory=dict)  # per layer target: the same
     not_buildable: str | None = None  # why no tiny model of this type could be built
     unverified: str | None = None  # why the float64 reference could not run
     failed: str | None = None  # a raw error after the load-time check: a bug to fix
@@ -65,8 +78,7 @@ class Conformance:
                                ("failed", self.failed), ("unverified", self.unverified)):
             if reason is not None:
                 return status
-        moved_ok = self.moved_refused is not None or (
-            self.moved_error <= CHANGE_TOLERANCE and self.moved_agreement == 1.0)
+        moved_ok = all(result.ok for result in self.moved.values())
         exact = (self.base_error <= BASE_TOLERANCE and self.perturbed_error <= CHANGE_TOLERANCE
                  and self.vote_agreement == 1.0 and moved_ok)
         return "exact" if exact else "WRONG"
@@ -166,15 +178,12 @@ def check(model: nn.Module, name: str, perturbations: int,
         return row
     pairs = probe_pairs(output_layer(model).weight.shape[0])
     config = ComPOConfig(radius=radius, block_elements=1 << 16)
-    moved = config.model_copy(update={"perturb": PerturbConfig(mlp_last_layers=MOVED_LAYERS)})
     try:
         row.base_error, row.perturbed_error, row.vote_agreement = exactness(
             model, pairs, config, perturbations)
-        try:
-            _, row.moved_error, row.moved_agreement = exactness(model, pairs, moved,
-                                                                perturbations)
-        except ModelError as error:
-            row.moved_refused = str(error)
+        for target in layer_targets():
+            row.moved[target.name] = moved_exactness(model, pairs, config, target.name,
+                                                     perturbations)
     except ModelError as error:
         row.refused = str(error)
     except NoReference as error:
@@ -182,6 +191,18 @@ def check(model: nn.Module, name: str, perturbations: int,
     except Exception as error:  # the table shows it; scoring must not hide it
         row.failed = f"{type(error).__name__}: {error}"
     return row
+
+
+def moved_exactness(model: nn.Module, pairs, config: ComPOConfig, target: str,
+                    perturbations: int) -> Moved:
+    """exactness() with `target` moving in the last MOVED_LAYERS layers too."""
+    perturb = PerturbConfig(target=target, last_layers=MOVED_LAYERS)
+    try:
+        _, error, agreement = exactness(model, pairs, config.model_copy(
+            update={"perturb": perturb}), perturbations)
+    except ModelError as refusal:
+        return Moved(refused=str(refusal))
+    return Moved(error, agreement)
 
 
 def sweep(perturbations: int, types: list[str] | None = None, seed: int = 0
@@ -233,19 +254,31 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _moved_cells(result: Moved | None, perturbations: int) -> str:
+    """A layer target's two cells: its error and votes, or why it is refused."""
+    if result is None:
+        return " | "
+    if result.refused is not None:
+        return f"refused: {_cell(result.refused)} | "
+    return f"{result.error:.1e} | {result.agreement:.1%} of {perturbations}"
+
+
 def markdown(rows: list[Conformance]) -> str:
-    """The counts and the table as markdown."""
+    """The counts and the table as markdown (two columns per layer target)."""
+    targets = layer_targets()
+    header = "".join(f" with {t.summary} of the last {MOVED_LAYERS} layers: max relative "
+                     "error | votes agree |" for t in targets)
     lines = [summary(rows), "",
              "| type | class | result | base log-prob error (nats) | perturbed change, max "
-             "relative error | votes agree | with the last 2 MLPs: max relative error "
-             "| votes agree |", "|---|---|---|---|---|---|---|---|"]
+             "relative error | votes agree |" + header,
+             "|---|---|---|---|---|---|" + "---|---|" * len(targets)]
     for row in rows:
         start = f"| {row.name} | {row.model_class} | {row.status}"
         if row.reason is not None:
-            lines.append(f"{start}: {_cell(row.reason)} | | | | | |")
+            lines.append(f"{start}: {_cell(row.reason)}" + " |" * (4 + 2 * len(targets)))
             continue
-        moved = (f"refused: {_cell(row.moved_refused)} | " if row.moved_refused is not None
-                 else f"{row.moved_error:.1e} | {row.moved_agreement:.1%} of {row.perturbations}")
+        moved = " | ".join(_moved_cells(row.moved.get(t.name), row.perturbations)
+                           for t in targets)
         lines.append(f"{start} | {row.base_error:.1e} | {row.perturbed_error:.1e} | "
                      f"{row.vote_agreement:.1%} of {row.perturbations} | {moved} |")
     return "\n".join(lines) + "\n"

@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from compo import fileio
-from compo.errors import DeltaError
-from compo.model.checkpoint import copy_with_tensors, read_master
-from compo.model.layout import Layout, moved_layer_count
+from compo.config import PerturbConfig
+from compo.errors import DeltaError, ModelError
+from compo.model.checkpoint import copy_with_tensors, meta_network, read_master
+from compo.model.layout import Layout, layout_of, moved_layer_count
 from compo.model.loading import DTYPES
+from compo.model.targets import layer_targets
 
 
 def fingerprint(weight: torch.Tensor) -> str:
@@ -77,10 +79,25 @@ def apply_delta(base_dir: str | Path, delta_path: str | Path, out_dir: str | Pat
     `dtype`)."""
     _, _, metadata = read_delta(delta_path)
     recorded = Layout.from_description(metadata["layout"]) if "layout" in metadata else None
-    moved_layers = moved_layer_count(recorded) if recorded is not None else 0
-    layout, base = read_master(base_dir, DTYPES[dtype], moved_layers)
+    layout, base = read_master(base_dir, DTYPES[dtype], recorded_target(base_dir, recorded))
     if recorded is not None and recorded != layout:
         raise DeltaError(f"{delta_path}: made for tensors {[b.name for b in recorded.blocks]}; "
                          f"{base_dir} has {[b.name for b in layout.blocks]}")
     tuned = apply_delta_to(base, delta_path)
     return copy_with_tensors(base_dir, layout.tensors(tuned), out_dir, DTYPES[dtype])
+
+
+def recorded_target(base_dir: str | Path, recorded: Layout | None) -> PerturbConfig:
+    """The target a delta's layout was made with: the registered one that stacks the same
+    tensors of the base (mlp when none does: the caller names the tensors)."""
+    if recorded is None or not recorded.moved_layers:
+        return PerturbConfig()
+    meta, k = meta_network(base_dir), moved_layer_count(recorded)
+    for target in layer_targets():
+        perturb = PerturbConfig(target=target.name, last_layers=k)
+        try:
+            if layout_of(meta, perturb, str(base_dir)) == recorded:
+                return perturb
+        except ModelError:
+            continue
+    return PerturbConfig(target="mlp", last_layers=k)

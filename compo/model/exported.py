@@ -21,7 +21,7 @@ from compo.config import ModelConfig
 from compo.data.formats import TokenizedPair
 from compo.model.checkpoint import copy_with_tensors
 from compo.model.head import head_of
-from compo.model.layout import layout_of
+from compo.model.layout import Layout, layout_of
 from compo.model.loading import DTYPES, load_model, prepare_model
 from compo.model.scoring import head_inputs, pair_sequences, sequence_logprobs
 from compo.model.tail import Tail
@@ -53,12 +53,11 @@ def write_final(base: str | Path, tensors: dict[str, torch.Tensor], out: str | P
 
 
 def pair_changes(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int,
-                 before: torch.Tensor, after: torch.Tensor, mlp_last_layers: int = 0
+                 before: torch.Tensor, after: torch.Tensor, layout: Layout | None = None
                  ) -> torch.Tensor:
-    """[y+, y-] change of log-probs summed over pairs, from master before to after (the
-    body runs once)."""
-    layout, head, sequences = layout_of(model, mlp_last_layers), head_of(model), \
-        pair_sequences(pairs)
+    """[y+, y-] change of log-probs summed over pairs, from master before to after (stacked
+    as `layout`, the output layer alone by default; the body runs once)."""
+    layout, head, sequences = layout or layout_of(model), head_of(model), pair_sequences(pairs)
     if layout.moved_layers:
         tail = Tail(model, layout)
         batches, targets = tail.prepare(sequences, pad_id, batch_size)
@@ -92,11 +91,12 @@ def kept(exported: torch.Tensor, master: torch.Tensor) -> list[float | None]:
 
 def measure_export(model: ModelConfig, final: str | Path, pairs: list[TokenizedPair],
                    pad_id: int, base_weight: torch.Tensor, master: torch.Tensor,
-                   network=None, mlp_last_layers: int = 0) -> dict:
-    """export_report.json's figures; `network`: the run's model if it is still loaded."""
+                   network=None, layout: Layout | None = None) -> dict:
+    """export_report.json's figures; `network`: the run's model if it is still loaded;
+    `layout`: what the masters stack (the run's)."""
     network = network if network is not None else load_model(model)
     master_change = pair_changes(network, pairs, pad_id, model.batch_size, base_weight,
-                                 master, mlp_last_layers)
+                                 master, layout)
     final_logprobs, dtype = loaded_logprobs(final, "auto", model.device, pairs, pad_id,
                                             model.batch_size)
     base_logprobs, _ = loaded_logprobs(model.path, dtype, model.device, pairs, pad_id,

@@ -1,8 +1,9 @@
 """The weights ComPO moves, stacked into one float32 master matrix [R, d].
 
 Row blocks in order: the output layer [V, d], then, for each of the last k decoder layers
-(compo.perturb.mlp_last_layers), every linear weight of its MLP as rows of width d: a
-projection out of d ([I, d]: gate, up) as it is, one into d ([d, I]: down) transposed. A
+(compo.perturb.last_layers), every linear weight its target moves (compo/model/targets/:
+the MLP's, ...) as rows of width d: a projection out of d ([I, d]: gate, up) as it is, one
+into d ([d, I]: down) transposed. A
 direction is one counter-based vector over the stack's R * d elements
 (compo/perturbation.py), so each tensor's values start at element (first row of its block)
 * d; the estimator, the shard rebuild, checkpoints and the delta work on the stack exactly
@@ -12,14 +13,19 @@ as on the output layer alone. With k = 0 the stack is the output layer itself.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from compo.config import PerturbConfig
 from compo.errors import ModelError
 from compo.model.head import output_layer
+from compo.model.targets import target_of
+
+LAYER = re.compile(r"^(.*?\blayers\.\d+)\.")  # the decoder layer a moved tensor is in
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Layout:
 
     @property
     def moved_layers(self) -> tuple[Block, ...]:
-        """The MLP blocks (empty when only the output layer moves)."""
+        """The blocks inside decoder layers (empty when only the output layer moves)."""
         return self.blocks[1:]
 
     def stack(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -89,44 +95,35 @@ def decoder_layers(model: nn.Module, name: str = "model") -> nn.ModuleList:
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ModelError(f"{name}: {type(model).__name__} has no get_decoder().layers list; "
-                         "moving MLPs needs a Llama-style decoder; set "
-                         "compo.perturb.mlp_last_layers: 0 to move the output layer only")
+                         "moving weights of its layers needs a Llama-style decoder; set "
+                         "compo.perturb.target: head to move the output layer only")
     return layers
 
 
-def mlp_linears(layer: nn.Module, where: str) -> list[tuple[str, nn.Linear]]:
-    """(name inside the layer, module) of every linear weight of the layer's MLP."""
-    mlp = getattr(layer, "mlp", None)
-    found = [] if mlp is None else [(f"mlp.{n}", m) for n, m in mlp.named_modules()
-                                    if isinstance(m, nn.Linear)]
-    if not found:
-        kind = "no .mlp" if mlp is None else f"an MLP ({type(mlp).__name__}) without nn.Linear"
-        raise ModelError(f"{where}: {kind} projections (GPT-2's Conv1D, mixture-of-experts "
-                         "blocks and MLPs outside .mlp are not supported); set "
-                         "compo.perturb.mlp_last_layers: 0")
-    return found
-
-
-def layout_of(model: nn.Module, mlp_last_layers: int = 0, name: str = "model") -> Layout:
-    """The stack of a model: its output layer, then the MLPs of its last k layers."""
+def layout_of(model: nn.Module, perturb: PerturbConfig | None = None, name: str = "model"
+              ) -> Layout:
+    """The stack of a model: its output layer, then what the target moves in each of its
+    last k layers (compo.perturb.target, last_layers)."""
+    perturb = perturb or PerturbConfig()
     head = output_layer(model, name)
     width = head.weight.shape[1]
     names = {id(module): module_name for module_name, module in model.named_modules()}
     blocks = [Block(f"{names[id(head)]}.weight", 0, head.weight.shape[0], False)]
-    if mlp_last_layers == 0:
+    if not perturb.moves_layers:
         return Layout(tuple(blocks), width)
+    target, k = target_of(perturb.target), perturb.last_layers
     layers = decoder_layers(model, name)
-    if mlp_last_layers > len(layers):
-        raise ModelError(f"{name}: compo.perturb.mlp_last_layers is {mlp_last_layers}, the "
-                         f"model has {len(layers)} decoder layers")
-    for layer in layers[len(layers) - mlp_last_layers :]:
+    if k > len(layers):
+        raise ModelError(f"{name}: compo.perturb.last_layers is {k}, the model has "
+                         f"{len(layers)} decoder layers")
+    for layer in layers[len(layers) - k :]:
         prefix = names[id(layer)]
-        for inner, linear in mlp_linears(layer, f"{name}: {prefix}"):
+        for inner, linear in target.linears(layer, f"{name}: {prefix}"):
             out_features, in_features = linear.weight.shape
             if width not in (in_features, out_features):
                 raise ModelError(f"{name}: {prefix}.{inner} is [{out_features}, {in_features}]"
                                  f", neither side is the hidden size {width}; set "
-                                 "compo.perturb.mlp_last_layers: 0")
+                                 "compo.perturb.target: head")
             transposed = in_features != width
             rows = in_features if transposed else out_features
             blocks.append(Block(f"{prefix}.{inner}.weight", blocks[-1].stop, rows, transposed))
@@ -134,13 +131,17 @@ def layout_of(model: nn.Module, mlp_last_layers: int = 0, name: str = "model") -
 
 
 def moved_layer_count(layout: Layout) -> int:
-    """k: how many decoder layers have moved MLP tensors in the layout."""
+    """k: how many decoder layers have moved tensors in the layout."""
     return len({layer_prefix(b.name) for b in layout.moved_layers})
 
 
 def layer_prefix(name: str) -> str:
-    """The decoder layer a moved MLP tensor belongs to ('model.layers.7')."""
-    return name.rsplit(".mlp.", 1)[0]
+    """The decoder layer a moved tensor belongs to ('model.layers.7')."""
+    found = LAYER.match(name)
+    if found is None:
+        raise ModelError(f"{name}: not a tensor of a decoder layer (model.layers.N....); "
+                         "use a layout made by compo/model/layout.py")
+    return found.group(1)
 
 
 def model_tensors(model: nn.Module, layout: Layout) -> dict[str, torch.Tensor]:

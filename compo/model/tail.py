@@ -1,5 +1,5 @@
 """The last k decoder layers, the final norm and the head: what runs again per direction
-when the MLPs of the last k layers move (compo.perturb.mlp_last_layers).
+when weights of the last k layers move (compo.perturb.target, last_layers).
 
 The body runs once per batch up to the first moved layer; pre-hooks record that layer's
 input and every moved layer's keyword arguments (mask, rotary embeddings: per layer, as
@@ -71,7 +71,7 @@ def final_norm(model: nn.Module) -> nn.Module:
         if isinstance(getattr(decoder, attribute, None), nn.Module):
             return getattr(decoder, attribute)
     raise ModelError(f"{type(model).__name__}: no final norm ({', '.join(FINAL_NORMS)}) after "
-                     "the decoder layers; set compo.perturb.mlp_last_layers: 0")
+                     "the decoder layers; set compo.perturb.target: head")
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def capture(model: nn.Module, layers: Sequence[nn.Module], dtype: torch.dtype, *
 
 
 class StackedLinear(nn.Module):
-    """A moved MLP projection of the tail copy: its own weight, or one weight per direction
+    """A moved projection of the tail copy: its own weight, or one weight per direction
     [P, out, in], each applied to its share of a batch stacked P times (direction-major)."""
 
     def __init__(self, linear: nn.Linear):
@@ -124,7 +124,8 @@ def tile_batch(value, count: int, batch: int):
 
 
 class Tail:
-    """Float32 copies of the last k layers and the final norm, run with moved MLP weights."""
+    """Copies of the last k layers and the final norm, run with the moved weights of the
+    layout (its target's projections, replaced by name)."""
 
     def __init__(self, model: nn.Module, layout: Layout, name: str = "model",
                  dtype: torch.dtype = DEFAULT_TAIL_DTYPE):
@@ -230,7 +231,7 @@ class Tail:
         except Exception as error:
             raise ModelError(f"{name}: {type(self.model).__name__}'s last layers cannot be "
                              f"rerun as ComPO reruns them ({type(error).__name__}: {error}); "
-                             "set compo.perturb.mlp_last_layers: 0 for this family") from error
+                             "set compo.perturb.target: head for this family") from error
         error = float((mine - head_in[0].to(self.dtype)).abs().max())
         largest = float(head_in.abs().max())
         allowed = CHECK_EPS_UNITS * torch.finfo(head_in.dtype).eps * (largest + 1.0)
@@ -238,18 +239,23 @@ class Tail:
             raise ModelError(f"{name}: {type(self.model).__name__}'s last layers do not end in "
                              f"its final norm and output layer as ComPO reruns them (off by "
                              f"{error:.3g}, allowed {allowed:.3g}); set "
-                             "compo.perturb.mlp_last_layers: 0 for this family")
+                             "compo.perturb.target: head for this family")
         self._check_stacking([batch], name)
         return error
 
     def _check_stacking(self, batches: list[TailBatch], name: str) -> None:
-        """Two sets of moved weights run stacked must give what each gives alone."""
+        """Two sets of moved weights run stacked must give what each gives alone (and
+        not the same)."""
         own = {n: p.weight for n, p in self.projections.items()}
         sets = [{n: w * factor for n, w in own.items()} for factor in STACKING_PROBE]
         stacked = self.head_inputs(batches, sets)
         alone = torch.stack([self.head_input(batches, moved) for moved in sets])
+        if torch.equal(alone[0], alone[1]):  # e.g. a forward reading .weight directly
+            raise ModelError(f"{name}: {type(self.model).__name__}'s last layers ignore the "
+                             "moved weights as ComPO passes them (through the modules); set "
+                             "compo.perturb.target: head for this family")
         error = float((stacked - alone).abs().max() / (alone.abs().max() + 1.0))
         if not error <= STACKING_TOLERANCE:
             raise ModelError(f"{name}: {type(self.model).__name__}'s last layers mix the "
                              f"sequences of a batch (stacked directions off by {error:.3g}); "
-                             "set compo.perturb.mlp_last_layers: 0 for this family")
+                             "set compo.perturb.target: head for this family")

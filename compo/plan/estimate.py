@@ -62,7 +62,7 @@ def run_of(config: TrainConfig, tokens: int | None) -> roles.Run:
         body_tokens=pairs * 2 * data.max_prompt_tokens + completions, pairs=pairs,
         sequence=data.max_prompt_tokens + data.max_completion_tokens,
         body_batch=min(config.model.batch_size, 2 * pairs),
-        mlp_last_layers=config.compo.perturb.mlp_last_layers,
+        last_layers=config.compo.perturb.last_layers,
         tail_dtype=config.compo.perturb.tail_dtype, block_elements=config.compo.block_elements,
         prompt_tokens=data.max_prompt_tokens, new_tokens=config.oracle.max_new_tokens,
         generation_batch=config.oracle.generation_batch_size)
@@ -122,7 +122,7 @@ def generation_roles(shapes: ModelShapes, run: roles.Run, config: TrainConfig,
 
 def make_plan(config: TrainConfig, options: PlanOptions) -> dict:
     """Every figure of `compo plan` for this run config and these options."""
-    shapes = read_shapes(options.model, config.compo.perturb.mlp_last_layers)
+    shapes = read_shapes(options.model, config.compo.perturb)
     run, gpu = run_of(config, options.tokens), GPUS[options.gpu]
     limit = options.gpu_memory_gib or gpu.memory_gib
     found = {"coordinator": role(roles.coordinator(shapes), 0, 1,

@@ -27,7 +27,7 @@ class Run:
     pairs: int  # pairs per iteration (batch_size)
     sequence: int  # longest sequence of a body batch: prompt + completion limits
     body_batch: int  # sequences per forward pass (model.batch_size)
-    mlp_last_layers: int  # k
+    last_layers: int  # k: the tail's layers (compo.perturb.last_layers; 0 with target head)
     tail_dtype: str
     block_elements: int | None  # compo.block_elements (None: the CUDA default)
     prompt_tokens: int  # data.max_prompt_tokens (generation: the cache's prompt part)
@@ -56,7 +56,7 @@ def direction_blocks(shapes: ModelShapes, run: Run, per_worker: int) -> int:
     rows = max(1, min(shapes.vocab, block // shapes.hidden))
     group = max(1, min(per_worker, block // (shapes.vocab * shapes.hidden)))
     products = PRODUCT_COPIES * group * run.tokens * rows * 4
-    if run.mlp_last_layers:  # the moved MLP tensors of a group of directions, and its h'
+    if run.last_layers:  # the moved layer tensors of a group of directions, and its h'
         moved = (shapes.moved_rows - shapes.vocab) * shapes.hidden
         tail_group = max(1, block // moved)
         products += tail_group * (moved * BYTES[run.tail_dtype] + 3 * run.tokens *
@@ -77,7 +77,7 @@ def head_worker(shapes: ModelShapes, run: Run, workers: int) -> dict[str, int]:
     }
     if shapes.capped:  # soft-capped heads keep the capped base logits too
         parts["base_logits"] = run.tokens * shapes.vocab * 4
-    if run.mlp_last_layers:  # the tail: its layers as loaded and as rerun, and its input
+    if run.last_layers:  # the tail: its layers as loaded and as rerun, and its input
         tail = BYTES[run.tail_dtype]
         parts["tail_layers"] = shapes.tail_params * (run.width + tail)
         parts["tail_inputs"] = run.tokens * shapes.hidden * tail

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compo.config import PerturbConfig
 from compo.errors import ModelError
 
 MODELS = Path(__file__).parent / "models"  # real config.json values of known checkpoints
@@ -86,8 +87,8 @@ def meta_model(config, path: Path):
                          "this transformers; use a *ForCausalLM checkpoint") from error
 
 
-def read_shapes(model: str, mlp_last_layers: int = 0) -> ModelShapes:
-    """The shapes of `model` (a directory or a known name) with the last k MLPs moving."""
+def read_shapes(model: str, perturb: PerturbConfig | None = None) -> ModelShapes:
+    """The shapes of `model` (a directory or a known name) with what compo.perturb moves."""
     from compo.model.head import head_of, output_layer
     from compo.model.layout import decoder_layers, layout_of
     from compo.service_oracle.memory import kv_bytes_per_token
@@ -96,9 +97,10 @@ def read_shapes(model: str, mlp_last_layers: int = 0) -> ModelShapes:
     meta = meta_model(read_config(path), path)
     head = output_layer(meta, str(path))
     vocab, hidden = head.weight.shape
-    layout = layout_of(meta, mlp_last_layers, str(path))  # refuses k > layers, odd MLPs
+    layout = layout_of(meta, perturb, str(path))  # refuses k > layers, what cannot move
     layers = decoder_layers(meta, str(path))
-    tail = layers[len(layers) - mlp_last_layers:] if mlp_last_layers else []
+    k = perturb.last_layers if perturb is not None else 0
+    tail = layers[len(layers) - k:] if k else []
     return ModelShapes(
         name=model, params=sum(p.numel() for p in meta.parameters()),
         tied=meta.get_input_embeddings().weight is head.weight, vocab=vocab, hidden=hidden,

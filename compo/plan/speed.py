@@ -50,7 +50,7 @@ def likelihood_seconds(shapes: ModelShapes, run: Run, gpu: Gpu, workers: int
     product = flop_seconds(2 * run.tokens * shapes.hidden * shapes.vocab, gpu.bf16_tflops)
     direction = 2 * shapes.vocab * shapes.hidden * 4 / (gpu.bandwidth_gbs * 1e9 * EFFICIENCY)
     per_direction = product + direction
-    if run.mlp_last_layers:
+    if run.last_layers:
         rate = gpu.fp64_tflops if run.tail_dtype == "float64" else gpu.fp32_tflops
         per_direction += flop_seconds(2 * shapes.tail_params * run.tokens, rate)
         per_direction += flop_seconds(2 * run.tokens * shapes.hidden * shapes.vocab,

@@ -74,3 +74,33 @@ def test_reference_rules_are_off_by_default_and_parse(tmp_path):
             "accept_check: trial_step}\n")
     config = load_config(TrainConfig, write(tmp_path, text))
     assert config.data.reselect.rule == "reference" and config.compo.trial_step_scale == 5.0
+
+
+OLD = "compo: {{perturb: {{mlp_last_layers: {}}}}}\n"  # configs and saved runs before targets
+
+
+def test_the_old_moved_layers_spelling_loads_as_the_mlp_target(tmp_path):
+    old = load_config(TrainConfig, write(tmp_path, BASE + OLD.format(2)))
+    assert (old.compo.perturb.target, old.compo.perturb.last_layers) == ("mlp", 2)
+    zero = load_config(TrainConfig, write(tmp_path, BASE + OLD.format(0)))
+    assert (zero.compo.perturb.target, zero.compo.perturb.last_layers) == ("head", 0)
+    saved = TrainConfig.model_validate(old.model_dump())  # a run's saved config loads back
+    assert saved.compo.perturb == old.compo.perturb
+
+
+@pytest.mark.parametrize("perturb, message", [
+    ("{target: mlp}", "set last_layers: k >= 1, or target: head"),
+    ("{target: head, last_layers: 2}", "moves the output layer only; set last_layers: 0"),
+    ("{target: heads}", "'heads' is not a target; use one of head, mlp"),
+    ("{mlp_last_layers: 2, target: mlp}", "old spelling of target: mlp"),
+    ("{mlp_last_layers: -1}", "last_layers"),
+])
+def test_a_target_that_cannot_be_is_refused_with_the_fix(tmp_path, perturb, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, write(tmp_path, BASE + f"compo: {{perturb: {perturb}}}\n"))
+
+
+def test_moving_layers_needs_the_likelihood_oracle(tmp_path):
+    text = BASE + "compo: {perturb: {target: mlp, last_layers: 1}}\noracle: {kind: service}\n"
+    with pytest.raises(ConfigError, match="Set target: head or oracle.kind: likelihood"):
+        load_config(TrainConfig, write(tmp_path, text))

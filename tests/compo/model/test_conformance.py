@@ -22,10 +22,10 @@ def test_family_is_reproduced_exactly(family):
     assert row.perturbed_error < 1e-3
     assert row.vote_agreement == 1.0
     if family in NOT_RERUN:
-        assert "mlp_last_layers: 0" in row.moved_refused
+        assert "target: head" in row.moved["mlp"].refused
     else:
-        assert row.moved_refused is None, row.moved_refused
-        assert row.moved_error < 1e-3 and row.moved_agreement == 1.0
+        assert row.moved["mlp"].refused is None, row.moved["mlp"].refused
+        assert row.moved["mlp"].error < 1e-3 and row.moved["mlp"].agreement == 1.0
 
 
 SWEEP_PERTURBATIONS = 8

@@ -3,9 +3,14 @@
 import pytest
 import torch
 
+from compo.config import PerturbConfig
 from compo.demo.families import build_family
 from compo.errors import ModelError
 from compo.model.layout import Layout, layout_of, model_tensors, moved_layer_count
+
+
+def mlp(k: int) -> PerturbConfig:
+    return PerturbConfig(target="mlp", last_layers=k)
 
 
 def test_output_layer_alone_by_default():
@@ -18,7 +23,7 @@ def test_output_layer_alone_by_default():
 
 def test_last_two_mlps_follow_the_head_as_rows_of_width_d():
     model = build_family("Llama")  # hidden 32, intermediate 64, 2 layers
-    layout = layout_of(model, 2)
+    layout = layout_of(model, mlp(2))
     names = [b.name for b in layout.blocks]
     assert names == ["lm_head.weight"] + [f"model.layers.{i}.mlp.{p}_proj.weight"
                                           for i in (0, 1) for p in ("gate", "up", "down")]
@@ -33,15 +38,15 @@ def test_last_two_mlps_follow_the_head_as_rows_of_width_d():
 
 
 def test_only_the_last_layers_move():
-    layout = layout_of(build_family("Qwen2"), 1)
+    layout = layout_of(build_family("Qwen2"), mlp(1))
     assert {b.name.split(".mlp.")[0] for b in layout.moved_layers} == {"model.layers.1"}
 
 
 def test_fused_projections_and_other_mlp_names():
-    phi3 = layout_of(build_family("Phi3"), 1)
+    phi3 = layout_of(build_family("Phi3"), mlp(1))
     assert [(b.name.split(".")[-2], b.rows, b.transposed) for b in phi3.moved_layers] == [
         ("gate_up_proj", 128, False), ("down_proj", 64, True)]
-    neox = layout_of(build_family("GPT-NeoX"), 1)
+    neox = layout_of(build_family("GPT-NeoX"), mlp(1))
     assert [b.name.split(".")[-2] for b in neox.moved_layers] == ["dense_h_to_4h",
                                                                   "dense_4h_to_h"]
 
@@ -51,4 +56,4 @@ def test_fused_projections_and_other_mlp_names():
     ("Llama", 3, "has 2 decoder layers")])
 def test_models_whose_mlps_cannot_move_are_refused(family, layers, message):
     with pytest.raises(ModelError, match=message):
-        layout_of(build_family(family), layers)
+        layout_of(build_family(family), mlp(layers))
