@@ -189,12 +189,15 @@ def moved_forward_changes(model64, layout, pairs, keys, radius: float) -> torch.
 
 
 @pytest.mark.parametrize("family", MOVED_FAMILIES)
-def test_moved_mlp_changes_match_float64_forward_and_votes_agree(family):
+@pytest.mark.parametrize("target", ["mlp", "attention_output"])
+def test_moved_mlp_changes_match_float64_forward_and_votes_agree(family, target):
     model = build_family(family)
-    config = ComPOConfig(num_perturbations=DIRECTIONS, radius=LAYER_RADIUS,
-                         perturb={"mlp_last_layers": 2})
+    perturb = ({"mlp_last_layers": 2} if target == "mlp"  # the old spelling still works
+               else {"target": target, "last_layers": 2})
+    config = ComPOConfig(num_perturbations=DIRECTIONS, radius=LAYER_RADIUS, perturb=perturb)
     oracle = LikelihoodOracle(model, config, pad_id=0, batch_size=4)
-    assert len(oracle.layout.moved_layers) >= 4  # two layers' MLPs, >= 2 projections each
+    # two layers' MLPs, >= 2 projections each; or one attention output projection each
+    assert len(oracle.layout.moved_layers) >= (4 if target == "mlp" else 2)
     pairs = random_pairs(6, 128, seed=len(family))
     state = oracle.prepare(pairs, oracle.master_weight())
     ours = oracle.changes(state, 11, 0, list(range(DIRECTIONS)))

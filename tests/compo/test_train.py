@@ -131,13 +131,16 @@ def test_only_the_output_layer_moves(model_dir, pairs_file, tmp_path):
     assert changed == ["lm_head.weight"]
 
 
-def test_moved_mlps_train_resume_export_and_apply_exactly(model_dir, pairs_file, tmp_path):
+@pytest.mark.parametrize("perturb", [{"mlp_last_layers": 2},
+                                     {"target": "attention_output", "last_layers": 2}])
+def test_moved_mlps_train_resume_export_and_apply_exactly(model_dir, pairs_file, tmp_path,
+                                                          perturb):
     from compo.model.export import apply_delta
     from compo.model.loading import load_model
 
     def moved(run_id, **kwargs):
         return reference_config(model_dir, pairs_file, tmp_path, run_id,
-                                compo={"perturb": {"mlp_last_layers": 2}}, **kwargs)
+                                compo={"perturb": perturb}, **kwargs)
 
     weight, trainer = train(moved("m", checkpoint_every=2))
     rows = trainer.run_dir.metrics()

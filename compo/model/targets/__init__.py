@@ -12,7 +12,7 @@ from typing import Protocol
 
 from torch import nn
 
-from compo.model.targets import head, mlp
+from compo.model.targets import attention_output, head, mlp
 
 
 class Target(Protocol):
@@ -30,6 +30,7 @@ class Target(Protocol):
 TARGETS: dict[str, Target] = {target.name: target for target in (
     head.TARGET,
     mlp.TARGET,
+    attention_output.TARGET,
 )}
 
 

@@ -26,6 +26,12 @@ def test_family_is_reproduced_exactly(family):
     else:
         assert row.moved["mlp"].refused is None, row.moved["mlp"].refused
         assert row.moved["mlp"].error < 1e-3 and row.moved["mlp"].agreement == 1.0
+    attention = row.moved["attention_output"]  # OPT's out_proj moves, its fc1/fc2 do not
+    if family in NOT_RERUN - {"OPT"}:
+        assert "target: head" in attention.refused
+    else:
+        assert attention.refused is None, attention.refused
+        assert attention.error < 1e-3 and attention.agreement == 1.0
 
 
 SWEEP_PERTURBATIONS = 8
