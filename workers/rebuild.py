@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from compo.errors import DistributedError
@@ -53,8 +52,8 @@ class ShardCalls:
                     continue
                 index, worker, _ = calls.pop(ref)
                 try:
-                    value = ray.get(ref)
-                except ray.exceptions.RayError as error:
+                    value = group.transport.get(ref)
+                except group.transport.Failed as error:
                     group.failed(worker, error)
                     self.owners.pop(index, None)
                     if index not in results:
@@ -85,7 +84,8 @@ class ShardCalls:
             idle.remove(worker)
             self.owners[index] = worker
             call_args = (*self.head, method, shards[index], *args)
-            calls[worker.actor.rebuild.remote(*call_args)] = (index, worker, time.monotonic())
+            handle = self.group.transport.call(worker.actor, "rebuild", *call_args)
+            calls[handle] = (index, worker, time.monotonic())
             self.group.count("rebuild_args", *call_args)
 
     def _requeue_stragglers(self, calls: dict, todo: deque, results: dict) -> None:
@@ -95,7 +95,7 @@ class ShardCalls:
             late = now - sent > self.group.settings.straggler_timeout_s
             if late and index not in results and index not in todo:
                 worker.ready_round = None  # not usable until it answers
-                worker.pending = worker.pending or ref
+                self.group.set_pending(worker, worker.pending or ref)
                 del calls[ref]
                 self.owners.pop(index, None)
                 todo.append(index)
