@@ -23,13 +23,14 @@ import torch
 
 from compo.config import ComPOConfig, DataConfig, ModelConfig, RayConfig, TrainConfig
 from compo.data.formats import TokenizedPair
-from compo.estimator import RowShards, decide_from_shards
+from compo.estimator import RowShards, decide_from_shards, plan_shards
+from compo.model.export import fingerprint
 from workers.body_handle import RemoteBody
 from workers.coordinator import RayVoteSource
 from workers.protocol import INDEX_DTYPE, VOTE_DTYPE, VoteBatch, apply_update
 from workers.transport import InProcess, LocalPool, Placement
 
-SHAPE = (4096, 8)  # the moved master: small, the coordinator's work does not scale with it
+ROWS, COLUMNS = 32000, 4  # a 7B vocabulary's rows (its 500 row shards), few columns
 PAIRS = [TokenizedPair([1, 2], [3, 4], [5, 6], source="pair 0")]
 M_FIXED, M_PER_WORKER = 1800, 60  # the issue's two request sizes
 GOAL_S = 0.2  # seconds per iteration at 1,000 workers (m = 60 per worker)
@@ -38,7 +39,7 @@ GOAL_S = 0.2  # seconds per iteration at 1,000 workers (m = 60 per worker)
 def direction_sum(rows: range) -> torch.Tensor:
     """Stand-in rows of sum y_i z_i: deterministic, instant."""
     generator = torch.Generator().manual_seed(rows.start)
-    return torch.randn(len(rows), SHAPE[1], generator=generator)
+    return torch.randn(len(rows), COLUMNS, generator=generator)
 
 
 class FakeBody:
@@ -60,13 +61,12 @@ class FakeWorker:
 
     def __init__(self, name: str, weight: torch.Tensor):
         self.name, self.weight, self.version = name, weight.clone(), 0
+        self.sha256 = fingerprint(weight)
         self.shards = RowShards(direction_sum)
 
     def describe(self) -> dict:
-        from compo.model.export import fingerprint
-
-        return {"name": self.name, "node": "local", "pid": 0, "shape": list(SHAPE),
-                "head_sha256": fingerprint(self.weight)}
+        return {"name": self.name, "node": "local", "pid": 0,
+                "shape": list(self.weight.shape), "head_sha256": self.sha256}
 
     def apply(self, update) -> int:
         if update is not None:
@@ -101,13 +101,14 @@ def config(workers: int) -> TrainConfig:
                        compo=compo, ray=ray)
 
 
-def measure(workers: int, m: int, iterations: int) -> dict:
+def measure(workers: int, m: int, iterations: int, rows: int = ROWS) -> dict:
     """Coordinator CPU seconds per iteration (process time), and how many workers voted."""
     run = config(workers)
-    weight = torch.zeros(SHAPE)
+    weight = torch.zeros(rows, COLUMNS)
     transport = InProcess()
     body = RemoteBody(FakeBody(), run.ray, transport)
     pool = LocalPool([FakeWorker(f"worker-{i}", weight) for i in range(workers)])
+    shards = len(plan_shards(rows, workers))
     source = RayVoteSource(run, progress=False, placement=Placement(transport, pool, body))
     source.start(weight.clone())
     seconds, busy = [], 0
@@ -116,8 +117,8 @@ def measure(workers: int, m: int, iterations: int) -> dict:
         source.prepare(PAIRS, weight)
         indices = list(range(m))
         votes = source.votes(0, iteration, indices)
-        shards, runner = source.rebuild(0, iteration, indices, votes, weight)
-        decision = decide_from_shards(votes, run.compo, SHAPE, shards, runner)
+        parts, runner = source.rebuild(0, iteration, indices, votes, weight)
+        decision = decide_from_shards(votes, run.compo, tuple(weight.shape), parts, runner)
         decision.update.apply_(weight)
         source.logprobs(weight)
         if iteration:  # the coordinator's part: what the fakes spent is not its own
@@ -126,22 +127,25 @@ def measure(workers: int, m: int, iterations: int) -> dict:
         busy = sum(1 for n, _ in source.group.stats.work.values() if n)
     source.close()
     return {"workers": workers, "m": m, "seconds_per_iteration": sum(seconds) / len(seconds),
-            "busy_workers": busy, "calls": transport.calls}
+            "busy_workers": busy, "shards": shards, "calls": transport.calls}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[30, 300, 1000])
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=ROWS, help="rows of the moved master "
+                        "(its row shards: one per 64 rows, at most one per worker)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     cases = []
     for workers in args.workers:
         for m in (M_FIXED, M_PER_WORKER * workers):
-            case = measure(workers, m, args.iterations)
+            case = measure(workers, m, args.iterations, args.rows)
             cases.append(case)
             print(f"{workers:5d} workers  m = {m:6d}: {case['seconds_per_iteration']:.3f} s "
-                  f"per iteration, {case['busy_workers']} workers voted")
+                  f"per iteration, {case['busy_workers']} workers voted, "
+                  f"{case['shards']} row shards")
     per_worker = {c["workers"]: round(c["seconds_per_iteration"], 4) for c in cases
                   if c["m"] == M_PER_WORKER * c["workers"]}
     largest = max(per_worker)
