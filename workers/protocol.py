@@ -208,9 +208,9 @@ class VoteBatch(NamedTuple):
 
     @property
     def nbytes(self) -> int:
-        """Bytes on the wire: the arrays, four numbers, the counts' keys and values."""
+        """Bytes on the wire: the arrays, three numbers, the counts' keys and values."""
         counts = sum(len(k) + NUMBER_BYTES for k in self.oracle) if self.oracle else 0
-        return len(self.indices) + len(self.votes) + 4 * NUMBER_BYTES + counts
+        return len(self.indices) + len(self.votes) + 3 * NUMBER_BYTES + counts
 
     def index_array(self) -> np.ndarray:
         return np.frombuffer(self.indices, dtype=INDEX_DTYPE)
