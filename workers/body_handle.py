@@ -7,13 +7,11 @@ import logging
 import time
 from typing import Any
 
-import ray
-
 from compo.config import RayConfig
 from compo.errors import DistributedError
 from compo.oracle import HeadFeed
-from workers.placement import failure_reason
 from workers.protocol import PairIds
+from workers.transport import RayTransport, Transport, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +20,21 @@ class RemoteBody:
     """Calls to the body actor; a call that fails while Ray restarts it is sent again
     (ray.max_restarts times), any other failure stops the run naming the body."""
 
-    def __init__(self, actor: Any, settings: RayConfig):
-        self.actor, self.settings = actor, settings
-        self.head_ref = actor.head_part.remote()  # the workers' constructors wait for it
-        self.loading, self.node = actor.describe.remote(), "its node"
+    def __init__(self, actor: Any, settings: RayConfig, transport: Transport):
+        self.actor, self.settings, self.transport = actor, settings, transport
+        self.head_ref = transport.call(actor, "head_part")  # the workers wait for it
+        self.loading, self.node = transport.call(actor, "describe"), "its node"
         self.passes = 0
 
     def wait_loaded(self, model_path: str) -> dict:
         """What the body says of itself once it has loaded the model."""
         try:
-            info = ray.get(self.loading, timeout=self.settings.load_timeout_s)
-        except ray.exceptions.GetTimeoutError:
+            info = self.transport.get(self.loading, self.settings.load_timeout_s)
+        except self.transport.Timeout:
             raise DistributedError(f"the body: model {model_path} not loaded within "
                                    f"{self.settings.load_timeout_s:g} s (ray.load_timeout_s)"
                                    ) from None
-        except ray.exceptions.RayError as error:
+        except self.transport.Failed as error:
             raise DistributedError(f"the body could not load the model {model_path}: "
                                    f"{failure_reason(error)}") from None
         self.node = info["node"]
@@ -48,13 +46,13 @@ class RemoteBody:
         attempt, deadline = 0, time.monotonic() + self.settings.load_timeout_s
         while True:
             try:
-                feed = ray.get(self.actor.feed.remote(pairs),
-                               timeout=self.settings.load_timeout_s)  # a restart reloads
-            except ray.exceptions.GetTimeoutError:
+                feed = self.transport.get(self.transport.call(self.actor, "feed", pairs),
+                                          self.settings.load_timeout_s)  # a restart reloads
+            except self.transport.Timeout:
                 raise DistributedError(
                     f"the body on {self.node} did not run the iteration's pairs within "
                     f"{self.settings.load_timeout_s:g} s (ray.load_timeout_s)") from None
-            except ray.exceptions.ActorUnavailableError as error:
+            except self.transport.Restarting as error:
                 if time.monotonic() > deadline:
                     raise DistributedError(f"the body on {self.node} did not come back within "
                                            f"{self.settings.load_timeout_s:g} s "
@@ -62,7 +60,7 @@ class RemoteBody:
                                            ) from None
                 time.sleep(self.settings.poll_interval_s)  # Ray is restarting it
                 continue
-            except ray.exceptions.RayActorError as error:
+            except self.transport.Died as error:
                 attempt += 1
                 if attempt > self.settings.max_restarts:
                     raise DistributedError(f"the body on {self.node} failed {attempt} times "
@@ -71,11 +69,12 @@ class RemoteBody:
                 log.warning("the body on %s failed (%s); sending the pairs again", self.node,
                             failure_reason(error))
                 continue
-            except ray.exceptions.RayError as error:
+            except self.transport.Failed as error:
                 raise DistributedError(f"the body on {self.node}: {failure_reason(error)}"
                                        ) from None
             self.passes += 1
             return feed
 
     def shutdown(self) -> None:
-        ray.kill(self.actor, no_restart=True)
+        if isinstance(self.transport, RayTransport):
+            self.transport.ray.kill(self.actor, no_restart=True)

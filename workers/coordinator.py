@@ -33,12 +33,13 @@ from compo.rundir import RunDirectory
 from compo.service_oracle.metrics import oracle_metrics
 from compo.train import ComPOTrainer
 from compo.votes import Shards
-from workers.body_handle import RemoteBody
 from workers.dispatch import Chunk, ChunkQueue
 from workers.group import WorkerGroup, WorkerState
-from workers.placement import connect, plan_workers, start_body, start_pool
+from workers.placement import ray_placement
 from workers.protocol import ServiceSetup, VoteBatch, answer_matches, pair_ids
 from workers.rebuild import ShardCalls
+from workers.stats import payload_size
+from workers.transport import Placement
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +48,18 @@ class RayVoteSource:
     """VoteSource whose votes come from worker actors on a Ray cluster."""
 
     def __init__(self, config: TrainConfig, address: str | None = None, progress: bool = True,
-                 on_votes: Callable[[int, int], None] | None = None, run_id: str = "ray-run"):
-        """`run_id` labels the service oracle's comparisons (oracle.kind=service)."""
+                 on_votes: Callable[[int, int], None] | None = None, run_id: str = "ray-run",
+                 placement: Placement | None = None):
+        """`run_id` labels the service oracle's comparisons (oracle.kind=service);
+        `placement`: actors already started (in process: workers/transport.py), else the
+        Ray cluster at `address` gets them."""
         self.generative = config.oracle.kind == "service"
         service = ServiceSetup.for_run(config, run_id) if self.generative else None
         self.config, self.settings = config, config.ray or RayConfig()
         self.progress, self.on_votes = progress, on_votes
-        connect(self.settings, address)
-        count, self.use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
-                                           self.settings, body=not self.generative)
-        self.body = None if self.generative else RemoteBody(
-            start_body(config, self.settings, self.use_gpu), self.settings)
-        head = None if self.body is None else self.body.head_ref  # head workers: no model
-        self.group = WorkerGroup(self.settings, start_pool(config, self.settings, count,
-                                                           self.use_gpu, service, head))
+        placement = placement or ray_placement(config, self.settings, address, service)
+        self.body, self.use_gpu = placement.body, placement.use_gpu
+        self.group = WorkerGroup(self.settings, placement.pool, placement.transport)
         batch = config.oracle.generation_batch_size if self.generative else None
         self.chunks = ChunkQueue(self.settings, batch)
         self.group.on_lost = self.chunks.hand_back
@@ -121,7 +120,7 @@ class RayVoteSource:
                     self.on_votes(len(indices) - remaining, len(indices))
             for worker, ref in self.chunks.stragglers(group.usable(), time.monotonic()):
                 worker.ready_round = None  # not usable until it answers
-                worker.pending = worker.pending or ref
+                group.set_pending(worker, worker.pending or ref)
         bar.close()
         group.stats.seconds["votes"] = time.perf_counter() - started
         group.stats.marks["votes_done"] = time.perf_counter()
@@ -132,8 +131,8 @@ class RayVoteSource:
         group = self.group
         group.stats.marks["publish"] = time.perf_counter()
         group.publish(weight, acknowledge=True)
-        values = group.first_answer("reported log-probs after the update", lambda w: (
-            w.actor.logprobs.remote(group.round, group.version)), group.round, group.version)
+        values = group.first_answer("reported log-probs after the update", "logprobs",
+                                    group.round, group.version)
         return torch.tensor(values)
 
     def rebuild(self, seed: int, iteration: int, indices: Sequence[int], votes: torch.Tensor,
@@ -166,9 +165,8 @@ class RayVoteSource:
     def base_responses(self, seed: int, iteration: int) -> Any:
         """Service oracle: one worker generates the base responses, put once for all."""
         group, started = self.group, time.perf_counter()
-        texts = group.first_answer("generated the base responses", lambda w: (
-            w.actor.base_responses.remote(group.round, group.version, seed, iteration)),
-            group.round, group.version, seed, iteration)
+        texts = group.first_answer("generated the base responses", "base_responses",
+                                   group.round, group.version, seed, iteration)
         group.stats.seconds["base"] = time.perf_counter() - started
         return group.put(texts)
 
@@ -176,11 +174,12 @@ class RayVoteSource:
         """Queued chunks to usable workers; `base`: the object ref of the iteration's base
         responses (service oracle)."""
         group = self.group
+        fixed = payload_size(group.round, group.version, seed, iteration, base)  # once
 
         def send(worker: WorkerState, chunk: Chunk):
-            args = (group.round, group.version, seed, iteration, chunk.indices, base)
-            group.count("vote_args", *args)
-            return worker.actor.evaluate.remote(*args)
+            group.stats.bytes["vote_args"] += fixed + payload_size(chunk.indices)
+            return group.transport.call(worker.actor, "evaluate", group.round, group.version,
+                                        seed, iteration, chunk.indices, base)
 
         self.chunks.assign(group.usable(), send, time.monotonic())
         if all(w.dead for w in group.workers):
@@ -199,15 +198,15 @@ class RayVoteSource:
             self.group.answered(ref)
             return 0
         if owner is not None:  # a straggler's task: its answer ends the wait
-            owner.pending = None
+            self.group.set_pending(owner, None)
         return self.collect(ref, *taken, out)
 
     def collect(self, ref, chunk: Chunk, worker: WorkerState, out: np.ndarray) -> int:
         """Record a chunk's votes (the first valid answer for it counts)."""
         group = self.group
         try:
-            batch: VoteBatch = ray.get(ref)
-        except ray.exceptions.RayError as error:
+            batch: VoteBatch = group.transport.get(ref)
+        except group.transport.Failed as error:
             group.failed(worker, error, chunk)
             return 0
         group.count("vote_results", batch)

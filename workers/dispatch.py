@@ -45,11 +45,11 @@ def chunk_length(setting: int | str, count: int, workers: int, batch: int | None
 
 def make_chunks(indices: Sequence[int], size: int) -> list[Chunk]:
     """Chunks of `size` consecutive entries of the index list."""
-    chunks = []
-    for first in range(0, len(indices), size):
-        part = [int(i) for i in indices[first : first + size]]
+    chunks, whole = [], list(indices)
+    for first in range(0, len(whole), size):
+        part = whole[first : first + size]
         run = range(part[0], part[-1] + 1)
-        chunks.append(Chunk(first, run if part == list(run) else part))
+        chunks.append(Chunk(first, run if part == list(run) else [int(i) for i in part]))
     return chunks
 
 
@@ -78,17 +78,23 @@ class ChunkQueue:
         return list(self.tasks)
 
     def assign(self, workers: Sequence[Any], send: Send, now: float) -> None:
-        """Queued chunks to `workers`, up to ray.tasks_in_flight each."""
-        for worker in workers:
-            while self.queue and worker.in_flight < self.settings.tasks_in_flight:
-                chunk = self.queue.popleft()
-                if chunk.done:
-                    continue
-                self.tasks[send(worker, chunk)] = (chunk, worker)
-                if worker.in_flight == 0:
-                    worker.last_heard = now
-                worker.in_flight += 1
-                chunk.sent += 1
+        """Queued chunks to `workers`, one each per round, up to ray.tasks_in_flight each
+        (fewer chunks than slots: every worker gets one before any gets two)."""
+        for _ in range(self.settings.tasks_in_flight):
+            for worker in workers:
+                while self.queue and self.queue[0].done:
+                    self.queue.popleft()
+                if not self.queue:
+                    return
+                if worker.in_flight < self.settings.tasks_in_flight:
+                    self.send(worker, self.queue.popleft(), send, now)
+
+    def send(self, worker: Any, chunk: Chunk, send: Send, now: float) -> None:
+        self.tasks[send(worker, chunk)] = (chunk, worker)
+        if worker.in_flight == 0:
+            worker.last_heard = now
+        worker.in_flight += 1
+        chunk.sent += 1
 
     def take(self, ref) -> tuple[Chunk, Any] | None:
         """The chunk and worker of a finished call (None: not one of ours)."""

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from compo.config import RayConfig
 from compo.errors import DistributedError
 from compo.model.export import fingerprint
-from workers.placement import ActorPool, alive_nodes, failure_reason
 from workers.protocol import WeightVersions
 from workers.stats import IterationStats, payload_size
+from workers.transport import Pool, Transport, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,13 @@ LostHandler = Callable[[WorkerState, Any, str], None]
 class WorkerGroup:
     """Worker actors at a weights version, prepared per round; failed ones probed again."""
 
-    def __init__(self, settings: RayConfig, pool: ActorPool):
-        self.settings, self.pool = settings, pool
+    def __init__(self, settings: RayConfig, pool: Pool, transport: Transport):
+        self.settings, self.pool, self.transport = settings, pool, transport
         self.on_lost: LostHandler | None = None
         self.workers: list[WorkerState] = []
         self.weights: WeightVersions | None = None
         self.round, self.refs, self.pairs_ref = 0, {}, None
+        self.pending_owners: dict[Any, WorkerState] = {}  # pending call -> its worker
         self.stats, self.base_logprobs = IterationStats(), {}
         self.last_progress = time.monotonic()
 
@@ -102,7 +102,15 @@ class WorkerGroup:
         return [w for w in self.prepared() if w.version == self.version]
 
     def owner_of(self, ref) -> WorkerState | None:
-        return next((w for w in self.workers if w.pending == ref), None)
+        return self.pending_owners.get(ref)
+
+    def set_pending(self, worker: WorkerState, ref: Any) -> None:
+        """`ref` is the call whose answer says `worker` is back (None: none)."""
+        if worker.pending is not None:
+            self.pending_owners.pop(worker.pending, None)
+        worker.pending = ref
+        if ref is not None:
+            self.pending_owners[ref] = worker
 
     def missing(self, what: str) -> str:
         """'no worker <what>: who is not usable and why' (for a DistributedError)."""
@@ -132,7 +140,7 @@ class WorkerGroup:
                  if not w.dead and w.pending is None and w.retry_at is None}
         deadline = time.monotonic() + self.settings.call_timeout_s
         while time.monotonic() < deadline and (first or not self.base_logprobs):
-            ready = self.wait_any([w.pending for w in self.workers if w.pending is not None])
+            ready = self.wait_any(self.pending_refs())
             if ready is None:
                 break
             for ref in ready:
@@ -154,12 +162,12 @@ class WorkerGroup:
             acks = {}
             for worker in self.prepared():
                 patch = self.patch_ref(worker)
-                acks[worker.actor.apply.remote(patch)] = worker
+                acks[self.transport.call(worker.actor, "apply", patch)] = worker
                 self.count("task_args", patch)
             for ref, worker in acks.items():
                 try:
-                    worker.version = ray.get(ref, timeout=self.settings.call_timeout_s)
-                except ray.exceptions.RayError as error:
+                    worker.version = self.transport.get(ref, self.settings.call_timeout_s)
+                except self.transport.Failed as error:
                     self.failed(worker, error)
                     continue
                 self.count("results", worker.version)
@@ -179,8 +187,8 @@ class WorkerGroup:
 
     def send_prepare(self, worker: WorkerState) -> WorkerState:
         patch = self.patch_ref(worker)
-        worker.pending = worker.actor.prepare.remote(self.round, self.version, self.pairs_ref,
-                                                     patch)
+        self.set_pending(worker, self.transport.call(worker.actor, "prepare", self.round,
+                                                     self.version, self.pairs_ref, patch))
         worker.pending_round = self.round
         self.count("task_args", self.round, self.version, self.pairs_ref, patch)
         return worker
@@ -198,10 +206,11 @@ class WorkerGroup:
     def answered(self, ref) -> None:
         """A worker's pending call finished: it is ready, needs preparing, or failed."""
         worker = self.owner_of(ref)
-        pending_round, worker.pending, worker.pending_round = worker.pending_round, None, None
+        pending_round, worker.pending_round = worker.pending_round, None
+        self.set_pending(worker, None)
         try:
-            result = ray.get(ref)
-        except ray.exceptions.RayError as error:
+            result = self.transport.get(ref)
+        except self.transport.Failed as error:
             self.failed(worker, error)
             return
         worker.failures = worker.strikes = 0
@@ -219,13 +228,13 @@ class WorkerGroup:
     def failed(self, worker: WorkerState, error: Exception, chunk: Any = None) -> None:
         """A call failed: count it, hand back the worker's work (`chunk` and the rest),
         then give up on it (its node is dead, or too many strikes) or probe it again."""
-        restarting = isinstance(error, ray.exceptions.ActorUnavailableError)
+        restarting = isinstance(error, self.transport.Restarting)
         self.stats.failures += 1
         worker.failures += 1
         worker.strikes += not restarting
         worker.lost()
         reason = failure_reason(error)
-        node_dead = worker.node_id not in alive_nodes()
+        node_dead = worker.node_id not in self.transport.alive_nodes()
         log.log(logging.INFO if restarting and not node_dead else logging.WARNING,
                 "%s on %s %s (%d failures in a row): %s", worker.name, worker.node,
                 "is restarting" if restarting else "failed", worker.failures, reason)
@@ -240,14 +249,14 @@ class WorkerGroup:
         elif worker.pending is None:
             self.send_prepare(worker)
 
-    def first_answer(self, what: str, call: Callable[[WorkerState], Any], *args: Any) -> Any:
-        """The answer of the first usable worker to `call` (`args`: what it sends)."""
+    def first_answer(self, what: str, method: str, *args: Any) -> Any:
+        """The answer of the first usable worker to actor.method(*args)."""
         for worker in self.usable():
-            ref = call(worker)
+            ref = self.transport.call(worker.actor, method, *args)
             self.count("task_args", *args)
             try:
-                value = ray.get(ref, timeout=self.settings.call_timeout_s)
-            except ray.exceptions.RayError as error:
+                value = self.transport.get(ref, self.settings.call_timeout_s)
+            except self.transport.Failed as error:
                 self.failed(worker, error)
                 continue
             self.count("results", value)
@@ -264,21 +273,20 @@ class WorkerGroup:
                 if worker.pending is None:
                     refs.append(self.send_prepare(worker).pending)
         if refs:  # a straggler's pending call is also one of its tasks: once only
-            return ray.wait(list(dict.fromkeys(refs)), num_returns=1,
-                            timeout=self.settings.poll_interval_s)[0]
+            return self.transport.wait(list(dict.fromkeys(refs)), self.settings.poll_interval_s)
         if any(w.retry_at is not None and not w.dead for w in self.workers):
             time.sleep(self.settings.poll_interval_s)
             return []
         return None
 
     def pending_refs(self) -> list:
-        return [w.pending for w in self.workers if w.pending is not None]
+        return list(self.pending_owners)
 
     # -- bytes --------------------------------------------------------------------------
 
     def put(self, obj: Any):
         self.stats.bytes["object_store_puts"] += payload_size(obj)
-        return ray.put(obj)
+        return self.transport.put(obj)
 
     def count(self, kind: str, *objects: Any) -> None:
         self.stats.bytes[kind] += payload_size(*objects)

@@ -3,7 +3,6 @@ wait for them to load the model."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,22 +19,9 @@ from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
 from compo.model.loading import SHARDED
 from workers.actor import BodyActor, WorkerActor, node_label
+from workers.body_handle import RemoteBody
 from workers.protocol import ServiceSetup
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in Ray's error text
-EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")  # "ValueError: ..."
-
-
-def failure_reason(error: Exception) -> str:
-    """The original exception of a Ray error ('ModelError: ...'), from its last raise on."""
-    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines() if line.strip()]
-    raised = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
-    return " ".join(lines[raised[-1] if raised else -1:]) if lines else type(error).__name__
-
-
-def alive_nodes() -> set[str]:
-    """Ids of the nodes Ray reports alive."""
-    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+from workers.transport import Placement, RayTransport, failure_reason
 
 
 def plan_workers(total: dict, free: dict, settings: RayConfig,
@@ -172,3 +158,18 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
     ]
     loading = {actor.describe.remote(): i for i, actor in enumerate(actors)}
     return ActorPool(group, actors, names, loading)
+
+
+def ray_placement(config: TrainConfig, settings: RayConfig, address: str | None,
+                  service: ServiceSetup | None) -> Placement:
+    """Join the cluster and start the run's actors on it: the body (likelihood oracle) and
+    the workers, which load in the background."""
+    connect(settings, address)
+    transport = RayTransport()
+    count, use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
+                                  settings, body=service is None)
+    body = None if service is not None else RemoteBody(start_body(config, settings, use_gpu),
+                                                       settings, transport)
+    head = None if body is None else body.head_ref  # head workers load no model
+    pool = start_pool(config, settings, count, use_gpu, service, head)
+    return Placement(transport, pool, body, use_gpu)

@@ -26,6 +26,7 @@ from compo.data.formats import TokenizedPair
 PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
 VOTE_DTYPE = np.int8
+NUMBER_BYTES = 8  # a number on the wire
 REBUILD_METHODS = ("square_sums", "counts", "step")  # what RowShards answers per shard
 
 
@@ -205,6 +206,12 @@ class VoteBatch(NamedTuple):
     seconds: float
     oracle: dict | None = None  # service oracle: comparison counts of this chunk
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: the arrays, three numbers, the counts' keys and values."""
+        counts = sum(len(k) + NUMBER_BYTES for k in self.oracle) if self.oracle else 0
+        return len(self.indices) + len(self.votes) + 3 * NUMBER_BYTES + counts
+
     def index_array(self) -> np.ndarray:
         return np.frombuffer(self.indices, dtype=INDEX_DTYPE)
 
@@ -215,10 +222,13 @@ class VoteBatch(NamedTuple):
 def answer_matches(batch: VoteBatch, round_id: int, version: int,
                    indices: Sequence[int]) -> bool:
     """Whether an answer is for this round, this weights version and exactly these indices."""
-    expected = np.asarray(indices, dtype=INDEX_DTYPE)
-    return ((batch.round, batch.version) == (round_id, version)
-            and np.array_equal(batch.index_array(), expected)
-            and len(batch.vote_array()) == len(expected))
+    if (batch.round, batch.version) != (round_id, version):
+        return False
+    expected = (np.arange(indices.start, indices.stop, indices.step, dtype=INDEX_DTYPE)
+                if isinstance(indices, range) else np.asarray(indices, dtype=INDEX_DTYPE))
+    got = batch.index_array()
+    return (len(got) == len(expected) == len(batch.vote_array())
+            and bool((got == expected).all()))
 
 
 def pair_ids(pairs: Sequence[TokenizedPair]) -> list[PairIds]:

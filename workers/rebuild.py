@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from compo.errors import DistributedError
 from workers.group import WorkerGroup, WorkerState
+from workers.stats import payload_size
 
 
 def as_tensors(result: Any) -> Any:
@@ -53,8 +53,8 @@ class ShardCalls:
                     continue
                 index, worker, _ = calls.pop(ref)
                 try:
-                    value = ray.get(ref)
-                except ray.exceptions.RayError as error:
+                    value = group.transport.get(ref)
+                except group.transport.Failed as error:
                     group.failed(worker, error)
                     self.owners.pop(index, None)
                     if index not in results:
@@ -71,22 +71,29 @@ class ShardCalls:
 
     def _assign(self, todo: deque, calls: dict, method: str, shards: Sequence[range],
                 args: tuple) -> None:
-        """Send queued shards to idle usable workers, each to its owner when it can."""
+        """Send queued shards to idle usable workers, each to its owner when it can, else
+        to an idle worker that owns none (O(shards + workers))."""
         busy = {id(worker) for _, worker, _ in calls.values()}
-        idle = [w for w in self.group.usable() if id(w) not in busy]
-        for index in list(todo):
+        idle = {id(w): w for w in self.group.usable() if id(w) not in busy}
+        owning = {id(w) for w in self.owners.values()}
+        spare = iter([w for w in idle.values() if id(w) not in owning])
+        fixed = payload_size(*self.head, method, *args)  # all but the shard's rows
+        left = deque()
+        while todo:
+            index = todo.popleft()
             if not idle:
-                return
-            owners = {id(w) for w in self.owners.values()}
+                left.append(index)
+                continue
             owner = self.owners.get(index)
-            worker = owner if owner is not None and any(w is owner for w in idle) else next(
-                (w for w in idle if id(w) not in owners), idle[0])
-            todo.remove(index)
-            idle.remove(worker)
+            worker = owner if owner is not None and id(owner) in idle else next(
+                (w for w in spare if id(w) in idle), None) or next(iter(idle.values()))
+            del idle[id(worker)]
             self.owners[index] = worker
-            call_args = (*self.head, method, shards[index], *args)
-            calls[worker.actor.rebuild.remote(*call_args)] = (index, worker, time.monotonic())
-            self.group.count("rebuild_args", *call_args)
+            handle = self.group.transport.call(worker.actor, "rebuild", *self.head, method,
+                                               shards[index], *args)
+            calls[handle] = (index, worker, time.monotonic())
+            self.group.stats.bytes["rebuild_args"] += fixed + payload_size(shards[index])
+        todo.extend(left)
 
     def _requeue_stragglers(self, calls: dict, todo: deque, results: dict) -> None:
         """A call silent past ray.straggler_timeout_s: its shard goes to another worker."""
@@ -95,7 +102,7 @@ class ShardCalls:
             late = now - sent > self.group.settings.straggler_timeout_s
             if late and index not in results and index not in todo:
                 worker.ready_round = None  # not usable until it answers
-                worker.pending = worker.pending or ref
+                self.group.set_pending(worker, worker.pending or ref)
                 del calls[ref]
                 self.owners.pop(index, None)
                 todo.append(index)

@@ -13,7 +13,11 @@ import numpy as np
 import ray
 import torch
 
+from workers.protocol import VoteBatch
+from workers.transport import Done
+
 NUMBER_BYTES = 8  # a Python int, float or bool: one 64-bit value
+HANDLE_BYTES = 28  # a Ray object ref's id
 
 
 def payload_size(*objects: Any) -> int:
@@ -39,6 +43,10 @@ def value_size(obj: Any) -> int:
         return len(obj.encode())
     if isinstance(obj, ray.ObjectRef):
         return len(obj.binary())
+    if isinstance(obj, Done):  # an in-process handle: counted as a Ray ref would be
+        return HANDLE_BYTES
+    if isinstance(obj, VoteBatch):  # the most frequent answer, without recursion
+        return obj.nbytes
     if isinstance(obj, range):
         return 3 * NUMBER_BYTES
     if isinstance(obj, list | tuple | set | frozenset):

@@ -41,9 +41,12 @@ def test_chunks_cut_the_index_list_in_order():
 
 
 def busy_workers(m: int, workers: int, setting="auto", batch=None) -> tuple[int, int]:
-    """(chunks, workers with at least one chunk) of one iteration."""
-    chunks = len(make_chunks(range(m), chunk_length(setting, m, workers, batch)))
-    return chunks, min(chunks, workers)
+    """(chunks, workers given at least one chunk by the first assignment) of one iteration."""
+    queue = ChunkQueue(RayConfig(chunk_size=setting), batch)
+    queue.reset(range(m), workers)
+    pool = [FakeWorker(f"w{i}") for i in range(workers)]
+    queue.assign(pool, Calls(), now=0.0)
+    return len(queue.tasks) + len(queue.queue), sum(w.in_flight > 0 for w in pool)
 
 
 def test_auto_chunks_keep_every_worker_busy():
@@ -83,12 +86,12 @@ def test_votes_do_not_depend_on_the_chunking(make_config, model_dir):
         assert torch.equal(torch.cat(parts), whole), f"{workers} workers (chunks of {size})"
 
 
-def test_each_worker_gets_at_most_tasks_in_flight_chunks():
+def test_each_worker_gets_one_chunk_a_round_up_to_tasks_in_flight():
     queue = ChunkQueue(RayConfig(chunk_size=4, tasks_in_flight=2))
     queue.reset(range(24), workers=1)  # six chunks
     a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
     queue.assign([a, b], send, now=1.0)
-    assert [name for name, _ in send.sent] == ["a", "a", "b", "b"]
+    assert [name for name, _ in send.sent] == ["a", "b", "a", "b"]
     assert (a.in_flight, b.in_flight, len(queue.queue)) == (2, 2, 2)
     chunk, worker = queue.take("ref-1")
     assert worker is a and list(chunk.indices) == [0, 1, 2, 3] and a.in_flight == 1
@@ -101,12 +104,12 @@ def test_a_failed_worker_hands_back_every_chunk_it_held_first_in_line():
     a, b, send = FakeWorker("a"), FakeWorker("b"), Calls()
     queue.assign([a, b], send, now=0.0)
     failed, _ = queue.take("ref-1")
-    queue.hand_back(a, failed, "actor died")
-    assert [list(c.indices) for c in queue.queue] == [[4, 5, 6, 7], [0, 1, 2, 3]]
-    assert queue.redispatched == 2 and queue.refs() == ["ref-3", "ref-4"]
+    queue.hand_back(a, failed, "actor died")  # a held chunks 0.. and 8.. (rounds 1, 2)
+    assert [list(c.indices) for c in queue.queue] == [[8, 9, 10, 11], [0, 1, 2, 3]]
+    assert queue.redispatched == 2 and queue.refs() == ["ref-2", "ref-4"]
     b.in_flight = 0
     queue.assign([b], send, now=0.0)
-    assert send.sent[-2:] == [("b", [4, 5, 6, 7]), ("b", [0, 1, 2, 3])]
+    assert send.sent[-2:] == [("b", [8, 9, 10, 11]), ("b", [0, 1, 2, 3])]
 
 
 def test_a_chunk_that_keeps_failing_stops_the_run_naming_it():
