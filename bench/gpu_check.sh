@@ -70,7 +70,7 @@ else
     throughput=(--device cuda --shape mistral-7b --prompt-tokens 128 --completion-tokens 1000
                 --rounds 3 --ours-per-round 200 --reference-per-round 2 --agreement 50)
     agreement=(--device cuda --perturbations 50)
-    ray=(--workers 1 2 --gpus-per-worker 0.5 --perturbations 800 --iterations 2
+    ray=(--workers 1 2 --gpus-per-worker 0.3 --perturbations 800 --iterations 2
          --vocab 32000 --hidden 512 --chunk-size 64)
     moved=(--device cuda --shape mistral-7b --prompt-tokens 128 --completion-tokens 1000
            --perturbations 8 --rounds 3)

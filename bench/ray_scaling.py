@@ -12,7 +12,8 @@ loopback, and the workers generate responses and call it.
   python bench/ray_scaling.py                       # 1 and 2 workers, CPU
   python bench/ray_scaling.py --workers 1 2 4 --perturbations 800
   python bench/ray_scaling.py --oracle judge --perturbations 96 --chunk-size 32
-  python bench/ray_scaling.py --gpus-per-worker 0.5      # 1 and 2 workers sharing one GPU
+  python bench/ray_scaling.py --gpus-per-worker 0.3      # 1 and 2 workers and the body
+                                                         # sharing one GPU
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def train(workers: int, model_dir: Path, pairs: Path, args, workdir: Path,
         output_dir=str(workdir / "runs"), run_id=f"workers-{workers}",
         checkpoint_every=args.iterations + 1,
         ray=RayConfig(num_workers=workers, chunk_size=args.chunk_size,
-                      **({"use_gpu": True, "gpus_per_worker": args.gpus_per_worker}
+                      **({"use_gpu": True, "gpus_per_worker": args.gpus_per_worker,
+                          "gpus_per_body": args.gpus_per_worker}  # the body shares it too
                          if args.gpus_per_worker else {"use_gpu": False})),
         oracle=oracle_config(args, url))
     trainer = ray_trainer(config, start_run(config), progress=False)
@@ -178,7 +180,8 @@ def main() -> None:
     import ray
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=max(args.workers), object_store_memory=OBJECT_STORE_BYTES,
+    ray.init(address="local", num_cpus=max(args.workers) + 1,  # + the body (likelihood)
+             object_store_memory=OBJECT_STORE_BYTES,
              include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:

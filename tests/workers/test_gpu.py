@@ -22,7 +22,8 @@ BIG_HIDDEN = 4096  # a 2-layer model of this width needs about 1.7 GB in float32
 
 
 def gpu_config(make_config, run_id: str, **ray):
-    config = make_config(run_id, {"num_workers": 1, "use_gpu": True, **ray})
+    share = {"gpus_per_worker": 0.5, "gpus_per_body": 0.5}  # the body and the worker: 1 GPU
+    config = make_config(run_id, {"num_workers": 1, "use_gpu": True, **share, **ray})
     return config.model_copy(update={"model": config.model.model_copy(update={"device": "cuda"})})
 
 
@@ -45,7 +46,7 @@ def test_worker_out_of_gpu_memory_fails_fast_naming_it(make_config, tokenizer, t
     started = time.monotonic()
     source = RayVoteSource(config, progress=False)
     try:
-        with pytest.raises(DistributedError, match=r"(?i)worker-0 on node .* could not load "
+        with pytest.raises(DistributedError, match=r"(?i)the body could not load "
                                                    r"the model .*out of memory"):
             source.start(torch.zeros(len(tokenizer), BIG_HIDDEN))
     finally:
