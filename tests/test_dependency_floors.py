@@ -32,7 +32,7 @@ NEEDS = [
      "tl.reshape(", "3.4", "triton 3.4.0's language/core.py (wheel source)"),
     ("trl", "trl.experimental.cpo / trl.experimental.orpo", "compo/pipeline/first_stage.py",
      '"trl.experimental.cpo"', "1.0", "the trl 1.0.0 wheel has both packages"),
-    ("ray", "ray.exceptions.ActorUnavailableError", "workers/group.py",
+    ("ray", "ray.exceptions.ActorUnavailableError", "workers/transport.py",
      "ray.exceptions.ActorUnavailableError", "2.40", "ray 2.40.0's exceptions.py (wheel)"),
     ("ray", "ray.util.placement_group_table, PlacementGroupSchedulingStrategy",
      "workers/placement.py", "placement_group_table", "2.40", "ray 2.40.0's util (wheel)"),

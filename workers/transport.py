@@ -67,9 +67,9 @@ class RayTransport:
         import ray
 
         self.ray = ray
-        errors = ray.exceptions
-        self.Failed, self.Died = errors.RayError, errors.RayActorError
-        self.Restarting, self.Timeout = errors.ActorUnavailableError, errors.GetTimeoutError
+        self.Failed, self.Died = ray.exceptions.RayError, ray.exceptions.RayActorError
+        self.Restarting = ray.exceptions.ActorUnavailableError
+        self.Timeout = ray.exceptions.GetTimeoutError
 
     def call(self, actor: Any, method: str, *args: Any) -> Any:
         return getattr(actor, method).remote(*args)
