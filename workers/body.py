@@ -33,15 +33,15 @@ class HeadPart:
     master: torch.Tensor  # float32 [R, d]
 
     def to(self, device: torch.device | str) -> HeadPart:
-        """On `device`: the master, the head's bias and the tail's copies (modules move in
-        place: call it on the worker's own unpickled part)."""
+        """On `device`: a copy of the master (each worker steps its own), the head's bias
+        and the tail's copies (modules move in place: call it on the worker's own part)."""
         oracle = copy.copy(self.oracle)
         oracle.head = map_tensors(oracle.head, lambda t: t.to(device))
         if oracle.tail is not None:
             oracle.tail = copy.copy(oracle.tail)
             oracle.tail.layers = [layer.to(device) for layer in oracle.tail.layers]  # in place
             oracle.tail.norm = oracle.tail.norm.to(device)
-        return HeadPart(oracle, self.master.to(device))
+        return HeadPart(oracle, self.master.to(device, copy=True))
 
 
 class Body:

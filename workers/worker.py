@@ -48,9 +48,9 @@ class Worker:
                  head: HeadPart | None = None):
         started = time.perf_counter()
         self.name, self.node = name, node
-        self.generative, self.head = service is not None, head
-        if head is not None:
-            self.head = head.to(model.device)
+        self.generative = service is not None
+        self.head = None if head is None else head.to(model.device)  # its own master
+        if self.head is not None:
             self.source: VoteSource = LocalVoteSource(self.head.oracle)
         else:
             network = load_model(model)  # first: its errors say what is wrong with the path
