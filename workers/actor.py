@@ -6,8 +6,8 @@ from __future__ import annotations
 import ray
 
 from compo.config import ComPOConfig, ModelConfig
+from compo.oracles import OracleSetup
 from workers.body import Body, HeadPart
-from workers.protocol import ServiceSetup
 from workers.worker import Worker
 
 
@@ -21,10 +21,10 @@ class WorkerActor:
     """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str,
-                 service: ServiceSetup | None = None, head: HeadPart | None = None):
+                 setup: OracleSetup | None = None, head: HeadPart | None = None):
         self.node_id = ray.get_runtime_context().get_node_id()
         node = node_label(ray.util.get_node_ip_address(), self.node_id)
-        self.worker = Worker(model, compo, name, node, service, head)
+        self.worker = Worker(model, compo, name, node, setup, head)
 
     def describe(self) -> dict:
         return {**self.worker.describe(), "node_id": self.node_id}

@@ -48,7 +48,6 @@ from compo.service_oracle.metrics import (
 )
 from compo.service_oracle.preflight import refusal
 from compo.service_oracle.reporting import checked_run_id, service_token
-from compo.votes import local_rebuild
 from oracle_service.client import OracleServiceError, SyncOracleClient
 from oracle_service.schemas import (
     ComparisonError,
@@ -107,7 +106,8 @@ def failed_results(items: Sequence[ComparisonItem], error: Exception) -> list[Co
 
 
 class ServiceVoteSource:
-    """VoteSource whose votes are the oracle service's verdicts on generated responses."""
+    """The service oracle (compo/oracles/service.py): the oracle service's verdicts on
+    generated responses."""
 
     def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str,
                  token: str | None = None):
@@ -338,9 +338,6 @@ class ServiceVoteSource:
         """The counts since the last call (or prepare), then start counting afresh."""
         counts, self.counts = dict(self.counts), Counter()
         return counts
-
-    def rebuild(self, seed, iteration, indices, votes, weight):
-        return local_rebuild(seed, iteration, indices, votes, weight, self.config.compo)
 
     def metrics(self) -> dict:
         return oracle_metrics(self.counts)

@@ -16,7 +16,7 @@ from compo.model.loading import ModelConfig, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.rundir import RunDirectory
 from compo.train import ComPOTrainer, start_run
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.coordinator import RayVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -156,8 +156,9 @@ def test_stale_worker_is_refused_and_brought_back_exactly(make_config, model_dir
     model = load_model(ModelConfig(path=str(model_dir)))
     tokenizer = load_tokenizer(model_dir)
     pairs = load_tokenized(config.data, tokenizer)[0][:1]
-    local = LocalVoteSource(LikelihoodOracle(model, config.compo, tokenizer.pad_token_id))
-    weight = local.oracle.master_weight()
+    oracle = LikelihoodOracle(model, config.compo, tokenizer.pad_token_id)
+    local = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
+    weight = local.oracle.scorer.master_weight()
     source = RayVoteSource(config, progress=False).start(weight.clone())
     try:
         source.prepare(pairs, weight)

@@ -9,7 +9,7 @@ from compo.data.encoding import load_tokenized
 from compo.model.loading import ModelConfig, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.perturbation import block_budget
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.coordinator import RayVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -77,9 +77,9 @@ def test_a_killed_body_is_restarted_and_the_votes_do_not_change(model_dir, make_
     pairs = load_tokenized(config.data, tokenizer)[0][:2]
     from compo.model.loading import load_model
 
-    local = LocalVoteSource(LikelihoodOracle(load_model(config.model), config.compo,
-                                             tokenizer.pad_token_id))
-    weight = local.oracle.master_weight()
+    oracle = LikelihoodOracle(load_model(config.model), config.compo, tokenizer.pad_token_id)
+    local = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
+    weight = local.oracle.scorer.master_weight()
     source = RayVoteSource(config, progress=False).start(weight.clone())
     try:
         source.prepare(pairs, weight)
