@@ -154,8 +154,10 @@ class RayConfig(StrictModel):
         "auto", description="one GPU per worker; auto: when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     gpus_per_worker: float = Field(
-        1.0, gt=0, le=1, description="GPUs reserved per worker when workers use GPUs; below "
-        "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
+        1.0, gt=0, description="GPUs reserved per worker when workers use GPUs; below 1 "
+        "several workers share a GPU (0.5: two per GPU); above 1, a whole number, each "
+        "generation worker (a generative oracle) spreads its model over that many GPUs of "
+        "one node (device_map), e.g. 2 for a 70B model on 80 GB GPUs")
     cpus_per_body: float = Field(
         1.0, gt=0, description="CPUs of the body (likelihood oracle: it holds the model and "
         "runs it once per iteration; the workers hold only the moved parameters)")
@@ -188,6 +190,14 @@ class RayConfig(StrictModel):
         "CPUs; default: ray.init()'s choice")
     local_object_store_bytes: int | None = Field(
         None, gt=0, description="start a new local instance with this object store size")
+
+    @field_validator("gpus_per_worker", "gpus_per_body")
+    @classmethod
+    def _whole_above_one(cls, value: float, info) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"ray.{info.field_name} above 1 is a whole number of GPUs (got "
+                             f"{value:g}): a model spreads over whole GPUs of one node")
+        return value
 
 
 class OracleCommon(StrictModel):
@@ -292,6 +302,16 @@ class TrainConfig(StrictModel):
         if self.ray is not None and needs:
             raise ValueError(f"{', '.join(needs)}: not supported on Ray (they score pairs under "
                              "weights the workers do not hold); remove them or the ray section")
+        return self
+
+    @model_validator(mode="after")
+    def _several_gpus_only_where_a_model_is(self) -> TrainConfig:
+        generative = oracle_kind(self.oracle.kind).generative
+        if self.ray is not None and self.ray.gpus_per_worker > 1 and not generative:
+            raise ValueError(f"ray.gpus_per_worker {self.ray.gpus_per_worker:g}: head workers "
+                             f"(oracle.kind {self.oracle.kind}) hold only the moved parameters, "
+                             "not the model; use at most 1, and ray.gpus_per_body for the "
+                             "body's model")
         return self
 
     @model_validator(mode="after")

@@ -138,13 +138,21 @@ def start_body(config: TrainConfig, settings: RayConfig, use_gpu: bool) -> Any:
     ).remote(model, config.compo)
 
 
+def worker_device(settings: RayConfig, use_gpu: bool) -> str:
+    """model.device of a worker: the CPU, its GPU, or its GPUs (a generation worker with
+    ray.gpus_per_worker > 1: the model spread over them with device_map)."""
+    if not use_gpu:
+        return "cpu"
+    return SHARDED if settings.gpus_per_worker > 1 else "cuda"
+
+
 def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
                setup: OracleSetup | None = None, head: Any = None) -> ActorPool:
     """Reserve the bundles and start one actor in each; loading runs in the background.
     `setup`: the run's oracle (compo/oracles/); `head`: the object
     ref of the body's HeadPart (head workers: no model is loaded)."""
     group = reserve(count, use_gpu, settings)
-    model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+    model = config.model.model_copy(update={"device": worker_device(settings, use_gpu)})
     names = [f"worker-{i}" for i in range(count)]
     actors = [
         WorkerActor.options(
