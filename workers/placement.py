@@ -19,7 +19,7 @@ from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
 from compo.model.loading import SHARDED
 from compo.oracles import OracleSetup, oracle_kind
-from workers.actor import BodyActor, WorkerActor, node_label
+from workers.actor import BodyActor, HeadRef, WorkerActor, node_label
 from workers.body_handle import RemoteBody
 from workers.transport import Placement, RayTransport, failure_reason
 
@@ -147,10 +147,10 @@ def worker_device(settings: RayConfig, use_gpu: bool) -> str:
 
 
 def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
-               setup: OracleSetup | None = None, head: Any = None) -> ActorPool:
+               setup: OracleSetup | None = None, head: HeadRef | None = None) -> ActorPool:
     """Reserve the bundles and start one actor in each; loading runs in the background.
-    `setup`: the run's oracle (compo/oracles/); `head`: the object
-    ref of the body's HeadPart (head workers: no model is loaded)."""
+    `setup`: the run's oracle (compo/oracles/); `head`: where head workers get the body's
+    HeadPart (they load no model)."""
     group = reserve(count, use_gpu, settings)
     model = config.model.model_copy(update={"device": worker_device(settings, use_gpu)})
     names = [f"worker-{i}" for i in range(count)]
@@ -179,6 +179,6 @@ def ray_placement(config: TrainConfig, settings: RayConfig, address: str | None,
                                   settings, body=not generative)
     body = None if generative else RemoteBody(start_body(config, settings, use_gpu), settings,
                                               transport)
-    head = None if body is None else body.head_ref  # head workers load no model
+    head = None if body is None else HeadRef([body.head_ref], body.actor)  # no model
     pool = start_pool(config, settings, count, use_gpu, setup, head)
     return Placement(transport, pool, body, use_gpu)
