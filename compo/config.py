@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compo.directions.config import DirectionsConfig
 from compo.perturb_config import PerturbConfig
 from compo.trackers import tracker_names
 
@@ -94,6 +95,7 @@ class ComPOConfig(StrictModel):
     num_perturbations: int = Field(1600, gt=0, description="m, directions per iteration")
     radius: float = Field(5e-4, gt=0, description="r, perturbation radius")
     perturb: PerturbConfig = Field(default_factory=PerturbConfig)
+    directions: DirectionsConfig = Field(default_factory=DirectionsConfig)  # compo/directions/
     clip: ClipConfig = Field(default_factory=ClipConfig)
     accept_ratio: float = Field(
         0.2, ge=0, lt=1, description="lambda: update only if n_minus / m > lambda"
@@ -135,6 +137,12 @@ class ComPOConfig(StrictModel):
         if (self.accept_rule == "at_least") != (count is not None) or (count or 0) > m:
             raise ValueError(f"accept_count (got {count}) goes with accept_rule: at_least only and "
                              f"is at most num_perturbations ({m}); e.g. 330 for m = 1800")
+        return self
+
+    @model_validator(mode="after")
+    def _directions_fit(self) -> ComPOConfig:
+        if reason := self.directions.refusal(self.perturb.target, self.products):
+            raise ValueError(reason)
         return self
 
 
@@ -341,6 +349,8 @@ class TrainConfig(StrictModel):
             raise ValueError(f"compo.perturb.target {self.compo.perturb.target} works with the "
                              "likelihood oracle; the service oracle generates with a moved "
                              "output layer only. Set target: head or oracle.kind: likelihood")
+        if reason := self.compo.directions.refusal(oracle=self.oracle.kind):
+            raise ValueError(reason)
         return self
 
     @model_validator(mode="after")
