@@ -8,7 +8,8 @@ large sums:
   change(token) = e[target] - log sum_v p_v exp(e_v)
                = e[target] - log1p(sum_v p_v * expm1(e_v))
 with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
-p = softmax(base logits).
+p = softmax(base logits). Low-rank directions (compo.directions) make h z^T as
+((h B^T) A) / sqrt(r), never a dense z (compo/directions/products.py).
 
 With compo.perturb.target other than head, weights of the last k layers move too (the
 MLPs', or another target's of compo/model/targets/): the master

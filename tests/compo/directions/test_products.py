@@ -68,6 +68,12 @@ def test_update_rows_are_bit_identical_for_any_split(rank):
     whole = rows(0, 300)
     for split in SPLITS:
         assert torch.equal(torch.cat([rows(a, b) for a, b in split]), whole), split
+    threads = torch.get_num_threads()
+    try:  # a Ray worker runs one thread; this process may run more
+        torch.set_num_threads(1)
+        assert torch.equal(rows(0, 300), whole)
+    finally:
+        torch.set_num_threads(threads)
     dense = sum(vote * low_rank_direction(direction_key(SEED, ITERATION, int(index)), shape,
                                           rank) for index, vote in kept)
     assert (whole.double() - dense).abs().max() < 1e-5 * dense.abs().max()
