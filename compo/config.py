@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compo.directions.config import DirectionsConfig
 from compo.oracles import DEFAULT_ORACLE, ORACLES, oracle_kind
 from compo.oracles.service import GenerationRadius  # noqa: F401 (its settings, named here)
 from compo.perturb_config import PerturbConfig
@@ -96,6 +97,7 @@ class ComPOConfig(StrictModel):
     num_perturbations: int = Field(1600, gt=0, description="m, directions per iteration")
     radius: float = Field(5e-4, gt=0, description="r, perturbation radius")
     perturb: PerturbConfig = Field(default_factory=PerturbConfig)
+    directions: DirectionsConfig = Field(default_factory=DirectionsConfig)  # compo/directions/
     clip: ClipConfig = Field(default_factory=ClipConfig)
     accept_ratio: float = Field(
         0.2, ge=0, lt=1, description="lambda: update only if n_minus / m > lambda"
@@ -137,6 +139,12 @@ class ComPOConfig(StrictModel):
         if (self.accept_rule == "at_least") != (count is not None) or (count or 0) > m:
             raise ValueError(f"accept_count (got {count}) goes with accept_rule: at_least only and "
                              f"is at most num_perturbations ({m}); e.g. 330 for m = 1800")
+        return self
+
+    @model_validator(mode="after")
+    def _directions_fit(self) -> ComPOConfig:
+        if reason := self.directions.refusal(self.perturb.target, self.products):
+            raise ValueError(reason)
         return self
 
 
@@ -312,6 +320,12 @@ class TrainConfig(StrictModel):
                              f"(oracle.kind {self.oracle.kind}) hold only the moved parameters, "
                              "not the model; use at most 1, and ray.gpus_per_body for the "
                              "body's model")
+        return self
+
+    @model_validator(mode="after")
+    def _directions_fit_the_oracle(self) -> TrainConfig:
+        if reason := self.compo.directions.refusal(oracle=self.oracle.kind):
+            raise ValueError(reason)
         return self
 
     @model_validator(mode="after")

@@ -207,7 +207,7 @@ class ComPOTrainer:
 
     def run(self, progress: bool = True) -> torch.Tensor:
         """Run (or continue) to the end of the schedule; returns the master weight."""
-        checkpoint = self.run_dir.load_checkpoint()
+        checkpoint = self.run_dir.load_checkpoint(self.config.compo.directions.name)
         start = checkpoint.iterations_done if checkpoint else 0
         base = self.base_weight
         weight = (checkpoint.weight if checkpoint else base.clone()).to(base.device)
@@ -263,7 +263,8 @@ class ComPOTrainer:
 
     def _commit(self, checkpoint: Checkpoint) -> None:
         """A commit point; a dense master every config.dense_every iterations."""
-        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every)
+        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every,
+                                     self.config.compo.directions.name)
 
     def _reselect(self, weight: torch.Tensor) -> Selection | None:
         """data.reselect: the next noisy pairs under `weight` from the running offset."""

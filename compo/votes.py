@@ -54,7 +54,7 @@ def step_rows(seed: int, iteration: int, kept: Sequence[tuple[int, int]],
     shape = tuple(weight.shape)
     return RowShards(lambda rows: vote_weighted_rows(
         seed, iteration, kept, shape, rows, compo.block_elements, weight.device,
-        DTYPES[compo.direction_dtype]))
+        DTYPES[compo.direction_dtype], compo.directions))
 
 
 def local_rebuild(seed: int, iteration: int, indices: Sequence[int], votes: torch.Tensor,

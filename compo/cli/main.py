@@ -40,7 +40,9 @@ agree: perturbations whose vote equals the float64 one (exact: all). The last co
 per target of compo/model/targets/ that moves weights inside the layers: the same with that
 target moving in the last 2 layers too (e.g. compo.perturb: {target: mlp, last_layers: 2},
 the paper's Table 5; families whose layers ComPO cannot rerun that way are refused there
-with the reason). Check your own checkpoint with `compo conformance --model PATH`.
+with the reason), then two for rank-4 low-rank directions of the output layer
+(compo.directions: {kind: low_rank, rank: 4}). Check your own checkpoint with
+`compo conformance --model PATH`.
 
 """
 

@@ -55,6 +55,31 @@ def test_moved_mlps_on_two_workers_equal_the_local_run(make_config, train_ray):
     assert not torch.equal(moved_rows, trainer.base_weight[trainer.layout.head.rows :])
 
 
+def test_low_rank_directions_one_process_two_workers_and_resume_agree(make_config, train_ray):
+    def low_rank(run_id, ray=None, **fields):
+        config = make_config(run_id, ray, **fields)
+        return TrainConfig.model_validate({**config.model_dump(), "compo": {
+            **config.compo.model_dump(), "directions": {"kind": "low_rank", "rank": 2}}})
+
+    local = low_rank("low-rank-local")
+    trainer = ComPOTrainer(local, start_run(local))
+    expected = trainer.run(progress=False)
+    assert sum(row["accepted"] for row in trainer.run_dir.metrics()) >= 2
+    assert not torch.equal(expected, trainer.base_weight)
+    weights, _ = train_ray(low_rank("low-rank-ray", {"num_workers": 2}))
+    assert torch.equal(weights, expected)
+
+    def interrupt(row):
+        if row["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    cut = low_rank("low-rank-cut", checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        ComPOTrainer(cut, start_run(cut), on_iteration=interrupt).run(progress=False)
+    run_dir = RunDirectory(Path(cut.output_dir) / cut.run_id)
+    assert ComPOTrainer(cut, run_dir).run(progress=False).equal(expected)
+
+
 def test_bytes_per_iteration_are_measured_and_small(make_config, train_ray, model_dir):
     weights, trainer = train_ray(make_config("bytes", {"num_workers": 2}))
     head_bytes = weights.numel() * weights.element_size()  # one dense output layer
