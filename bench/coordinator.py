@@ -83,8 +83,8 @@ class FakeWorker:
         votes = np.where(index % 3 == 0, -1, 1).astype(VOTE_DTYPE)
         return VoteBatch(round_id, version, index.tobytes(), votes.tobytes(), 0.0)
 
-    def rebuild(self, round_id, version, seed, iteration, kept, method, rows, *args):
-        result = getattr(self.shards, method)(rows, *args)
+    def rebuild(self, round_id, version, seed, iteration, kept, call, rows):
+        result = call.on(self.shards, rows)
         if isinstance(result, tuple):
             return result[0].numpy().astype(np.int32), result[1].numpy()
         return result.numpy()

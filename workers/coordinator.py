@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
-from compo.estimator import kept_votes, plan_shards
+from compo.estimator import ShardCall, kept_votes, plan_shards
 from compo.model.exported import measure_export
 from compo.rundir import RunDirectory
 from compo.service_oracle.metrics import oracle_metrics
@@ -143,12 +143,12 @@ class RayVoteSource:
         shards = plan_shards(weight.shape[0], max(1, len(group.usable())))
         calls: list[ShardCalls] = []
 
-        def run(method: str, parts: Sequence[range], *args) -> list:
+        def run(call: ShardCall, parts: Sequence[range]) -> list:
             if not calls:
                 kept = group.put(kept_votes(torch.tensor(list(indices)), votes))
                 calls.append(ShardCalls(group, (group.round, group.version, seed, iteration,
                                                 kept)))
-            return calls[0].run(method, parts, *args)
+            return calls[0].run(call, parts)
 
         return shards, run
 

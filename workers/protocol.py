@@ -27,7 +27,6 @@ PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected tok
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
 VOTE_DTYPE = np.int8
 NUMBER_BYTES = 8  # a number on the wire
-REBUILD_METHODS = ("square_sums", "counts", "step")  # what RowShards answers per shard
 
 
 class StaleVersionError(RuntimeError):

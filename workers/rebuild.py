@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from compo.errors import DistributedError
+from compo.estimator import ShardCall, Step
 from workers.group import WorkerGroup, WorkerState
 from workers.stats import payload_size
 
@@ -35,13 +36,13 @@ class ShardCalls:
         self.group, self.head = group, head  # head: (round, version, seed, iteration, kept)
         self.owners: dict[int, WorkerState] = {}
 
-    def run(self, method: str, shards: Sequence[range], *args) -> list:
+    def run(self, call: ShardCall, shards: Sequence[range]) -> list:
         group, settings = self.group, self.group.settings
         started, results = time.perf_counter(), {}
         calls: dict[Any, tuple[int, WorkerState, float]] = {}
         todo = deque(range(len(shards)))
         while len(results) < len(shards):
-            self._assign(todo, calls, method, shards, args)
+            self._assign(todo, calls, call, shards)
             ready = group.wait_any(list(calls) + group.pending_refs())
             quiet = time.perf_counter() - started > settings.load_timeout_s and not calls
             if ready is None or quiet:
@@ -63,21 +64,21 @@ class ShardCalls:
                 group.count("rebuild_results", value)
                 results.setdefault(index, as_tensors(value))
             self._requeue_stragglers(calls, todo, results)
-        group.stats.seconds[f"rebuild_{method}"] += time.perf_counter() - started
+        group.stats.seconds[f"rebuild_{call.method}"] += time.perf_counter() - started
         ordered = [results[i] for i in range(len(shards))]
-        if method == "step":  # the positions the step may change: all the versions compare
+        if isinstance(call, Step):  # the positions the step may change: all the versions compare
             group.weights.watch(torch.cat([positions for positions, _ in ordered]))
         return ordered
 
-    def _assign(self, todo: deque, calls: dict, method: str, shards: Sequence[range],
-                args: tuple) -> None:
+    def _assign(self, todo: deque, calls: dict, call: ShardCall,
+                shards: Sequence[range]) -> None:
         """Send queued shards to idle usable workers, each to its owner when it can, else
         to an idle worker that owns none (O(shards + workers))."""
         busy = {id(worker) for _, worker, _ in calls.values()}
         idle = {id(w): w for w in self.group.usable() if id(w) not in busy}
         owning = {id(w) for w in self.owners.values()}
         spare = iter([w for w in idle.values() if id(w) not in owning])
-        fixed = payload_size(*self.head, method, *args)  # all but the shard's rows
+        fixed = payload_size(*self.head, call)  # all but the shard's rows
         left = deque()
         while todo:
             index = todo.popleft()
@@ -89,8 +90,8 @@ class ShardCalls:
                 (w for w in spare if id(w) in idle), None) or next(iter(idle.values()))
             del idle[id(worker)]
             self.owners[index] = worker
-            handle = self.group.transport.call(worker.actor, "rebuild", *self.head, method,
-                                               shards[index], *args)
+            handle = self.group.transport.call(worker.actor, "rebuild", *self.head, call,
+                                               shards[index])
             calls[handle] = (index, worker, time.monotonic())
             self.group.stats.bytes["rebuild_args"] += fixed + payload_size(shards[index])
         todo.extend(left)
