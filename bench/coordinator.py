@@ -1,7 +1,7 @@
 """The coordinator's own CPU per iteration against the number of workers, without Ray.
 
-The same classes as on a cluster (RayVoteSource, WorkerGroup, ChunkQueue, ShardCalls,
-RemoteBody) drive instant fake workers through the in-process transport
+The same classes as on a cluster (RayVoteSource, WorkerGroup, ActorManager, ChunkQueue,
+ShardCalls, RemoteBody) drive instant fake workers through the in-process transport
 (workers/transport.py): every call answers at once, so what is timed is the coordinator's
 work (chunks, answers, shards, patches; the CPU spent inside the fakes is measured by the
 transport and left out). One iteration:
