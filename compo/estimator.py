@@ -180,13 +180,15 @@ def fraction_threshold(count: Callable[[torch.Tensor], torch.Tensor], numel: int
     return as_float(fraction_bounds(count, numel, fraction)[0])
 
 
-def kth_largest_kept(parts: list[tuple[torch.Tensor, torch.Tensor]], keep: int) -> list:
+def kth_largest_kept(parts: list[tuple[torch.Tensor, torch.Tensor]],
+                     keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step parts made at a threshold below the k-th largest |entry| (all entries at least
-    as large among them), cut to the entries >= it: the parts at the exact threshold."""
-    magnitudes = torch.cat([values for _, values in parts]).abs()
-    threshold = torch.kthvalue(magnitudes, len(magnitudes) - keep + 1).values
-    return [(positions[values.abs() >= threshold], values[values.abs() >= threshold])
-            for positions, values in parts]
+    as large among them), joined and cut to the entries >= it: the exact threshold's."""
+    positions = torch.cat([p for p, _ in parts])
+    values = torch.cat([v for _, v in parts])
+    magnitudes = values.abs()
+    kept = magnitudes >= torch.kthvalue(magnitudes, len(magnitudes) - keep + 1).values
+    return positions[kept], values[kept]
 
 
 def fixed_threshold(clip: ClipConfig, numel: int) -> float:
@@ -340,7 +342,7 @@ def decide_from_shards(votes: torch.Tensor, config: ComPOConfig, shape: tuple[in
         low, _ = fraction_bounds(lambda t: torch.stack(run(Counts(norm, t), shards)).sum(0),
                                  numel, config.clip.value, STEP_WINDOW)
         parts = run(Step(norm, as_float(low), UNIT_STEP), shards)
-        parts = kth_largest_kept(parts, max(1, math.ceil(config.clip.value * numel)))
+        parts = [kth_largest_kept(parts, max(1, math.ceil(config.clip.value * numel)))]
     else:
         parts = run(Step(norm, fixed_threshold(config.clip, numel), UNIT_STEP), shards)
     step = config.step_scale * ratio
