@@ -1,7 +1,7 @@
 """The coordinator's own CPU per iteration against the number of workers, without Ray.
 
-The same classes as on a cluster (RayVoteSource, WorkerGroup, ChunkQueue, ShardCalls,
-RemoteBody) drive instant fake workers through the in-process transport
+The same classes as on a cluster (RayVoteSource, WorkerGroup, ActorManager, ChunkQueue,
+ShardCalls, RemoteBody) drive instant fake workers through the in-process transport
 (workers/transport.py): every call answers at once, so what is timed is the coordinator's
 work (chunks, answers, shards, patches; the CPU spent inside the fakes is measured by the
 transport and left out). One iteration:
@@ -83,8 +83,8 @@ class FakeWorker:
         votes = np.where(index % 3 == 0, -1, 1).astype(VOTE_DTYPE)
         return VoteBatch(round_id, version, index.tobytes(), votes.tobytes(), 0.0)
 
-    def rebuild(self, round_id, version, seed, iteration, kept, method, rows, *args):
-        result = getattr(self.shards, method)(rows, *args)
+    def rebuild(self, round_id, version, seed, iteration, kept, call, rows):
+        result = call.on(self.shards, rows)
         if isinstance(result, tuple):
             return result[0].numpy().astype(np.int32), result[1].numpy()
         return result.numpy()

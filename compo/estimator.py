@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from compo.perturbation import direction_key, direction_rows, plan_blocks
 # the rows into shards of whole blocks gives the same bits.
 NORM_BLOCK_ROWS = 64
 FLOAT32_INF_BITS = 0x7F800000  # +inf as int32: above every finite magnitude
-SEARCH_POINTS = 64  # thresholds tried per round of the fraction-mode search (~6 rounds)
+SEARCH_POINTS = 512  # thresholds tried per round of the fraction-mode search
+STEP_WINDOW = 1 << 13  # bit patterns left to the step itself (~0.1% of a binade): 2 rounds
 UNIT_STEP = -1.0  # step_entries makes -step * g_j: with -1 the entries g_j themselves, exactly
 
 
@@ -158,20 +160,44 @@ def counts_at_least(unit: torch.Tensor, thresholds: torch.Tensor) -> torch.Tenso
     return counts.flip(0).cumsum(0).flip(0).cpu()
 
 
-def fraction_threshold(count: Callable[[torch.Tensor], torch.Tensor], numel: int,
-                       fraction: float) -> float:
-    """The k-th largest |entry| (k = ceil(fraction * numel)), found exactly by searching
-    float32 bit patterns with `count(thresholds) -> counts_at_least` of all shards."""
+def fraction_bounds(count: Callable[[torch.Tensor], torch.Tensor], numel: int,
+                    fraction: float, width: int = 1) -> tuple[int, int]:
+    """Float32 bit patterns (low, high), high - low <= `width`, holding the k-th largest
+    |entry| (k = ceil(fraction * numel)): count(>= low) >= k > count(>= high). Searched with
+    `count(thresholds) -> counts_at_least` of all shards, SEARCH_POINTS thresholds a round."""
     keep = max(1, math.ceil(fraction * numel))
     low, high = 0, FLOAT32_INF_BITS  # count(>= low) >= keep > count(>= high)
-    while high - low > 1:
+    while high - low > width:
         step = max(1, (high - low) // SEARCH_POINTS)
         patterns = torch.arange(low, high, step, dtype=torch.int32)
         counts = count(patterns.view(torch.float32))
         above = int((counts >= keep).sum())  # counts fall as the thresholds rise
         low = int(patterns[above - 1])
         high = int(patterns[above]) if above < len(patterns) else high
-    return float(torch.tensor(low, dtype=torch.int32).view(torch.float32))
+    return low, high
+
+
+def as_float(pattern: int) -> float:
+    """The float32 whose bit pattern is `pattern`."""
+    return float(torch.tensor(pattern, dtype=torch.int32).view(torch.float32))
+
+
+def fraction_threshold(count: Callable[[torch.Tensor], torch.Tensor], numel: int,
+                       fraction: float) -> float:
+    """The k-th largest |entry| (k = ceil(fraction * numel)), found exactly by searching
+    float32 bit patterns with `count(thresholds) -> counts_at_least` of all shards."""
+    return as_float(fraction_bounds(count, numel, fraction)[0])
+
+
+def kth_largest_kept(parts: list[tuple[torch.Tensor, torch.Tensor]],
+                     keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step parts made at a threshold below the k-th largest |entry| (all entries at least
+    as large among them), joined and cut to the entries >= it: the exact threshold's."""
+    positions = torch.cat([p for p, _ in parts])
+    values = torch.cat([v for _, v in parts])
+    magnitudes = values.abs()
+    kept = magnitudes >= torch.kthvalue(magnitudes, len(magnitudes) - keep + 1).values
+    return positions[kept], values[kept]
 
 
 def fixed_threshold(clip: ClipConfig, numel: int) -> float:
@@ -254,13 +280,50 @@ class RowShards:
         del self.held[rows]
         return step_entries(unit_rows(held, norm), threshold, step, rows.start * held.shape[1])
 
-    def run(self, method: str, shards: Sequence[range], *args) -> list:
-        """`method` on every shard, in shard order (what a pool of workers does too)."""
-        return [getattr(self, method)(rows, *args) for rows in shards]
+    def run(self, call: ShardCall, shards: Sequence[range]) -> list:
+        """`call` on every shard, in shard order (what a pool of workers does too)."""
+        return [call.on(self, rows) for rows in shards]
 
 
-# run(method, shards, *args) -> [RowShards.<method>(rows, *args) for each shard]
-ShardRunner = Callable[..., list]
+@dataclass(frozen=True)
+class SquareSums:
+    """A shard's float64 sums of squares per norm block (the norm's parts)."""
+
+    method: ClassVar[str] = "square_sums"
+
+    def on(self, shards: RowShards, rows: range) -> torch.Tensor:
+        return shards.square_sums(rows)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many of a shard's unit entries are >= each sorted threshold."""
+
+    norm: float
+    thresholds: torch.Tensor
+    method: ClassVar[str] = "counts"
+
+    def on(self, shards: RowShards, rows: range) -> torch.Tensor:
+        return shards.counts(rows, self.norm, self.thresholds)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A shard's kept entries (flat positions, -step * g_j) at `threshold`; ends its rows."""
+
+    norm: float
+    threshold: float
+    step: float
+    method: ClassVar[str] = "step"
+
+    def on(self, shards: RowShards, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        return shards.step(rows, self.norm, self.threshold, self.step)
+
+
+ShardCall = SquareSums | Counts | Step  # what is asked of every shard of rows
+SHARD_CALLS = (SquareSums, Counts, Step)
+# run(call, shards) -> [call.on(RowShards holding the shard, rows) for each shard]
+ShardRunner = Callable[[ShardCall, Sequence[range]], list]
 
 
 def plan_shards(rows: int, workers: int) -> list[range]:
@@ -282,16 +345,16 @@ def decide_from_shards(votes: torch.Tensor, config: ComPOConfig, shape: tuple[in
         return UpdateDecision(n_minus, m, abstained, ratio, False, 0.0, 0.0, 0.0, None)
     if run is None:
         raise ValueError("an accepted update needs sum y_i z_i (total)")
-    norm = norm_from_sums(torch.cat(run("square_sums", shards)))
+    norm = norm_from_sums(torch.cat(run(SquareSums(), shards)))
     numel = shape[0] * shape[1]
-    if config.clip.mode == "fraction":
-        threshold = fraction_threshold(
-            lambda t: torch.stack(run("counts", shards, norm, t)).sum(0), numel,
-            config.clip.value)
+    if config.clip.mode == "fraction":  # the step's answers finish the search exactly
+        low, _ = fraction_bounds(lambda t: torch.stack(run(Counts(norm, t), shards)).sum(0),
+                                 numel, config.clip.value, STEP_WINDOW)
+        parts = run(Step(norm, as_float(low), UNIT_STEP), shards)
+        parts = [kth_largest_kept(parts, max(1, math.ceil(config.clip.value * numel)))]
     else:
-        threshold = fixed_threshold(config.clip, numel)
+        parts = run(Step(norm, fixed_threshold(config.clip, numel), UNIT_STEP), shards)
     step = config.step_scale * ratio
-    parts = run("step", shards, norm, threshold, UNIT_STEP)
     direction = SparseUpdate(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                              shape)
     update = direction.scaled(-step)  # the same float32 product -step * g_j as ever

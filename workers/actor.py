@@ -63,9 +63,8 @@ class WorkerActor:
     def evaluate(self, round_id, version, seed, iteration, indices, base=None):
         return self.worker.evaluate(round_id, version, seed, iteration, indices, base)
 
-    def rebuild(self, round_id, version, seed, iteration, kept, method, rows, *args):
-        return self.worker.rebuild(round_id, version, seed, iteration, kept, method, rows,
-                                   *args)
+    def rebuild(self, round_id, version, seed, iteration, kept, call, rows):
+        return self.worker.rebuild(round_id, version, seed, iteration, kept, call, rows)
 
     def logprobs(self, round_id, version):
         return self.worker.logprobs(round_id, version)

@@ -1,12 +1,13 @@
 """Distributed votes on Ray: the coordinator side of `compo train --ray-address`.
 
 RayVoteSource is a VoteSource (compo/votes.py), so the loop, checkpoints, resume and
-metrics are the core engine's. It holds a WorkerGroup (workers/group.py: versions,
-preparation, failures) and a ChunkQueue (workers/dispatch.py). Per iteration the group
-brings every worker to the current weights version (the sparse step patches it missed or a
-dense snapshot, whichever is smaller, put once into the object store) and prepares the
-pairs; the votes are gathered chunk by chunk with ray.wait, re-dispatching the chunks of
-dead, unreachable or straggling workers. With the service oracle one worker first generates
+metrics are the core engine's. It holds a WorkerGroup (workers/group.py: versions and
+preparation, over the actor manager of workers/manager.py: calls, health, failures,
+stragglers) and a ChunkQueue (workers/dispatch.py). Per iteration the group brings every
+worker to the current weights version (the sparse step patches it missed or a dense
+snapshot, whichever is smaller, put once into the object store) and prepares the pairs;
+the votes are gathered chunk by chunk, the manager handing back the chunks of dead,
+unreachable or straggling workers. With the service oracle one worker first generates
 the iteration's base responses, put once for all chunks. An accepted step is rebuilt by the
 workers, a shard of rows of sum y_i z_i each (workers/rebuild.py), and published the same
 way as the weights.
@@ -27,16 +28,17 @@ from tqdm.auto import tqdm
 
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
-from compo.estimator import kept_votes, plan_shards
+from compo.estimator import ShardCall, kept_votes, plan_shards
 from compo.model.exported import measure_export
 from compo.oracles import oracle_kind
 from compo.rundir import RunDirectory
 from compo.train import ComPOTrainer
 from compo.votes import Shards
 from workers.dispatch import Chunk, ChunkQueue
-from workers.group import WorkerGroup, WorkerState
+from workers.group import WorkerGroup
+from workers.manager import Call, WorkerState
 from workers.placement import ray_placement
-from workers.protocol import VoteBatch, answer_matches, pair_ids
+from workers.protocol import answer_matches, pair_ids
 from workers.rebuild import ShardCalls
 from workers.stats import payload_size
 from workers.transport import Placement
@@ -63,7 +65,6 @@ class RayVoteSource:
         self.group = WorkerGroup(self.settings, placement.pool, placement.transport)
         batch = config.oracle.generation_batch_size if self.generative else None
         self.chunks = ChunkQueue(self.settings, batch)
-        self.group.on_lost = self.chunks.hand_back
         self.oracle_counts: Counter = Counter()  # service oracle: counts of the answers used
 
     @property
@@ -105,12 +106,12 @@ class RayVoteSource:
         out = np.zeros(len(indices), dtype=np.int8)
         group.stats.perturbations = len(indices)
         self.chunks.reset(indices, sum(not w.dead for w in group.workers))
-        remaining, group.last_progress = len(indices), time.monotonic()
+        remaining, group.manager.last_progress = len(indices), time.monotonic()
         bar = tqdm(total=len(indices), desc=f"votes {iteration}", unit="vote", leave=False,
                    disable=not self.progress)
         while remaining:
             self.dispatch(seed, iteration, base)
-            ready = group.wait_any(self.chunks.refs() + group.pending_refs())
+            ready = group.manager.wait_any()
             if ready is None:  # nobody usable, nobody coming back
                 raise DistributedError(group.missing("is left"))
             for ref in ready:
@@ -119,9 +120,7 @@ class RayVoteSource:
                 bar.update(got)
                 if got and self.on_votes is not None:
                     self.on_votes(len(indices) - remaining, len(indices))
-            for worker, ref in self.chunks.stragglers(group.usable(), time.monotonic()):
-                worker.ready_round = None  # not usable until it answers
-                group.set_pending(worker, worker.pending or ref)
+            group.manager.stragglers(time.monotonic())
         bar.close()
         group.stats.seconds["votes"] = time.perf_counter() - started
         group.stats.marks["votes_done"] = time.perf_counter()
@@ -144,12 +143,13 @@ class RayVoteSource:
         shards = plan_shards(weight.shape[0], max(1, len(group.usable())))
         calls: list[ShardCalls] = []
 
-        def run(method: str, parts: Sequence[range], *args) -> list:
+        def run(call: ShardCall, parts: Sequence[range]) -> list:
             if not calls:
-                kept = group.put(kept_votes(torch.tensor(list(indices)), votes))
+                ids = np.fromiter(indices, dtype=np.int64, count=len(indices))  # no torch.tensor
+                kept = group.put(kept_votes(torch.from_numpy(ids), votes))  # of 60k ints: 14 ms
                 calls.append(ShardCalls(group, (group.round, group.version, seed, iteration,
                                                 kept)))
-            return calls[0].run(method, parts, *args)
+            return calls[0].run(call, parts)
 
         return shards, run
 
@@ -178,36 +178,34 @@ class RayVoteSource:
 
         def send(worker: WorkerState, chunk: Chunk):
             group.stats.bytes["vote_args"] += fixed + payload_size(chunk.indices)
-            return group.transport.call(worker.actor, "evaluate", group.round, group.version,
-                                        seed, iteration, chunk.indices, base)
+            return group.manager.call(worker, "evaluate", group.round, group.version, seed,
+                                      iteration, chunk.indices, base, work=chunk,
+                                      queue=self.chunks)
 
-        self.chunks.assign(group.usable(), send, time.monotonic())
+        self.chunks.assign(group.usable(), send)
         if all(w.dead for w in group.workers):
             raise DistributedError(group.missing("is left"))
-        silent = time.monotonic() - group.last_progress
+        silent = time.monotonic() - group.manager.last_progress
         if not group.usable() and silent > self.settings.load_timeout_s:  # restarts reload
             raise DistributedError(group.missing(
                 f"answered for {self.settings.load_timeout_s:g} s (ray.load_timeout_s)"))
 
     def received(self, ref, out: np.ndarray) -> int:
-        """Route a finished call: a chunk's votes, or a pending call of a lost worker;
-        returns how many indices got their first vote."""
-        owner = self.group.owner_of(ref)
-        taken = self.chunks.take(ref)
-        if taken is None:
-            self.group.answered(ref)
+        """Route a finished call: a chunk's votes, or another call (a prepare, a late answer
+        of before); returns how many indices got their first vote."""
+        call = self.group.manager.take(ref)
+        if call is None:  # handed back with its worker's failure
             return 0
-        if owner is not None:  # a straggler's task: its answer ends the wait
-            self.group.set_pending(owner, None)
-        return self.collect(ref, *taken, out)
+        if call.queue is not self.chunks:
+            self.group.answered(ref, call)
+            return 0
+        return self.collect(ref, call, out)
 
-    def collect(self, ref, chunk: Chunk, worker: WorkerState, out: np.ndarray) -> int:
+    def collect(self, ref, call: Call, out: np.ndarray) -> int:
         """Record a chunk's votes (the first valid answer for it counts)."""
-        group = self.group
-        try:
-            batch: VoteBatch = group.transport.get(ref)
-        except group.transport.Failed as error:
-            group.failed(worker, error, chunk)
+        group, chunk, worker = self.group, call.work, call.worker
+        ok, batch = group.manager.value(ref, call)  # a failure: its chunks come back
+        if not ok:
             return 0
         group.count("vote_results", batch)
         if not answer_matches(batch, group.round, group.version, chunk.indices):
@@ -216,7 +214,7 @@ class RayVoteSource:
                         worker.name, batch.round, batch.version, group.round, group.version)
             self.chunks.requeue(chunk, "stale answer")
             return 0
-        worker.last_heard = group.last_progress = time.monotonic()
+        worker.last_heard = group.manager.last_progress = time.monotonic()
         worker.ready_round = group.round  # a straggler that answers is back
         count = len(chunk.indices)
         work = group.stats.work.setdefault(worker.name, [0, 0.0])
@@ -225,7 +223,8 @@ class RayVoteSource:
             return 0
         chunk.done = True
         out[chunk.first : chunk.first + count] = batch.vote_array()
-        self.oracle_counts.update(batch.oracle or {})
+        if batch.oracle:
+            self.oracle_counts.update(batch.oracle)
         return count
 
 

@@ -1,23 +1,22 @@
 """The chunk queue of one iteration's votes: chunks of perturbation indices (ray.chunk_size;
-auto: sized from m and the live workers so every worker is busy), which are queued and
-which worker holds which, re-dispatch of the chunks of failed or straggling workers within
-ray.max_redispatch. Plain Python: sending a chunk is a function it is given (the
-coordinator's Ray call), so it is tested without a cluster.
+auto: sized from m and the live workers so every worker is busy), the ones still to send,
+and re-dispatch within ray.max_redispatch of the chunks the actor manager
+(workers/manager.py) hands back from failed or straggling workers. Plain Python: sending a
+chunk is a function it is given, so it is tested without a cluster.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from compo.config import RayConfig
 from compo.errors import DistributedError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,40 +43,42 @@ def chunk_length(setting: int | str, count: int, workers: int, batch: int | None
 
 
 def make_chunks(indices: Sequence[int], size: int) -> list[Chunk]:
-    """Chunks of `size` consecutive entries of the index list."""
-    chunks, whole = [], list(indices)
-    for first in range(0, len(whole), size):
-        part = whole[first : first + size]
-        run = range(part[0], part[-1] + 1)
-        chunks.append(Chunk(first, run if part == list(run) else [int(i) for i in part]))
+    """Chunks of `size` consecutive entries of the index list (O(chunks) for a range)."""
+    if isinstance(indices, range) and indices.step == 1:
+        return [Chunk(first, indices[first : first + size])
+                for first in range(0, len(indices), size)]
+    whole = np.asarray(indices, dtype=np.int64)
+    breaks = np.concatenate([[0], np.cumsum(np.diff(whole) != 1)]).tolist()  # gaps so far
+    values, chunks = whole.tolist(), []
+    for first in range(0, len(values), size):
+        last = min(len(values), first + size) - 1
+        contiguous = breaks[last] == breaks[first]
+        chunks.append(Chunk(first, range(values[first], values[last] + 1) if contiguous
+                            else values[first : last + 1]))
     return chunks
 
 
-# send(worker, chunk) -> a handle of the call (a Ray object ref) that `take` gets back
+# send(worker, chunk) -> the handle of the call (workers/manager.py counts it in flight)
 Send = Callable[[Any, Chunk], Any]
 
 
 class ChunkQueue:
-    """Queued chunks and the calls that hold the others. A worker is any object with the
-    fields `name`, `in_flight` (chunks it holds) and `last_heard` (monotonic seconds)."""
+    """The chunks still to send (a WorkQueue of workers/manager.py: the manager hands the
+    chunks of lost or straggling calls back through `requeue`). A worker is any object
+    with the fields `name` and `in_flight` (calls holding work)."""
 
     def __init__(self, settings: RayConfig, batch: int | None = None):
         self.settings, self.batch = settings, batch  # batch: the service's generation batch
         self.queue: deque[Chunk] = deque()
-        self.tasks: dict[Any, tuple[Chunk, Any]] = {}
         self.redispatched = 0
 
     def reset(self, indices: Sequence[int], workers: int) -> None:
         """A new request: all its chunks queued (sized for `workers` live workers when
-        ray.chunk_size is auto), nothing held."""
+        ray.chunk_size is auto)."""
         size = chunk_length(self.settings.chunk_size, len(indices), workers, self.batch)
         self.queue = deque(make_chunks(indices, size))
-        self.tasks = {}
 
-    def refs(self) -> list:
-        return list(self.tasks)
-
-    def assign(self, workers: Sequence[Any], send: Send, now: float) -> None:
+    def assign(self, workers: Sequence[Any], send: Send) -> None:
         """Queued chunks to `workers`, one each per round, up to ray.tasks_in_flight each
         (fewer chunks than slots: every worker gets one before any gets two)."""
         for _ in range(self.settings.tasks_in_flight):
@@ -87,22 +88,9 @@ class ChunkQueue:
                 if not self.queue:
                     return
                 if worker.in_flight < self.settings.tasks_in_flight:
-                    self.send(worker, self.queue.popleft(), send, now)
-
-    def send(self, worker: Any, chunk: Chunk, send: Send, now: float) -> None:
-        self.tasks[send(worker, chunk)] = (chunk, worker)
-        if worker.in_flight == 0:
-            worker.last_heard = now
-        worker.in_flight += 1
-        chunk.sent += 1
-
-    def take(self, ref) -> tuple[Chunk, Any] | None:
-        """The chunk and worker of a finished call (None: not one of ours)."""
-        if ref not in self.tasks:
-            return None
-        chunk, worker = self.tasks.pop(ref)
-        worker.in_flight = max(0, worker.in_flight - 1)
-        return chunk, worker
+                    chunk = self.queue.popleft()
+                    chunk.sent += 1
+                    send(worker, chunk)
 
     def requeue(self, chunk: Chunk, reason: str) -> None:
         """Put a chunk back at the front of the queue, within ray.max_redispatch."""
@@ -114,30 +102,3 @@ class ChunkQueue:
                                    f"; last: {reason}")
         self.redispatched += 1
         self.queue.appendleft(chunk)
-
-    def hand_back(self, worker: Any, chunk: Chunk | None, reason: str) -> None:
-        """The chunks a failed worker held (and the one that failed) go back to the queue."""
-        lost = [chunk] if chunk else []
-        for ref, (other, owner) in list(self.tasks.items()):
-            if owner is worker:
-                del self.tasks[ref]
-                lost.append(other)
-        for item in lost:
-            self.requeue(item, reason)
-
-    def stragglers(self, workers: Sequence[Any], now: float) -> list[tuple[Any, Any]]:
-        """Workers silent past ray.straggler_timeout_s while holding chunks: their chunks
-        are queued again (kept as tasks: a late answer still counts); (worker, a ref of
-        theirs) for each."""
-        found = []
-        for worker in workers:
-            if not worker.in_flight or now - worker.last_heard <= self.settings.straggler_timeout_s:
-                continue
-            log.warning("%s: no answer for %.0f s; re-dispatching its chunks", worker.name,
-                        now - worker.last_heard)
-            held = [(ref, chunk) for ref, (chunk, owner) in self.tasks.items() if owner is worker]
-            for _, chunk in held:
-                self.requeue(chunk, f"{worker.name} straggling")
-            if held:
-                found.append((worker, held[0][0]))
-        return found

@@ -25,7 +25,6 @@ PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected tok
 INDEX_DTYPE = np.int32  # perturbation indices in answers (m is far below 2**31)
 VOTE_DTYPE = np.int8
 NUMBER_BYTES = 8  # a number on the wire
-REBUILD_METHODS = ("square_sums", "counts", "step")  # what RowShards answers per shard
 
 
 class StaleVersionError(RuntimeError):
@@ -219,14 +218,14 @@ class VoteBatch(NamedTuple):
 
 def answer_matches(batch: VoteBatch, round_id: int, version: int,
                    indices: Sequence[int]) -> bool:
-    """Whether an answer is for this round, this weights version and exactly these indices."""
+    """Whether an answer is for this round, this weights version and exactly these indices
+    (compared as bytes: one memcmp, the coordinator does it for every chunk)."""
     if (batch.round, batch.version) != (round_id, version):
         return False
     expected = (np.arange(indices.start, indices.stop, indices.step, dtype=INDEX_DTYPE)
                 if isinstance(indices, range) else np.asarray(indices, dtype=INDEX_DTYPE))
-    got = batch.index_array()
-    return (len(got) == len(expected) == len(batch.vote_array())
-            and bool((got == expected).all()))
+    return (batch.indices == expected.tobytes()
+            and len(batch.votes) == len(expected) * np.dtype(VOTE_DTYPE).itemsize)
 
 
 def pair_ids(pairs: Sequence[TokenizedPair]) -> list[PairIds]:

@@ -1,7 +1,8 @@
 """The accepted step rebuilt by the workers: each one computes a shard of rows of
 sum y_i z_i (compo.estimator.RowShards) instead of the coordinator regenerating every
 voted direction alone. Only block norms, threshold counts and the kept entries travel;
-the step is bit-identical to the single-process one for any number of workers.
+the step is bit-identical to the single-process one for any number of workers. Calls,
+failures and stragglers go through the actor manager (workers/manager.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from compo.errors import DistributedError
-from workers.group import WorkerGroup, WorkerState
+from compo.estimator import ShardCall, Step
+from workers.group import WorkerGroup
+from workers.manager import WorkerState
 from workers.stats import payload_size
 
 
@@ -28,59 +31,59 @@ def as_tensors(result: Any) -> Any:
 
 
 class ShardCalls:
-    """Runs one RowShards method on every shard across the usable workers: a shard stays
-    with the worker that holds its rows; a failed or straggling call goes elsewhere."""
+    """Runs one typed shard call (compo.estimator SquareSums, Counts, Step) on every shard
+    across the usable workers, through the actor manager: a shard stays with the worker
+    that holds its rows; the shard of a lost or straggling call goes elsewhere."""
 
     def __init__(self, group: WorkerGroup, head: tuple):
         self.group, self.head = group, head  # head: (round, version, seed, iteration, kept)
         self.owners: dict[int, WorkerState] = {}
 
-    def run(self, method: str, shards: Sequence[range], *args) -> list:
-        group, settings = self.group, self.group.settings
-        started, results = time.perf_counter(), {}
-        calls: dict[Any, tuple[int, WorkerState, float]] = {}
-        todo = deque(range(len(shards)))
-        while len(results) < len(shards):
-            self._assign(todo, calls, method, shards, args)
-            ready = group.wait_any(list(calls) + group.pending_refs())
-            quiet = time.perf_counter() - started > settings.load_timeout_s and not calls
+    def run(self, call: ShardCall, shards: Sequence[range]) -> list:
+        group, manager = self.group, self.group.manager
+        started, pending = time.perf_counter(), ShardQueue(self.owners).start(len(shards))
+        while len(pending.results) < len(shards):
+            self._assign(pending, call, shards)
+            ready = manager.wait_any()
+            quiet = time.perf_counter() - started > group.settings.load_timeout_s and \
+                not pending.sent
             if ready is None or quiet:
                 raise DistributedError(group.missing(
-                    f"rebuilt rows {shards[todo[0]].start}.. of the step"))
-            for ref in ready:
-                if ref not in calls:
-                    group.answered(ref)  # a restarted worker finished preparing
+                    f"rebuilt rows {shards[pending.todo[0]].start}.. of the step"))
+            for handle in ready:
+                taken = manager.take(handle)
+                if taken is None:
                     continue
-                index, worker, _ = calls.pop(ref)
-                try:
-                    value = group.transport.get(ref)
-                except group.transport.Failed as error:
-                    group.failed(worker, error)
-                    self.owners.pop(index, None)
-                    if index not in results:
-                        todo.appendleft(index)
+                if handle not in pending.sent:  # a prepare, or a late answer of before
+                    group.answered(handle, taken)
                     continue
-                group.count("rebuild_results", value)
-                results.setdefault(index, as_tensors(value))
-            self._requeue_stragglers(calls, todo, results)
-        group.stats.seconds[f"rebuild_{method}"] += time.perf_counter() - started
-        ordered = [results[i] for i in range(len(shards))]
-        if method == "step":  # the positions the step may change: all the versions compare
+                index = pending.sent.pop(handle)
+                ok, value = manager.value(handle, taken)  # a failure: the shard comes back
+                if ok:
+                    taken.worker.last_heard = time.monotonic()
+                    if taken.handed_back:  # a straggler that answers is back
+                        taken.worker.ready_round = group.round
+                    group.count("rebuild_results", value)
+                    pending.results.setdefault(index, as_tensors(value))
+            manager.stragglers(time.monotonic())
+        group.stats.seconds[f"rebuild_{call.method}"] += time.perf_counter() - started
+        ordered = [pending.results[i] for i in range(len(shards))]
+        if isinstance(call, Step):  # the positions the step may change: versions compare
             group.weights.watch(torch.cat([positions for positions, _ in ordered]))
         return ordered
 
-    def _assign(self, todo: deque, calls: dict, method: str, shards: Sequence[range],
-                args: tuple) -> None:
+    def _assign(self, pending: ShardQueue, call: ShardCall, shards: Sequence[range]) -> None:
         """Send queued shards to idle usable workers, each to its owner when it can, else
         to an idle worker that owns none (O(shards + workers))."""
-        busy = {id(worker) for _, worker, _ in calls.values()}
-        idle = {id(w): w for w in self.group.usable() if id(w) not in busy}
+        group, manager = self.group, self.group.manager
+        busy = {id(manager.calls[h].worker) for h in pending.sent if h in manager.calls}
+        idle = {id(w): w for w in group.usable() if id(w) not in busy}
         owning = {id(w) for w in self.owners.values()}
         spare = iter([w for w in idle.values() if id(w) not in owning])
-        fixed = payload_size(*self.head, method, *args)  # all but the shard's rows
+        fixed = payload_size(*self.head, call)  # all but the shard's rows
         left = deque()
-        while todo:
-            index = todo.popleft()
+        while pending.todo:
+            index = pending.todo.popleft()
             if not idle:
                 left.append(index)
                 continue
@@ -89,20 +92,26 @@ class ShardCalls:
                 (w for w in spare if id(w) in idle), None) or next(iter(idle.values()))
             del idle[id(worker)]
             self.owners[index] = worker
-            handle = self.group.transport.call(worker.actor, "rebuild", *self.head, method,
-                                               shards[index], *args)
-            calls[handle] = (index, worker, time.monotonic())
-            self.group.stats.bytes["rebuild_args"] += fixed + payload_size(shards[index])
-        todo.extend(left)
+            handle = manager.call(worker, "rebuild", *self.head, call, shards[index],
+                                  work=index, queue=pending)
+            pending.sent[handle] = index
+            group.stats.bytes["rebuild_args"] += fixed + payload_size(shards[index])
+        pending.todo.extend(left)
 
-    def _requeue_stragglers(self, calls: dict, todo: deque, results: dict) -> None:
-        """A call silent past ray.straggler_timeout_s: its shard goes to another worker."""
-        now = time.monotonic()
-        for ref, (index, worker, sent) in list(calls.items()):
-            late = now - sent > self.group.settings.straggler_timeout_s
-            if late and index not in results and index not in todo:
-                worker.ready_round = None  # not usable until it answers
-                self.group.set_pending(worker, worker.pending or ref)
-                del calls[ref]
-                self.owners.pop(index, None)
-                todo.append(index)
+
+class ShardQueue:
+    """One shard call's shards still to send, the calls out and the results in (a
+    WorkQueue of workers/manager.py: lost or straggling shards come back first in line)."""
+
+    def __init__(self, owners: dict[int, WorkerState]):
+        self.owners, self.results, self.sent = owners, {}, {}
+        self.todo: deque[int] = deque()
+
+    def start(self, count: int) -> ShardQueue:
+        self.todo.extend(range(count))
+        return self
+
+    def requeue(self, index: int, reason: str) -> None:
+        if index not in self.results and index not in self.todo:
+            self.owners.pop(index, None)
+            self.todo.appendleft(index)

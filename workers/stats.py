@@ -29,6 +29,9 @@ def payload_size(*objects: Any) -> int:
 
 def value_size(obj: Any) -> int:
     """payload_size of one value."""
+    fixed = FIXED_SIZES.get(type(obj))  # the frequent kinds first, by exact type
+    if fixed is not None:
+        return fixed(obj)
     if obj is None:
         return 0
     if isinstance(obj, bool | int | float):
@@ -56,6 +59,12 @@ def value_size(obj: Any) -> int:
     if dataclasses.is_dataclass(obj):
         return sum(value_size(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return len(pickle.dumps(obj, protocol=5))  # anything else (none is sent today)
+
+
+FIXED_SIZES = {type(None): lambda _: 0, int: lambda _: NUMBER_BYTES, float: lambda _: NUMBER_BYTES,
+               bool: lambda _: NUMBER_BYTES, range: lambda _: 3 * NUMBER_BYTES,
+               Done: lambda _: HANDLE_BYTES, VoteBatch: lambda batch: batch.nbytes,
+               np.ndarray: lambda array: array.nbytes}
 
 
 @dataclass

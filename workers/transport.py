@@ -131,7 +131,8 @@ class InProcess:
             return Done(error=ActorDied(f"{method}: the actor died"))
         started = time.process_time()
         try:
-            return Done(getattr(actor, method)(*[self.read(a) for a in args]))
+            values = [a.value if type(a) is Done else a for a in args]  # a put: its value
+            return Done(getattr(actor, method)(*values))
         except Exception as error:  # a failed call is a value, read as a failure
             return Done(error=CallFailed(f"{type(error).__name__}: {error}"))
         finally:
@@ -147,10 +148,6 @@ class InProcess:
 
     def put(self, value: Any) -> Done:
         return Done(value)
-
-    def read(self, arg: Any) -> Any:
-        """An argument as the actor sees it: a put's value, else itself."""
-        return arg.value if isinstance(arg, Done) else arg
 
     def alive_nodes(self) -> set[str]:
         return {self.node}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from compo.config import ComPOConfig, ModelConfig
-from compo.estimator import RowShards
+from compo.estimator import SHARD_CALLS, RowShards, ShardCall
 from compo.model.export import fingerprint
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import HeadFeed, LikelihoodOracle
@@ -27,7 +27,6 @@ from workers.body import HeadPart
 from workers.memory import resident_bytes
 from workers.protocol import (
     INDEX_DTYPE,
-    REBUILD_METHODS,
     VOTE_DTYPE,
     PairIds,
     StaleVersionError,
@@ -127,16 +126,17 @@ class Worker:
         return self.source.logprobs(self.weight).cpu().numpy()
 
     def rebuild(self, round_id: int, version: int, seed: int, iteration: int,
-                kept: Sequence[tuple[int, int]], method: str, rows: range, *args):
-        """One shard's part of the accepted step: RowShards.<method> on rows of
-        sum y_i z_i (computed once per round, then kept until its `step`)."""
+                kept: Sequence[tuple[int, int]], call: ShardCall, rows: range):
+        """One shard's part of the accepted step: a typed call (compo.estimator SquareSums,
+        Counts, Step) on rows of sum y_i z_i (computed once per round, kept until its Step)."""
         self._check_prepared(round_id, version)
-        if method not in REBUILD_METHODS:
-            raise ValueError(f"unknown rebuild method {method!r}; one of {REBUILD_METHODS}")
+        if not isinstance(call, SHARD_CALLS):
+            raise TypeError(f"rebuild takes a compo.estimator shard call "
+                            f"({', '.join(c.__name__ for c in SHARD_CALLS)}), not {call!r}")
         key = (round_id, seed, iteration)
         if self.shards is None or self.shards[0] != key:
             self.shards = (key, step_rows(seed, iteration, kept, self.weight, self.compo))
-        result = getattr(self.shards[1], method)(rows, *args)
+        result = call.on(self.shards[1], rows)
         if isinstance(result, tuple):  # (positions, values): positions as int32 if they fit
             positions, values = result
             small = self.weight.numel() <= np.iinfo(np.int32).max

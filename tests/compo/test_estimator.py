@@ -8,8 +8,11 @@ import torch
 from compo.config import ClipConfig, ComPOConfig
 from compo.estimator import (
     NORM_BLOCK_ROWS,
+    Counts,
     RowShards,
     SparseUpdate,
+    SquareSums,
+    Step,
     clip_small,
     clip_threshold,
     count_votes,
@@ -169,8 +172,8 @@ def sharded(votes, config, shape, seed, iteration, workers, device="cpu"):
                                                          1 << 12, device))
                for _ in range(workers)]
 
-    def run(method, shards, *args):  # shard i on holder i, like one shard per worker
-        return [getattr(holders[i], method)(rows, *args) for i, rows in enumerate(shards)]
+    def run(call, shards):  # shard i on holder i, like one shard per worker
+        return [call.on(holders[i], rows) for i, rows in enumerate(shards)]
 
     return decide_from_shards(votes, config, shape, plan_shards(shape[0], workers), run)
 
@@ -223,6 +226,41 @@ def test_fraction_threshold_is_the_kth_largest_magnitude_even_with_ties():
         expected = float(unit.abs().topk(keep).values.min())
         assert fraction_threshold(lambda t: counts_at_least(unit, t), unit.numel(),
                                   fraction) == expected
+
+
+def test_the_step_finishes_the_fraction_search_with_the_same_entries_even_with_ties():
+    """Two rounds of counts, then the step at the window's low end cut to the k-th largest:
+    the entries of the exact threshold, in the same order (fewer shard rounds, same bits)."""
+    generator = torch.Generator().manual_seed(5)
+    total = torch.randn(300, 48, generator=generator).round(decimals=1)  # many ties
+    total[:3] = 0.0
+    votes = torch.tensor([-1, 1, -1, -1], dtype=torch.int8)
+    rounds = []
+    for fraction in (1e-4, 0.03, 0.5, 1.0):
+        config = ComPOConfig(accept_ratio=0.1, clip=ClipConfig(mode="fraction", value=fraction))
+        unit = normalise(total)
+        kept = (unit.abs() >= clip_threshold(unit, config.clip)).reshape(-1).nonzero()
+        shards = RowShards(lambda rows: total[rows.start : rows.stop])
+
+        def run(call, parts, shards=shards):
+            rounds.append(type(call).__name__)
+            return shards.run(call, parts)
+
+        got = decide_from_shards(votes, config, tuple(total.shape), plan_shards(300, 3), run)
+        assert torch.equal(got.update.indices, kept.squeeze(1)), fraction
+        assert torch.equal(got.direction.values, unit.reshape(-1)[kept.squeeze(1)]), fraction
+    assert rounds[:4] == ["SquareSums", "Counts", "Counts", "Step"]
+
+
+def test_shard_calls_are_typed_a_wrong_field_fails_at_construction():
+    with pytest.raises(TypeError):
+        Counts(1.0)  # thresholds missing
+    with pytest.raises(TypeError):
+        Step(norm=1.0, threshold=0.1, stpe=1.0)
+    held = RowShards(lambda rows: torch.ones(len(rows), 2))
+    assert [c.method for c in (SquareSums(), Counts(1.0, torch.ones(1)), Step(1.0, 0, 1))] == [
+        "square_sums", "counts", "step"]
+    assert held.run(Counts(2.0, torch.tensor([0.5, 0.6])), [range(0, 3)])[0].tolist() == [6, 0]
 
 
 def test_one_clip_threshold_over_the_whole_stack_of_moved_tensors():

@@ -41,7 +41,7 @@ def test_node_removed_mid_iteration_changes_nothing(cluster, make_config, train_
             removed.append((victim.name, victim.node))
             cluster.remove_node(node)
 
-    caplog.set_level(logging.INFO, logger="workers.group")
+    caplog.set_level(logging.INFO, logger="workers.manager")
     weights, trainer = train_ray(make_config("node-removed", spread), on_votes=remove_a_node)
     rows = trainer.run_dir.metrics()
     assert len(removed) == 1 and torch.equal(weights, local_weights)
@@ -53,6 +53,6 @@ def test_node_removed_mid_iteration_changes_nothing(cluster, make_config, train_
     # iterations neither wait for it nor count new failures
     assert rows[-1]["ray"]["dead"] == 1 and rows[-1]["ray"]["unavailable"] == 0
     assert rows[-1]["ray"]["failures"] == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "workers.group"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "workers.manager"]
     assert any(f"{removed[0][0]} on {removed[0][1]}: given up" in line for line in lines), lines
     assert not any("(0 failures in a row)" in line for line in lines)

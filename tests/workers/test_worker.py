@@ -9,6 +9,7 @@ import torch
 from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
 from compo.data.encoding import load_tokenized
 from compo.errors import ConfigError
+from compo.estimator import SquareSums
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.oracles import oracle_kind
@@ -114,6 +115,15 @@ def test_requests_for_other_versions_or_rounds_are_refused(worker, pairs):
     with pytest.raises(StaleVersionError):  # the cache was built under version 0
         worker.evaluate(4, 1, SEED, ITERATION, range(4))
     assert worker.logprobs(4, 1).shape == (4,)  # hidden states do not depend on W
+
+
+def test_rebuild_takes_typed_shard_calls_only(worker, pairs):
+    worker.prepare(1, 0, pair_ids(pairs))
+    kept = np.array([[0, -1], [3, 1]], dtype=np.int64)
+    sums = worker.rebuild(1, 0, SEED, ITERATION, kept, SquareSums(), range(0, 64))
+    assert sums.dtype == np.float64 and sums.shape == (1,) and sums[0] > 0
+    with pytest.raises(TypeError, match=r"shard call \(SquareSums, Counts, Step\), not 'counts'"):
+        worker.rebuild(1, 0, SEED, ITERATION, kept, "counts", range(0, 64))
 
 
 def test_only_token_ids_travel(pairs):
