@@ -11,7 +11,7 @@ from compo.config import RayConfig
 from compo.errors import DistributedError
 from compo.oracle import HeadFeed
 from workers.protocol import PairIds
-from workers.transport import RayTransport, Transport, failure_reason
+from workers.transport import Transport, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -76,5 +76,5 @@ class RemoteBody:
             return feed
 
     def shutdown(self) -> None:
-        if isinstance(self.transport, RayTransport):
-            self.transport.ray.kill(self.actor, no_restart=True)
+        """Stop the body for good (the run is over)."""
+        self.transport.kill(self.actor)

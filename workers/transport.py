@@ -59,6 +59,9 @@ class Transport(Protocol):
     def alive_nodes(self) -> set[str]:
         """Ids of the nodes that are alive."""
 
+    def kill(self, actor: Any) -> None:
+        """Stop the actor for good (no restart): the run is over for it."""
+
 
 class RayTransport:
     """The transport of a Ray cluster (ray.init() done by the caller)."""
@@ -89,6 +92,9 @@ class RayTransport:
 
     def alive_nodes(self) -> set[str]:
         return {node["NodeID"] for node in self.ray.nodes() if node.get("Alive")}
+
+    def kill(self, actor: Any) -> None:
+        self.ray.kill(actor, no_restart=True)
 
 
 class CallFailed(Exception):
@@ -151,6 +157,9 @@ class InProcess:
 
     def alive_nodes(self) -> set[str]:
         return {self.node}
+
+    def kill(self, actor: Any) -> None:
+        self.dead.add(id(actor))  # its later calls fail as a dead actor's
 
 
 @dataclass

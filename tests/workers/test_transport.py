@@ -51,7 +51,7 @@ def test_in_process_votes_and_steps_equal_the_local_oracles(setup):
         votes = source.votes(SEED, iteration, indices)
         assert torch.equal(votes, local.votes(SEED, iteration, indices))
         if iteration == 1:
-            transport.dead.add(id(source.workers[1].actor))  # dies: its chunks go elsewhere
+            transport.kill(source.workers[1].actor)  # dies: its chunks go elsewhere
         ours = decide_from_shards(votes, config.compo, tuple(weight.shape),
                                   *source.rebuild(SEED, iteration, indices, votes, weight))
         theirs = decide_from_shards(votes, config.compo, tuple(weight.shape),
@@ -65,3 +65,6 @@ def test_in_process_votes_and_steps_equal_the_local_oracles(setup):
     stats = source.metrics()["ray"]
     assert stats["workers"] <= 2 and stats["failures"] >= 1
     assert source.body.passes == 2  # the body ran once per iteration
+    source.close()  # the body is stopped through the transport, as on Ray
+    with pytest.raises(transport.Died):
+        transport.get(transport.call(source.body.actor, "describe"))
