@@ -254,6 +254,51 @@ def statistics_part(ms: tuple[int, ...], seeds: int) -> dict:
 
 NOT_MEASURED = ("not measured: needs a full run with low-rank directions (compo.directions "
                 "on ComPOConfig, the low-rank oracle and update), not on this branch yet")
+QUICK_NOTE = "not measured: --quick runs no demo"
+DEMO_M = 1600  # the demo's m (DemoSettings)
+
+
+def full_runs() -> bool:
+    """Whether a training run can use low-rank directions (compo.directions on ComPOConfig)."""
+    return "directions" in ComPOConfig.model_fields
+
+
+def demo_run(rank: int | None, m: int, workdir: Path) -> dict:
+    """`compo demo` with m directions of the kind: noisy pairs with y+ up and y- down,
+    accepted iterations, seconds of the ComPO stage (sum over its iterations)."""
+    from contextlib import redirect_stdout
+
+    from compo import fileio
+    from compo.demo.run import DemoSettings, run_demo
+
+    settings = DemoSettings(workdir=workdir)
+    fields = {**settings.compo.model_dump(), "num_perturbations": m}
+    if rank is not None:
+        fields["directions"] = {"kind": "low_rank", "rank": rank}
+    settings.compo = ComPOConfig(**fields)
+    with redirect_stdout(sys.stderr):  # the demo's table: the JSON stays the last line
+        summary = run_demo(settings, progress=False)
+    metrics = fileio.read_jsonl(workdir / "runs" / "compo" / "metrics.jsonl")
+    return {"m": m, "both_share": round(summary["both"] / summary["pairs"], 3),
+            "both": summary["both"], "pairs": summary["pairs"],
+            "accepted": summary["accepted"], "iterations": summary["iterations"],
+            "compo_seconds": round(sum(row["seconds"] for row in metrics), 1)}
+
+
+def demo_part(workdir: Path) -> dict:
+    """(c): every kind at the demo's m, and each low rank again at the m that takes the
+    Gaussian run's ComPO seconds (m scaled by the seconds ratio, in multiples of 16)."""
+    out = {"equal_m": {}, "equal_time": {}}
+    for name, rank in KINDS.items():
+        out["equal_m"][name] = demo_run(rank, DEMO_M, workdir / name)
+    dense = out["equal_m"]["gaussian"]["compo_seconds"]
+    out["equal_time"]["gaussian"] = out["equal_m"]["gaussian"]
+    for name, rank in KINDS.items():
+        if rank is not None:
+            ratio = dense / max(out["equal_m"][name]["compo_seconds"], 1e-9)
+            m = max(16, min(8 * DEMO_M, int(DEMO_M * ratio) // 16 * 16))
+            out["equal_time"][name] = demo_run(rank, m, workdir / f"{name}-time")
+    return out
 
 
 def run_parts(args) -> dict:
@@ -264,6 +309,9 @@ def run_parts(args) -> dict:
     timing = iteration_part(size)
     statistics = statistics_part(ms, SPARSE_SEEDS[mode])
     at = max(ms)
+    demo = demo_part(Path(args.workdir)) if full_runs() and not args.quick else None
+    shares = {name: None if demo is None else demo["equal_m"][name]["both_share"]
+              for name in KINDS}
     return {
         "mode": mode, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "low_rank_products": implementation(),
@@ -279,7 +327,7 @@ def run_parts(args) -> dict:
         "clipped_cosine": {name: rows[at]["clipped_cosine"] for name, rows in statistics.items()},
         "cosine_vs_m": {name: {str(m): row for m, row in rows.items()}
                         for name, rows in statistics.items()},
-        "both_share": {name: None for name in KINDS}, "demo": NOT_MEASURED,
+        "both_share": shares, "demo": demo or (QUICK_NOTE if args.quick else NOT_MEASURED),
         "learning_length_contrast": {name: None for name in KINDS}, "learning": NOT_MEASURED,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -309,7 +357,10 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="only the JSON line")
-    parser.add_argument("--quick", action="store_true", help="a small head and few m (smoke)")
+    parser.add_argument("--quick", action="store_true", help="a small head and few m (smoke; "
+                        "no demo runs)")
+    parser.add_argument("--workdir", default="runs/low_rank_bench", help="the demo runs' "
+                        "directories")
     args = parser.parse_args()
     result = run_parts(args)
     if not args.json:
