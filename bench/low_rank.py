@@ -30,7 +30,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from low_rank_runs import (  # noqa: E402
+    KINDS,
+    LEARNING_NOTE,
+    NOT_MEASURED,
+    QUICK_NOTE,
+    demo_part,
+    full_runs,
+    learning_part,
+    service_low_rank,
+)
 
 from compo.config import ClipConfig, ComPOConfig  # noqa: E402
 from compo.directions import low_rank_factors  # noqa: E402
@@ -47,7 +59,6 @@ from compo.oracle import (  # noqa: E402
 )
 from compo.perturbation import direction, direction_key, normals, plan_blocks  # noqa: E402
 
-KINDS = {"gaussian": None, "rank1": 1, "rank4": 4, "rank16": 16}
 RADIUS = 5e-4
 SIZES = {  # (a): the head, tokens, m; measured perturbations and update directions
     "full": dict(vocab=32000, width=4096, tokens=1000, m=1800, dense=2, low=96, update=64),
@@ -252,55 +263,6 @@ def statistics_part(ms: tuple[int, ...], seeds: int) -> dict:
     return out
 
 
-NOT_MEASURED = ("not measured: needs a full run with low-rank directions (compo.directions "
-                "on ComPOConfig, the low-rank oracle and update), not on this branch yet")
-QUICK_NOTE = "not measured: --quick runs no demo"
-DEMO_M = 1600  # the demo's m (DemoSettings)
-
-
-def full_runs() -> bool:
-    """Whether a training run can use low-rank directions (compo.directions on ComPOConfig)."""
-    return "directions" in ComPOConfig.model_fields
-
-
-def demo_run(rank: int | None, m: int, workdir: Path) -> dict:
-    """`compo demo` with m directions of the kind: noisy pairs with y+ up and y- down,
-    accepted iterations, seconds of the ComPO stage (sum over its iterations)."""
-    from contextlib import redirect_stdout
-
-    from compo import fileio
-    from compo.demo.run import DemoSettings, run_demo
-
-    settings = DemoSettings(workdir=workdir)
-    fields = {**settings.compo.model_dump(), "num_perturbations": m}
-    if rank is not None:
-        fields["directions"] = {"kind": "low_rank", "rank": rank}
-    settings.compo = ComPOConfig(**fields)
-    with redirect_stdout(sys.stderr):  # the demo's table: the JSON stays the last line
-        summary = run_demo(settings, progress=False)
-    metrics = fileio.read_jsonl(workdir / "runs" / "compo" / "metrics.jsonl")
-    return {"m": m, "both_share": round(summary["both"] / summary["pairs"], 3),
-            "both": summary["both"], "pairs": summary["pairs"],
-            "accepted": summary["accepted"], "iterations": summary["iterations"],
-            "compo_seconds": round(sum(row["seconds"] for row in metrics), 1)}
-
-
-def demo_part(workdir: Path) -> dict:
-    """(c): every kind at the demo's m, and each low rank again at the m that takes the
-    Gaussian run's ComPO seconds (m scaled by the seconds ratio, in multiples of 16)."""
-    out = {"equal_m": {}, "equal_time": {}}
-    for name, rank in KINDS.items():
-        out["equal_m"][name] = demo_run(rank, DEMO_M, workdir / name)
-    dense = out["equal_m"]["gaussian"]["compo_seconds"]
-    out["equal_time"]["gaussian"] = out["equal_m"]["gaussian"]
-    for name, rank in KINDS.items():
-        if rank is not None:
-            ratio = dense / max(out["equal_m"][name]["compo_seconds"], 1e-9)
-            m = max(16, min(8 * DEMO_M, int(DEMO_M * ratio) // 16 * 16))
-            out["equal_time"][name] = demo_run(rank, m, workdir / f"{name}-time")
-    return out
-
-
 def run_parts(args) -> dict:
     """Run (a) and (b); (c) and (d) are reported as not measured without the config."""
     mode = "quick" if args.quick else "full"
@@ -310,6 +272,8 @@ def run_parts(args) -> dict:
     statistics = statistics_part(ms, SPARSE_SEEDS[mode])
     at = max(ms)
     demo = demo_part(Path(args.workdir)) if full_runs() and not args.quick else None
+    learned = learning_part(Path(args.workdir)) if service_low_rank() and not args.quick \
+        else None
     shares = {name: None if demo is None else demo["equal_m"][name]["both_share"]
               for name in KINDS}
     return {
@@ -328,7 +292,9 @@ def run_parts(args) -> dict:
         "cosine_vs_m": {name: {str(m): row for m, row in rows.items()}
                         for name, rows in statistics.items()},
         "both_share": shares, "demo": demo or (QUICK_NOTE if args.quick else NOT_MEASURED),
-        "learning_length_contrast": {name: None for name in KINDS}, "learning": NOT_MEASURED,
+        "learning_length_contrast": {name: None if learned is None or name not in learned
+                                     else learned[name]["contrast"] for name in KINDS},
+        "learning": learned or (QUICK_NOTE if args.quick else LEARNING_NOTE),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
