@@ -138,19 +138,21 @@ def timed(function) -> float:
 
 
 def dense_seconds(state, size: dict) -> dict:
-    """Gaussian: seconds per perturbation of the oracle, of the bare GEMM and of one
-    direction's share of the update, each the fastest of size['dense'] measured."""
+    """Gaussian: seconds per perturbation of the oracle and of the bare GEMM (the fastest
+    of size['dense'] each, interleaved) and of one direction's share of the update."""
     chunk = plan_blocks(1, state.shape, ComPOConfig().block_elements, "cpu")[1]
     hidden = state.inputs.hidden
     z = direction(direction_key(0, 9, 0), state.shape)[None]
     votes = torch.ones(size["dense"], dtype=torch.int8)
     logprob_changes(state, [direction_key(0, 0, 99)], RADIUS, chunk)  # warm-up
-    oracle = min(timed(lambda i=i: logprob_changes(state, [direction_key(0, 0, i)], RADIUS,
-                                                   chunk)) for i in range(size["dense"]))
-    gemm = min(timed(lambda: exact_products(hidden, z)) for _ in range(size["dense"]))
+    oracle, gemm = [], []
+    for index in range(size["dense"]):  # interleaved: both see the same machine state
+        oracle.append(timed(lambda i=index: logprob_changes(state, [direction_key(0, 0, i)],
+                                                            RADIUS, chunk)))
+        gemm.append(timed(lambda: exact_products(hidden, z)))
     update = timed(lambda: vote_weighted_sum(0, 0, torch.arange(size["dense"]), votes,
                                              state.shape, None)) / size["dense"]
-    return {"votes": oracle, "gemm": gemm, "update": update}
+    return {"votes": min(oracle), "gemm": min(gemm), "update": update}
 
 
 def low_rank_seconds(state, size: dict, rank: int) -> dict:
