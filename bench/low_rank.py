@@ -57,7 +57,13 @@ from compo.oracle import (  # noqa: E402
     logprob_changes,
     sequence_totals,
 )
-from compo.perturbation import direction, direction_key, normals, plan_blocks  # noqa: E402
+from compo.perturbation import (  # noqa: E402
+    block_budget,
+    direction,
+    direction_key,
+    normals,
+    plan_blocks,
+)
 
 RADIUS = 5e-4
 SIZES = {  # (a): the head, tokens, m; measured perturbations and update directions
@@ -71,14 +77,14 @@ CLIP = ClipConfig(mode="sigma", value=4.5)
 PRODUCT_BUDGET = 1 << 22  # products per block of the low-rank fallback (values, float32)
 
 
-def head_state(vocab: int, width: int, tokens: int):
-    """The oracle's per-iteration state of a random head: two sequences of tokens / 2."""
+def head_inputs(vocab: int, width: int, tokens: int) -> tuple[HeadInputs, torch.Tensor]:
+    """What the oracle's head sees for a random head: two sequences of tokens / 2."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(vocab, width, generator=generator) / math.sqrt(width)
     hidden = torch.randn(tokens, width, generator=generator)
     targets = torch.randint(vocab, (tokens,), generator=generator)
     segment = (torch.arange(tokens) * 2) // tokens
-    return build_state(HeadInputs(hidden, targets, segment, 2), weight, PLAIN, torch.float32)
+    return HeadInputs(hidden, targets, segment, 2), weight
 
 
 def low_rank_changes(state, keys, radius: float, rank: int):
@@ -89,7 +95,7 @@ def low_rank_changes(state, keys, radius: float, rank: int):
     except ImportError:
         library = None
     if library is not None:
-        return library(state, keys, radius, rank, PRODUCT_BUDGET)
+        return library(state, keys, radius, rank, block_budget(None, "cpu"))
     a, b = low_rank_factors(keys, state.shape, rank)  # [P, r, V], [P, r, d]
     projected = state.inputs.hidden.float() @ b.transpose(1, 2) / math.sqrt(rank)  # [P, N, r]
     spread = torch.zeros(len(keys), state.inputs.targets.numel())
@@ -180,8 +186,7 @@ def exact_sum_seconds(state, group: int = 16) -> float:
     def run():
         for start in range(0, vocab, step):
             rows = slice(start, min(vocab, start + step))
-            accumulate(state, rows, change[:, :, : rows.stop - start].clone(), at_target,
-                       spread)
+            accumulate(state, rows, change[:, :, : rows.stop - start], at_target, spread)
 
     return timed(run) / group
 
@@ -189,8 +194,9 @@ def exact_sum_seconds(state, group: int = 16) -> float:
 def iteration_part(size: dict) -> dict:
     """(a): seconds per iteration of every kind at the given head, extrapolated to m: the
     base logits (prepare, once per iteration), the m votes and the update."""
-    prepare = timed(lambda: head_state(size["vocab"], size["width"], size["tokens"]))
-    state = head_state(size["vocab"], size["width"], size["tokens"])
+    inputs, weight = head_inputs(size["vocab"], size["width"], size["tokens"])
+    prepare = timed(lambda: build_state(inputs, weight, PLAIN, torch.float32))
+    state = build_state(inputs, weight, PLAIN, torch.float32)
     m, out = size["m"], {}
     dense = dense_seconds(state, size)
     out["gaussian"] = {"votes_s": m * dense["votes"], "update_s": m * dense["update"],
