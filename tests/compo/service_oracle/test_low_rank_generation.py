@@ -17,7 +17,7 @@ from compo.service_oracle.generation import (
 )
 from compo.service_oracle.memory import peak_bytes
 from tests.compo.service_oracle.test_generation import SKY, greedy_with_weight
-from tests.compo.service_oracle.test_source import prompt_ids
+from tests.compo.service_oracle.test_source import prepared, prompt_ids, service_source
 
 RADIUS = 0.05
 RANK = 4
@@ -98,3 +98,22 @@ def test_a_low_rank_row_costs_its_factors_never_v_times_d(loaded):
     assert (low_peak - base_peak) / len(keys) < factors + 2 * 4 * (vocab + width)
     assert 4 * vocab * width > 4 * (factors + 2 * 4 * (vocab + width))  # V x d would break it
     assert low.tokens != base.tokens
+
+
+def test_the_service_source_generates_with_its_directions(loaded, tmp_path, pairs_file):
+    """ServiceVoteSource's perturbed responses come from low-rank rows when its directions
+    are low rank: the same texts as generating with the low-rank head directly."""
+    model, tokenizer = loaded
+    greedy = {"temperature": 0, "radius": {"mode": "raw", "value": RADIUS}}
+    source = service_source(loaded, tmp_path, pairs_file, **greedy)
+    source.directions = LOW_RANK  # what ServiceVoteSource(..., directions=) sets
+    source = prepared(source, tokenizer, pairs_file)
+    texts = [row[0] for row in source.responses(5, 0, range(3))]
+    keys = [direction_key(5, 0, index) for index in range(3)]
+    head = perturbation_head(source.weight, keys, RADIUS, head_of(model), [1] * 3, LOW_RANK)
+    out = generate(model, source.prefixes[0], head, source.config.oracle,
+                   [torch.Generator()] * 3, tokenizer.eos_token_id)
+    assert texts == [tokenizer.decode(row, skip_special_tokens=True) for row in out.tokens]
+    dense = prepared(service_source(loaded, tmp_path, pairs_file, **greedy), tokenizer,
+                     pairs_file)
+    assert texts != [row[0] for row in dense.responses(5, 0, range(3))]
