@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from compo.config import ComPOConfig
-from compo.directions import DirectionsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"gaussian": None, "rank1": 1, "rank4": 4, "rank16": 16}
@@ -69,10 +68,19 @@ def demo_part(workdir: Path) -> dict:
 
 def service_low_rank() -> bool:
     """Whether a run with the service oracle accepts low-rank directions."""
+    from pydantic import ValidationError
+
+    from compo.config import DataConfig, ModelConfig, OracleConfig, TrainConfig
+
     if not full_runs():
         return False
-    refusal = getattr(DirectionsConfig(kind="low_rank", rank=4), "refusal", None)
-    return refusal is None or refusal(oracle="service") is None
+    try:
+        TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"),
+                    compo=ComPOConfig(directions={"kind": "low_rank", "rank": 4}),
+                    oracle=OracleConfig(kind="service", service_url="http://judge"))
+    except ValidationError:
+        return False
+    return True
 
 
 def learning_part(workdir: Path) -> dict:
