@@ -40,7 +40,8 @@ def from_votes(votes: torch.Tensor) -> Abstentions:
 def abstentions_of(source, votes: torch.Tensor) -> Abstentions:
     """The source's account of this iteration's abstentions, else the votes' own."""
     method = getattr(source, "abstentions", None)
-    return method() if callable(method) else from_votes(votes)
+    found = method() if callable(method) else None
+    return found if found is not None else from_votes(votes)
 
 
 def failure(found: Abstentions, max_ratio: float) -> str | None:

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compo.directions.config import DirectionsConfig
+from compo.oracles import DEFAULT_ORACLE, ORACLES, oracle_kind
+from compo.oracles.service import GenerationRadius  # noqa: F401 (its settings, named here)
 from compo.perturb_config import PerturbConfig
 from compo.trackers import tracker_names
 
@@ -94,6 +97,7 @@ class ComPOConfig(StrictModel):
     num_perturbations: int = Field(1600, gt=0, description="m, directions per iteration")
     radius: float = Field(5e-4, gt=0, description="r, perturbation radius")
     perturb: PerturbConfig = Field(default_factory=PerturbConfig)
+    directions: DirectionsConfig = Field(default_factory=DirectionsConfig)  # compo/directions/
     clip: ClipConfig = Field(default_factory=ClipConfig)
     accept_ratio: float = Field(
         0.2, ge=0, lt=1, description="lambda: update only if n_minus / m > lambda"
@@ -137,6 +141,12 @@ class ComPOConfig(StrictModel):
                              f"is at most num_perturbations ({m}); e.g. 330 for m = 1800")
         return self
 
+    @model_validator(mode="after")
+    def _directions_fit(self) -> ComPOConfig:
+        if reason := self.directions.refusal(self.perturb.target, self.products):
+            raise ValueError(reason)
+        return self
+
 
 class RayConfig(StrictModel):
     """Distributed votes on a Ray cluster: one worker actor per GPU (or CPU slot)."""
@@ -152,8 +162,10 @@ class RayConfig(StrictModel):
         "auto", description="one GPU per worker; auto: when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     gpus_per_worker: float = Field(
-        1.0, gt=0, le=1, description="GPUs reserved per worker when workers use GPUs; below "
-        "1 several workers share a GPU (0.5: two per GPU, each with its own copy of the model)")
+        1.0, gt=0, description="GPUs reserved per worker when workers use GPUs; below 1 "
+        "several workers share a GPU (0.5: two per GPU); above 1, a whole number, each "
+        "generation worker (a generative oracle) spreads its model over that many GPUs of "
+        "one node (device_map), e.g. 2 for a 70B model on 80 GB GPUs")
     cpus_per_body: float = Field(
         1.0, gt=0, description="CPUs of the body (likelihood oracle: it holds the model and "
         "runs it once per iteration; the workers hold only the moved parameters)")
@@ -187,65 +199,24 @@ class RayConfig(StrictModel):
     local_object_store_bytes: int | None = Field(
         None, gt=0, description="start a new local instance with this object store size")
 
-
-class GenerationRadius(StrictModel):
-    """The radius of the perturbations that generate responses for the service oracle (its
-    own: compo.radius is the likelihood oracle's, far too small to change a response).
-
-    logit: r = value / (s * RMS ||h||), h the prompts' last hidden states and s the head's
-      logit scale: each logit of a perturbed head moves by about `value` nats (std), so one
-      value means about the same for every model; r is rounded to 3 significant digits.
-    raw: r = value.
-    Choose it with `compo probe` (README, "Choosing the generation radius").
-    """
-
-    mode: Literal["logit", "raw"] = "logit"
-    value: float = Field(2.0, gt=0)
+    @field_validator("gpus_per_worker", "gpus_per_body")
+    @classmethod
+    def _whole_above_one(cls, value: float, info) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"ray.{info.field_name} above 1 is a whole number of GPUs (got "
+                             f"{value:g}): a model spreads over whole GPUs of one node")
+        return value
 
 
-# likelihood: Definition 3.1 on the pair's own responses (in process or on Ray). service: the
-# policy generates a base response and one per perturbed output layer; the oracle service
-# (LLM judge or reward model) compares them. Its token is read from an environment variable.
-class OracleConfig(StrictModel):
-    """The oracle behind the votes, plus the generation settings of the service oracle."""
+class OracleCommon(StrictModel):
+    """The oracle: fields of every kind (which kind, its token, how failures stop a run)."""
 
-    kind: Literal["likelihood", "service"] = Field(
-        "likelihood", description="likelihood: log-probs of the pair's responses; service: "
-        "generated responses compared by the oracle service")
-    service_url: str | None = Field(
-        None, description="comparison service for kind=service; default: oracle_service_url")
+    kind: str = Field(DEFAULT_ORACLE, description="which oracle makes the votes, one of "
+                      "compo/oracles/ (likelihood: log-probs of the pair's responses; "
+                      "service: generated responses compared by the oracle service)")
     token_env: str = Field(
         DEFAULT_TOKEN_ENV, min_length=1, description="environment variable holding the "
         "service's bearer token (unset: no token is sent)")
-    radius: GenerationRadius = Field(
-        default_factory=GenerationRadius, description="radius of the perturbations that "
-        "generate responses (see GenerationRadius; compo.radius is not used for them)")
-    max_new_tokens: int = Field(128, gt=0, description="length limit of generated responses")
-    temperature: float = Field(
-        1.0, ge=0, description="sampling temperature; 0: greedy decoding (at a radius that "
-        "changes responses, greedy verdicts are mostly ties: see README, 'Choosing the "
-        "generation radius')")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (temperature > 0)")
-    noise: Literal["shared", "independent"] = Field(
-        "shared", description="sampling streams (temperature > 0): shared (common random "
-        "numbers): every perturbed response reuses the base response's stream, so a "
-        "verdict reflects the perturbation, not sampling luck; independent: a stream per "
-        "(seed, iteration, perturbation), where verdicts mostly measure sampling luck")
-    generation_batch_size: int | None = Field(
-        None, gt=0, description="perturbations generated together; None: as many as fit "
-        "in half the device's free memory (each holds a V x d direction in "
-        "compo.direction_dtype and its KV cache), a power of two, decided once per process; "
-        "set it to make batches independent of the machine's state")
-    signal_checks: int = Field(
-        4, ge=0, description="directions per iteration also judged at -z (antithetic): the "
-        "run warns when their verdicts are not opposite more often than a coin's; costs "
-        "signal_checks x prompts comparisons per iteration, not votes; 0: off")
-    requests_in_flight: int = Field(
-        4, gt=0, description="comparison requests a process keeps open while it generates "
-        "the next batch (each holds one generation batch; overlaps judge latency)")
-    request_batch_size: int | None = Field(
-        None, gt=0, description="comparisons per HTTP request; default: the service's maximum")
-    timeout_s: float = Field(300.0, gt=0, description="time for one comparisons request")
     max_abstain_ratio: float = Field(
         0.5, ge=0, le=1, description="an iteration whose comparisons needing an answer "
         "abstained more than this share takes no step (a failed iteration: its vote ratio "
@@ -258,11 +229,17 @@ class OracleConfig(StrictModel):
     report_timeout_s: float = Field(
         10.0, gt=0, description="time for posting one iteration summary (a failed report is "
         "a warning, retried with the next iteration)")
-    budget_usd: float | None = Field(
-        None, gt=0, description="the run's judge budget in dollars (the service needs judge "
-        "prices): comparisons past it abstain without a judge call and the run stops, "
-        "resumable, before that iteration's step (compo/service_oracle/budget.py); the "
-        "service's own COMPO_ORACLE_BUDGET_USD applies as well. None: no run budget")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        oracle_kind(kind)  # a ValueError naming the registered kinds
+        return kind
+
+
+class OracleConfig(OracleCommon, *(kind.settings for kind in ORACLES.values())):
+    """The oracle behind the votes: the common fields plus each kind's own section
+    (compo/oracles/: the service oracle's generation and request settings)."""
 
 
 class ExportConfig(StrictModel):
@@ -336,22 +313,18 @@ class TrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _moved_layers_with_likelihood(self) -> TrainConfig:
-        if self.compo.perturb.moves_layers and self.oracle.kind == "service":
-            raise ValueError(f"compo.perturb.target {self.compo.perturb.target} works with the "
-                             "likelihood oracle; the service oracle generates with a moved "
-                             "output layer only. Set target: head or oracle.kind: likelihood")
+    def _several_gpus_only_where_a_model_is(self) -> TrainConfig:
+        generative = oracle_kind(self.oracle.kind).generative
+        if self.ray is not None and self.ray.gpus_per_worker > 1 and not generative:
+            raise ValueError(f"ray.gpus_per_worker {self.ray.gpus_per_worker:g}: head workers "
+                             f"(oracle.kind {self.oracle.kind}) hold only the moved parameters, "
+                             "not the model; use at most 1, and ray.gpus_per_body for the "
+                             "body's model")
         return self
 
     @model_validator(mode="after")
-    def _chunks_hold_whole_generation_batches(self) -> TrainConfig:
-        size, batch = self.ray and self.ray.chunk_size, self.oracle.generation_batch_size
-        fixed = isinstance(size, int)  # auto is sized in whole generation batches
-        if self.oracle.kind == "service" and fixed and batch and size % batch:
-            raise ValueError(
-                f"ray.chunk_size ({size}) must be a multiple of oracle.generation_batch_size "
-                f"({batch}), so every topology generates the same batches (e.g. chunk_size: "
-                f"{batch * max(1, size // batch)})")
+    def _oracle_fits_the_run(self) -> TrainConfig:
+        oracle_kind(self.oracle.kind).check(self)  # its own rules, e.g. targets it refuses
         return self
 
 

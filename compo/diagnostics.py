@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from compo.config import TrainConfig
+from compo.oracles import oracle_kind
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class RunWatch:
         text = (f"all {iterations} iterations so far were skipped: mean vote ratio n-/m "
                 f"{self.totals['ratio'] / iterations:.3f} <= compo.accept_ratio "
                 f"{compo.accept_ratio:g}, so the model has not changed.")
-        if self.config.oracle.kind == "service":
+        if oracle_kind(self.config.oracle.kind).generative:  # responses, not log-probs
             share = self.totals["identical"] / max(1, self.totals["responses"])
             return (f"{text} {share:.0%} of perturbed responses equal the base response. "
                     f"Fix: raise {self.radius_text()} or lower compo.accept_ratio; "

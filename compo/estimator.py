@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from compo.config import ClipConfig, ComPOConfig
+from compo.directions import DirectionsConfig
+from compo.directions.products import update_rows
 from compo.perturbation import direction_key, direction_rows, plan_blocks
 
 # Rows per partial sum of squares: the norm adds these parts in row order, so any split of
@@ -90,13 +92,19 @@ def kept_votes(indices: torch.Tensor, votes: torch.Tensor) -> np.ndarray:
 
 def vote_weighted_rows(seed: int, iteration: int, kept: np.ndarray | Sequence[tuple[int, int]],
                        shape: tuple[int, int], rows: range, block_elements: int | None,
-                       device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                       device="cpu", dtype: torch.dtype = torch.float32,
+                       directions: DirectionsConfig | None = None) -> torch.Tensor:
     """Rows `rows` of sum_i y_i z_i [len(rows), d] float32, from kept_votes.
 
     Directions are added one at a time in index order, so every entry is the same sum
     however the rows are split between processes, and however the votes were gathered.
+    Low-rank directions: GEMMs over fixed blocks (compo/directions/products.py).
     """
     kept = np.asarray(kept, dtype=np.int64).reshape(-1, 2)  # (index, vote) pairs
+    if directions is not None and directions.kind == "low_rank":
+        keys = [direction_key(seed, iteration, int(index)) for index in kept[:, 0]]
+        return update_rows(keys, kept[:, 1], shape, rows, directions.rank, NORM_BLOCK_ROWS,
+                           device)
     per_group, chunk_rows = plan_blocks(len(kept), shape, block_elements, device)
     total = torch.zeros(len(rows), shape[1], dtype=torch.float32, device=device)
     for start in range(0, len(kept), per_group):
@@ -113,10 +121,11 @@ def vote_weighted_rows(seed: int, iteration: int, kept: np.ndarray | Sequence[tu
 
 def vote_weighted_sum(seed: int, iteration: int, indices: torch.Tensor, votes: torch.Tensor,
                       shape: tuple[int, int], block_elements: int | None, device="cpu",
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float32,
+                      directions: DirectionsConfig | None = None) -> torch.Tensor:
     """sum_i y_i z_i [V, d] float32, rebuilt from (index, vote) pairs in index order."""
     return vote_weighted_rows(seed, iteration, kept_votes(indices, votes), shape,
-                              range(shape[0]), block_elements, device, dtype)
+                              range(shape[0]), block_elements, device, dtype, directions)
 
 
 def block_square_sums(rows: torch.Tensor) -> torch.Tensor:

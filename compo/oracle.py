@@ -8,7 +8,8 @@ large sums:
   change(token) = e[target] - log sum_v p_v exp(e_v)
                = e[target] - log1p(sum_v p_v * expm1(e_v))
 with e = s*r*(h z^T) in float32 (through the soft-cap identity for capped models) and
-p = softmax(base logits).
+p = softmax(base logits). Low-rank directions (compo.directions) make h z^T as
+((h B^T) A) / sqrt(r), never a dense z (compo/directions/products.py).
 
 With compo.perturb.target other than head, weights of the last k layers move too (the
 MLPs', or another target's of compo/model/targets/): the master
@@ -29,6 +30,7 @@ import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
+from compo.directions.products import product_blocks
 from compo.errors import ConfigError
 from compo.model.head import Head, head_of
 from compo.model.layout import Layout, layout_of, model_tensors
@@ -186,6 +188,19 @@ def token_changes(state: OracleState, keys: Sequence[int], radius: float,
     return at_target, spread
 
 
+def low_rank_changes(state: OracleState, keys: Sequence[int], radius: float, rank: int,
+                     budget: int) -> torch.Tensor:
+    """logprob_changes for low-rank directions: h z^T = ((h B^T) A) / sqrt(r) per block of
+    rows (compo/directions/products.py), then the same cancellation-free change."""
+    spread = torch.zeros(len(keys), state.inputs.targets.numel(), device=state.probs.device)
+    at_target = torch.zeros_like(spread)  # [P, N]
+    for rows, products in product_blocks(state.inputs.hidden, keys, state.shape, rank, budget):
+        base = None if state.base_logits is None else state.base_logits[:, rows]
+        accumulate(state, rows, logit_change(products, radius, base, state.cap), at_target,
+                   spread)
+    return sequence_totals(state, at_target, spread)
+
+
 def accumulate(state: OracleState, rows: slice, change: torch.Tensor,
                at_target: torch.Tensor, spread: torch.Tensor) -> None:
     """Add one block of output rows' logit changes [P, N, r] into at_target and spread."""
@@ -323,6 +338,9 @@ class LikelihoodOracle:
             return tail_logprob_changes(state, self.tail, self.layout, keys,
                                         self.config.radius, self.chunk_rows(state), block)
         step = self.config.radius * state.head.scale  # the logit change is s * r * (h z^T)
+        if self.config.directions.kind == "low_rank":  # the one place the family matters
+            return low_rank_changes(state, keys, step, self.config.directions.rank,
+                                    block_budget(self.config.block_elements, state.probs.device))
         return logprob_changes(state, keys, step, self.chunk_rows(state), self.fused(state))
 
     def votes(self, state: OracleState, seed: int, iteration: int,

@@ -95,10 +95,12 @@ class RunDirectory:
         shutil.rmtree(self.path)
         return True
 
-    def save_checkpoint(self, checkpoint: Checkpoint, dense_every: int | None = None) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, dense_every: int | None = None,
+                        family: str = "gaussian") -> None:
         """Commit `checkpoint`: a dense master when none is open, `dense_every` iterations
         have passed since the last one (None: always) or the log holds LOG_MASTERS masters'
-        bytes; else only the commit point, the records being on disk already (append_delta)."""
+        bytes; else only the commit point, the records being on disk already (append_delta).
+        `family`: compo.directions' name (gaussian, rank4, ...), recorded with the generator."""
         done, log = checkpoint.iterations_done, self.log
         master_bytes = checkpoint.weight.numel() * checkpoint.weight.element_size()
         dense = (dense_every is None or log is None or done - log.start >= dense_every
@@ -111,7 +113,8 @@ class RunDirectory:
         fileio.write_json(self.checkpoint_path, {
             "iterations_done": done, "weights": weights, "deltas": log.name,
             "deltas_bytes": log.bytes, "dense_iterations": log.start,
-            "directions": GENERATOR, "data_offset": checkpoint.data_offset,
+            "directions": GENERATOR, "direction_family": family,
+            "data_offset": checkpoint.data_offset,
         })
         self.weights, self.log = weights, log  # committed
         if dense:
@@ -129,9 +132,9 @@ class RunDirectory:
         record = deltalog.encode(iteration, positions, values)
         self.log.bytes = deltalog.append(self.path / self.log.name, record, self.log.bytes)
 
-    def load_checkpoint(self) -> Checkpoint | None:
+    def load_checkpoint(self, family: str = "gaussian") -> Checkpoint | None:
         """The last committed checkpoint (dense master + its log's committed records), or
-        None for a run that never saved one."""
+        None for a run that never saved one; refused unless its directions are `family`."""
         if not self.checkpoint_path.exists():
             return None
         state = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
@@ -141,6 +144,11 @@ class RunDirectory:
                 f"({state.get('directions', 'the generator before CHANGELOG.md #11')}) than "
                 f"this version makes ({GENERATOR}); resuming would mix them. Finish it with "
                 f"the version that started it, or start a new run")
+        saved = state.get("direction_family", "gaussian")  # before #25: Gaussian only
+        if saved != family:
+            raise RunError(f"{self.checkpoint_path}: the run was started with {saved} "
+                           f"directions, the config asks for {family}; resume with "
+                           f"compo.directions as the run started, or start a new run")
         done, self.weights = state["iterations_done"], state["weights"]
         weight = fileio.read_tensors(self.path / self.weights)["output_weight"]
         if "deltas" not in state:  # a run from before the delta log: dense checkpoints only

@@ -34,7 +34,8 @@ from compo.model.export import write_delta
 from compo.model.exported import check_kept, export_dtype, measure_export, write_final
 from compo.model.layout import layout_of, model_tensors
 from compo.model.loading import DTYPES, load_model, load_tokenizer
-from compo.oracle import LikelihoodOracle, combine, pair_improved
+from compo.oracle import combine, pair_improved
+from compo.oracles import oracle_kind, report_url
 from compo.progress import ProgressLog
 from compo.run_events import RunEvents
 from compo.rundir import Checkpoint, RunDirectory, new_run_id
@@ -136,18 +137,15 @@ def metrics_row(iteration: int, batch: list[int], pairs, result: IterationResult
 
 
 def default_source(config: TrainConfig, model, tokenizer, run_id: str) -> VoteSource:
-    """The configured oracle in this process: likelihood, or the service on generations."""
-    if config.oracle.kind == "service":
-        from compo.service_oracle.source import ServiceVoteSource  # the service extra (httpx)
-
-        return ServiceVoteSource(model, tokenizer, config, run_id)
-    return LocalVoteSource(LikelihoodOracle(model, config.compo, tokenizer.pad_token_id,
-                                            config.model.batch_size))
+    """The configured oracle (compo/oracles/), in this process."""
+    kind = oracle_kind(config.oracle.kind)
+    oracle = kind.build(model, tokenizer, config.model, config.compo, kind.setup(config, run_id))
+    return LocalVoteSource(oracle, config.compo)
 
 
 def iteration_reporter(config: TrainConfig, run_id: str):
     """The per-iteration reporter when a service URL is configured."""
-    if config.oracle_service_url is None and config.oracle.kind != "service":
+    if report_url(config) is None:
         return None
     from compo.service_oracle.reporting import reporter_for  # needs the service extra (httpx)
 
@@ -209,7 +207,7 @@ class ComPOTrainer:
 
     def run(self, progress: bool = True) -> torch.Tensor:
         """Run (or continue) to the end of the schedule; returns the master weight."""
-        checkpoint = self.run_dir.load_checkpoint()
+        checkpoint = self.run_dir.load_checkpoint(self.config.compo.directions.name)
         start = checkpoint.iterations_done if checkpoint else 0
         base = self.base_weight
         weight = (checkpoint.weight if checkpoint else base.clone()).to(base.device)
@@ -265,7 +263,8 @@ class ComPOTrainer:
 
     def _commit(self, checkpoint: Checkpoint) -> None:
         """A commit point; a dense master every config.dense_every iterations."""
-        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every)
+        self.run_dir.save_checkpoint(checkpoint, self.config.dense_every,
+                                     self.config.compo.directions.name)
 
     def _reselect(self, weight: torch.Tensor) -> Selection | None:
         """data.reselect: the next noisy pairs under `weight` from the running offset."""

@@ -3,9 +3,8 @@
 A source prepares an iteration's pairs under the current output weight, answers votes of
 perturbation indices (-1 better / +1 not / 0 abstain), gives log-probs under another
 weight, and rebuilds the rows of sum y_i z_i for an accepted step. The training loop
-(compo/train.py) only talks to this interface; the likelihood oracle in this process
-(LocalVoteSource), the oracle service on generated responses
-(compo/service_oracle/source.py) and Ray workers (workers/coordinator.py) implement it.
+(compo/train.py) only talks to this interface; any oracle (compo/oracles/) in this
+process (LocalVoteSource) and Ray workers (workers/coordinator.py) implement it.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from compo.data.formats import TokenizedPair
 from compo.estimator import RowShards, ShardRunner, kept_votes, vote_weighted_rows
 from compo.model.loading import DTYPES
 from compo.oracle import HeadFeed, LikelihoodOracle, OracleState
+from compo.oracles import Oracle
 
 Shards = tuple[list[range], ShardRunner]  # row ranges of sum y_i z_i, and who computes them
 
@@ -54,7 +54,7 @@ def step_rows(seed: int, iteration: int, kept: Sequence[tuple[int, int]],
     shape = tuple(weight.shape)
     return RowShards(lambda rows: vote_weighted_rows(
         seed, iteration, kept, shape, rows, compo.block_elements, weight.device,
-        DTYPES[compo.direction_dtype]))
+        DTYPES[compo.direction_dtype], compo.directions))
 
 
 def local_rebuild(seed: int, iteration: int, indices: Sequence[int], votes: torch.Tensor,
@@ -65,33 +65,66 @@ def local_rebuild(seed: int, iteration: int, indices: Sequence[int], votes: torc
     return [range(weight.shape[0])], shard.run
 
 
-class LocalVoteSource:
-    """Likelihood-oracle votes computed in this process."""
+class LikelihoodVotes:
+    """The likelihood oracle as an Oracle (compo/oracles/base.py): it keeps the prepared
+    state between calls."""
 
     def __init__(self, oracle: LikelihoodOracle):
-        self.oracle = oracle
+        self.scorer = oracle
         self.state: OracleState | None = None
 
     def prepare(self, pairs, weight):
-        self.state = self.oracle.prepare(pairs, weight)
+        self.state = self.scorer.prepare(pairs, weight)
         return self.state.base_logprobs
 
     def prepare_fed(self, feed: HeadFeed, weight: torch.Tensor) -> torch.Tensor:
         """prepare from what a body sent (compo/oracle.py HeadFeed): no body pass here."""
-        self.state = self.oracle.state(feed, weight)
+        self.state = self.scorer.state(feed, weight)
         return self.state.base_logprobs
 
     def votes(self, seed, iteration, indices):
-        return self.oracle.votes(self.state, seed, iteration, indices)
+        return self.scorer.votes(self.state, seed, iteration, indices)
 
     def logprobs(self, weight):
-        return self.oracle.logprobs(self.state, weight)
-
-    def rebuild(self, seed, iteration, indices, votes, weight):
-        return local_rebuild(seed, iteration, indices, votes, weight, self.oracle.config)
+        return self.scorer.logprobs(self.state, weight)
 
     def metrics(self) -> dict:
         return {}
 
+    def take_counts(self) -> dict:
+        return {}
+
+    def abstentions(self) -> None:
+        return None  # every direction gets a vote
+
     def close(self) -> None:
         self.state = None
+
+
+class LocalVoteSource:
+    """Votes of any oracle (compo/oracles/) computed in this process."""
+
+    def __init__(self, oracle: Oracle, compo: ComPOConfig):
+        self.oracle, self.compo = oracle, compo
+
+    def prepare(self, pairs, weight):
+        return self.oracle.prepare(pairs, weight)
+
+    def votes(self, seed, iteration, indices):
+        return self.oracle.votes(seed, iteration, indices)
+
+    def logprobs(self, weight):
+        return self.oracle.logprobs(weight)
+
+    def rebuild(self, seed, iteration, indices, votes, weight):
+        return local_rebuild(seed, iteration, indices, votes, weight, self.compo)
+
+    def metrics(self) -> dict:
+        return self.oracle.metrics()
+
+    def abstentions(self):
+        """The oracle's account of this iteration's abstentions (None: count the 0 votes)."""
+        return self.oracle.abstentions()
+
+    def close(self) -> None:
+        self.oracle.close()

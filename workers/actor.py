@@ -3,11 +3,15 @@ workers/worker.py), each delegating every call to its plain class."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import ray
+from ray.exceptions import ObjectLostError, RayActorError
 
 from compo.config import ComPOConfig, ModelConfig
+from compo.oracles import OracleSetup
 from workers.body import Body, HeadPart
-from workers.protocol import ServiceSetup
 from workers.worker import Worker
 
 
@@ -16,15 +20,33 @@ def node_label(ip: str, node_id: str) -> str:
     return f"{ip}/{node_id[:8]}"
 
 
+@dataclass(frozen=True)
+class HeadRef:
+    """Where a head worker gets its HeadPart: the copy the body made once for every worker,
+    or, when that copy cannot be had (lost with the body's node, or the body died making it),
+    the body again (restarted by Ray)."""
+
+    refs: list[Any]  # [ObjectRef]: nested, so Ray hands the ref, not the value, to __init__
+    body: Any  # the body actor
+
+    def fetch(self) -> HeadPart:
+        try:
+            return ray.get(self.refs[0])
+        except (ObjectLostError, RayActorError):  # its copy or its maker gone: ask again
+            return ray.get(self.body.head_part.remote())
+
+
 @ray.remote
 class WorkerActor:
     """Thin Ray wrapper: loads the model once, then answers the coordinator's calls."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str,
-                 service: ServiceSetup | None = None, head: HeadPart | None = None):
+                 setup: OracleSetup | None = None, head: HeadRef | None = None):
+        """`head`: a head worker's part (the body's); fetched again when Ray restarts it."""
         self.node_id = ray.get_runtime_context().get_node_id()
         node = node_label(ray.util.get_node_ip_address(), self.node_id)
-        self.worker = Worker(model, compo, name, node, service, head)
+        part = None if head is None else head.fetch()
+        self.worker = Worker(model, compo, name, node, setup, part)
 
     def describe(self) -> dict:
         return {**self.worker.describe(), "node_id": self.node_id}

@@ -29,14 +29,14 @@ from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
 from compo.estimator import kept_votes, plan_shards
 from compo.model.exported import measure_export
+from compo.oracles import oracle_kind
 from compo.rundir import RunDirectory
-from compo.service_oracle.metrics import oracle_metrics
 from compo.train import ComPOTrainer
 from compo.votes import Shards
 from workers.dispatch import Chunk, ChunkQueue
 from workers.group import WorkerGroup, WorkerState
 from workers.placement import ray_placement
-from workers.protocol import ServiceSetup, VoteBatch, answer_matches, pair_ids
+from workers.protocol import VoteBatch, answer_matches, pair_ids
 from workers.rebuild import ShardCalls
 from workers.stats import payload_size
 from workers.transport import Placement
@@ -50,14 +50,15 @@ class RayVoteSource:
     def __init__(self, config: TrainConfig, address: str | None = None, progress: bool = True,
                  on_votes: Callable[[int, int], None] | None = None, run_id: str = "ray-run",
                  placement: Placement | None = None):
-        """`run_id` labels the service oracle's comparisons (oracle.kind=service);
+        """`run_id` labels the oracle's requests (the service oracle's comparisons);
         `placement`: actors already started (in process: workers/transport.py), else the
         Ray cluster at `address` gets them."""
-        self.generative = config.oracle.kind == "service"
-        service = ServiceSetup.for_run(config, run_id) if self.generative else None
+        self.kind = oracle_kind(config.oracle.kind)  # any oracle of compo/oracles/
+        self.generative = self.kind.generative  # workers generate: no body, base responses
+        setup = self.kind.setup(config, run_id)
         self.config, self.settings = config, config.ray or RayConfig()
         self.progress, self.on_votes = progress, on_votes
-        placement = placement or ray_placement(config, self.settings, address, service)
+        placement = placement or ray_placement(config, self.settings, address, setup)
         self.body, self.use_gpu = placement.body, placement.use_gpu
         self.group = WorkerGroup(self.settings, placement.pool, placement.transport)
         batch = config.oracle.generation_batch_size if self.generative else None
@@ -157,13 +158,12 @@ class RayVoteSource:
         stats = self.group.stats
         stats.redispatched = self.chunks.redispatched
         ray_figures = {**self.group.report(), **stats.report()}
-        oracle = oracle_metrics(self.oracle_counts) if self.generative else {}
-        return {"ray": ray_figures, **oracle}
+        return {"ray": ray_figures, **self.kind.counted_metrics(self.oracle_counts)}
 
     # -- calls and answers --------------------------------------------------------------
 
     def base_responses(self, seed: int, iteration: int) -> Any:
-        """Service oracle: one worker generates the base responses, put once for all."""
+        """A generative oracle: one worker generates the base responses, put once for all."""
         group, started = self.group, time.perf_counter()
         texts = group.first_answer("generated the base responses", "base_responses",
                                    group.round, group.version, seed, iteration)

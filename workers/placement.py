@@ -18,9 +18,9 @@ from ray.util.scheduling_strategies import (
 from compo.config import RayConfig, TrainConfig
 from compo.errors import DistributedError
 from compo.model.loading import SHARDED
-from workers.actor import BodyActor, WorkerActor, node_label
+from compo.oracles import OracleSetup, oracle_kind
+from workers.actor import BodyActor, HeadRef, WorkerActor, node_label
 from workers.body_handle import RemoteBody
-from workers.protocol import ServiceSetup
 from workers.transport import Placement, RayTransport, failure_reason
 
 
@@ -138,13 +138,21 @@ def start_body(config: TrainConfig, settings: RayConfig, use_gpu: bool) -> Any:
     ).remote(model, config.compo)
 
 
+def worker_device(settings: RayConfig, use_gpu: bool) -> str:
+    """model.device of a worker: the CPU, its GPU, or its GPUs (a generation worker with
+    ray.gpus_per_worker > 1: the model spread over them with device_map)."""
+    if not use_gpu:
+        return "cpu"
+    return SHARDED if settings.gpus_per_worker > 1 else "cuda"
+
+
 def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bool,
-               service: ServiceSetup | None = None, head: Any = None) -> ActorPool:
+               setup: OracleSetup | None = None, head: HeadRef | None = None) -> ActorPool:
     """Reserve the bundles and start one actor in each; loading runs in the background.
-    `service`: the service oracle's settings (oracle.kind=service); `head`: the object
-    ref of the body's HeadPart (head workers: no model is loaded)."""
+    `setup`: the run's oracle (compo/oracles/); `head`: where head workers get the body's
+    HeadPart (they load no model)."""
     group = reserve(count, use_gpu, settings)
-    model = config.model.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
+    model = config.model.model_copy(update={"device": worker_device(settings, use_gpu)})
     names = [f"worker-{i}" for i in range(count)]
     actors = [
         WorkerActor.options(
@@ -153,7 +161,7 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
             max_restarts=settings.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=i),
-        ).remote(model, config.compo, names[i], service, head)
+        ).remote(model, config.compo, names[i], setup, head)
         for i in range(count)
     ]
     loading = {actor.describe.remote(): i for i, actor in enumerate(actors)}
@@ -161,15 +169,16 @@ def start_pool(config: TrainConfig, settings: RayConfig, count: int, use_gpu: bo
 
 
 def ray_placement(config: TrainConfig, settings: RayConfig, address: str | None,
-                  service: ServiceSetup | None) -> Placement:
-    """Join the cluster and start the run's actors on it: the body (likelihood oracle) and
-    the workers, which load in the background."""
+                  setup: OracleSetup) -> Placement:
+    """Join the cluster and start the run's actors on it: the body (an oracle that is not
+    generative: head workers load no model) and the workers, which load in the background."""
+    generative = oracle_kind(config.oracle.kind).generative
     connect(settings, address)
     transport = RayTransport()
     count, use_gpu = plan_workers(ray.cluster_resources(), ray.available_resources(),
-                                  settings, body=service is None)
-    body = None if service is not None else RemoteBody(start_body(config, settings, use_gpu),
-                                                       settings, transport)
-    head = None if body is None else body.head_ref  # head workers load no model
-    pool = start_pool(config, settings, count, use_gpu, service, head)
+                                  settings, body=not generative)
+    body = None if generative else RemoteBody(start_body(config, settings, use_gpu), settings,
+                                              transport)
+    head = None if body is None else HeadRef([body.head_ref], body.actor)  # no model
+    pool = start_pool(config, settings, count, use_gpu, setup, head)
     return Placement(transport, pool, body, use_gpu)

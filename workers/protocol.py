@@ -18,9 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import SecretStr
 
-from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
 
 PairIds = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
@@ -241,22 +239,5 @@ def as_pairs(ids: Sequence[PairIds]) -> list[TokenizedPair]:
     return [TokenizedPair(list(p), list(c), list(r), source=f"pair {i}")
             for i, (p, c, r) in enumerate(ids)]
 
-
-@dataclass(frozen=True)
-class ServiceSetup:
-    """What a worker needs to vote with the service oracle. The token travels as a
-    SecretStr (never printed); a token in the worker's own environment wins."""
-
-    config: TrainConfig
-    run_id: str
-    token: SecretStr | None = None
-
-    @classmethod
-    def for_run(cls, config: TrainConfig, run_id: str) -> ServiceSetup:
-        """The run's setup, with the token of this process's environment (if set)."""
-        from compo.service_oracle.reporting import checked_run_id, service_token  # needs httpx
-
-        token = service_token(config)
-        return cls(config, checked_run_id(run_id), None if token is None else SecretStr(token))
 
 

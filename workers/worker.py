@@ -2,10 +2,10 @@
 
 workers/actor.py wraps it in a Ray actor. Per iteration it applies the coordinator's
 weights update (step patches or a dense snapshot), computes the hidden-state cache once,
-then answers chunks of perturbation indices (workers/protocol.py). With the service oracle
-(oracle.kind=service) the votes are the comparison service's verdicts on responses this
-worker generates; one worker generates the base responses of an iteration and the
-coordinator hands them to all.
+then answers chunks of perturbation indices (workers/protocol.py). With a generative
+oracle (oracle.kind=service) the votes are the comparison service's verdicts on responses
+this worker generates; one worker generates the base responses of an iteration and the
+coordinator hands them to all. Which oracle: compo/oracles/ (the run's OracleSetup).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from compo.estimator import RowShards
 from compo.model.export import fingerprint
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import HeadFeed, LikelihoodOracle
+from compo.oracles import OracleSetup, kind_of
 from compo.votes import LocalVoteSource, VoteSource, step_rows
 from workers.body import HeadPart
 from workers.memory import resident_bytes
@@ -29,7 +30,6 @@ from workers.protocol import (
     REBUILD_METHODS,
     VOTE_DTYPE,
     PairIds,
-    ServiceSetup,
     StaleVersionError,
     VoteBatch,
     WeightUpdate,
@@ -44,21 +44,20 @@ class Worker:
     fed by the body: `head`)."""
 
     def __init__(self, model: ModelConfig, compo: ComPOConfig, name: str = "worker",
-                 node: str = "local", service: ServiceSetup | None = None,
+                 node: str = "local", setup: OracleSetup | None = None,
                  head: HeadPart | None = None):
+        """`setup`: the run's oracle (None: the likelihood oracle of `compo`)."""
         started = time.perf_counter()
         self.name, self.node = name, node
-        self.generative = service is not None
+        self.generative = kind_of(setup).generative
         self.head = None if head is None else head.to(model.device)  # its own master
         if self.head is not None:
-            self.source: VoteSource = LocalVoteSource(self.head.oracle)
+            self.oracle = kind_of(setup).fed(self.head.oracle)
         else:
             network = load_model(model)  # first: its errors say what is wrong with the path
             tokenizer = load_tokenizer(model.path)
-            self.source = (
-                service_source(network, tokenizer, service) if service is not None else
-                LocalVoteSource(LikelihoodOracle(network, compo, tokenizer.pad_token_id,
-                                                 model.batch_size)))
+            self.oracle = kind_of(setup).build(network, tokenizer, model, compo, setup)
+        self.source: VoteSource = LocalVoteSource(self.oracle, compo)
         # the master as loaded (version 0); a head worker's is the body's copy, moved here
         self.weight = (self.head.master if self.head is not None
                        else self.likelihood_oracle().master_weight())
@@ -90,7 +89,7 @@ class Worker:
             self.apply(patch)
         self._check_version(version)
         if self.head is not None:
-            base = self.source.prepare_fed(pairs.to(self.weight.device), self.weight)
+            base = self.oracle.prepare_fed(pairs.to(self.weight.device), self.weight)
         else:
             base = self.source.prepare(as_pairs(pairs), self.weight)
         self.prepared = (round_id, version)
@@ -101,8 +100,8 @@ class Worker:
         """Service oracle: the iteration's base response per prompt, generated here."""
         self._check_prepared(round_id, version)
         if not self.generative:
-            raise TypeError(f"{self.name}: the likelihood oracle has no base responses")
-        return self.source.base_responses(seed, iteration)
+            raise TypeError(f"{self.name}: only a generative oracle has base responses")
+        return self.oracle.base_responses(seed, iteration)
 
     def evaluate(self, round_id: int, version: int, seed: int, iteration: int,
                  indices: Sequence[int], base: Sequence[str] | None = None) -> VoteBatch:
@@ -112,9 +111,9 @@ class Worker:
         started = time.perf_counter()
         indices = list(indices)
         if base is not None:
-            self.source.use_base(seed, iteration, base)
+            self.oracle.use_base(seed, iteration, base)
         votes = self.source.votes(seed, iteration, indices)
-        counts = self.source.take_counts() if self.generative else None
+        counts = self.oracle.take_counts() or None
         return VoteBatch(round_id, version, np.asarray(indices, INDEX_DTYPE).tobytes(),
                          votes.numpy().astype(VOTE_DTYPE).tobytes(),
                          time.perf_counter() - started, counts)
@@ -145,8 +144,8 @@ class Worker:
         return result.numpy()
 
     def likelihood_oracle(self) -> LikelihoodOracle:
-        """The likelihood oracle inside the vote source (it holds the loaded layer)."""
-        return self.source.scorer if self.generative else self.source.oracle
+        """The likelihood oracle inside the oracle (it holds the loaded layer)."""
+        return self.oracle.scorer
 
     def _check_prepared(self, round_id: int, version: int) -> None:
         self._check_version(version)
@@ -158,13 +157,3 @@ class Worker:
         if self.version != version:
             raise StaleVersionError(f"{self.name} on {self.node}: holds weights version "
                                     f"{self.version}, asked for {version}")
-
-
-def service_source(network, tokenizer, service: ServiceSetup) -> VoteSource:
-    """The service oracle's vote source; the token from this process's environment first."""
-    from compo.service_oracle.reporting import service_token
-    from compo.service_oracle.source import ServiceVoteSource  # needs the service extra (httpx)
-
-    passed = service.token.get_secret_value() if service.token is not None else None
-    token = service_token(service.config) or passed
-    return ServiceVoteSource(network, tokenizer, service.config, service.run_id, token)

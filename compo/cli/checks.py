@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from compo.config import TrainConfig
 from compo.config_files import require_path
 from compo.errors import DistributedError, ModelError, RunError
+from compo.oracles import oracle_kind
 from compo.rundir import RunDirectory
 
 RAY_CONNECT_TIMEOUT_S = 10.0  # a head that does not accept a TCP connection by then is not there
@@ -123,7 +124,4 @@ def check_start(config: TrainConfig, where: str, ray_address: str | None,
     if use_ray and (ray_address or config.ray is not None):
         field = "--ray-address" if ray_address else f"{where}: ray.address"
         connect_ray(ray_address or (config.ray.address if config.ray else None), field)
-    if config.oracle.kind == "service":
-        from compo.service_oracle.preflight import preflight  # the service extra (httpx)
-
-        preflight(config, where)
+    oracle_kind(config.oracle.kind).preflight(config, where)  # e.g. the service reachable

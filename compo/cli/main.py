@@ -40,7 +40,9 @@ agree: perturbations whose vote equals the float64 one (exact: all). The last co
 per target of compo/model/targets/ that moves weights inside the layers: the same with that
 target moving in the last 2 layers too (e.g. compo.perturb: {target: mlp, last_layers: 2},
 the paper's Table 5; families whose layers ComPO cannot rerun that way are refused there
-with the reason). Check your own checkpoint with `compo conformance --model PATH`.
+with the reason), then two for rank-4 low-rank directions of the output layer
+(compo.directions: {kind: low_rank, rank: 4}). Check your own checkpoint with
+`compo conformance --model PATH`.
 
 """
 
@@ -131,13 +133,15 @@ def cmd_probe(args) -> int:
     from compo.data.encoding import load_tokenized
     from compo.model.head import output_layer
     from compo.model.loading import load_model, load_tokenizer
+    from compo.oracles import oracle_kind
     from compo.service_oracle import probe
     from compo.service_oracle.cost import cost_lines, run_estimate
 
     config = load_config(TrainConfig, args.config)
-    if config.oracle.kind != "service":
-        raise ConfigError(f"{args.config}: compo probe measures the service oracle's votes; "
-                          "set oracle.kind: service (and oracle.service_url)")
+    if not oracle_kind(config.oracle.kind).generative:
+        raise ConfigError(f"{args.config}: compo probe measures the votes of an oracle on "
+                          "generated responses; set oracle.kind: service (and "
+                          "oracle.service_url)")
     check_start(config, args.config, None, use_ray=False)  # before the model loads
     tokenizer = load_tokenizer(config.model.path)
     data = load_tokenized(config.data, tokenizer)[0]

@@ -29,3 +29,15 @@ class DirectionsConfig(BaseModel):
     def name(self) -> str:
         """How checkpoints and benchmarks name the family: gaussian, rank4, ..."""
         return "gaussian" if self.kind == "gaussian" else f"rank{self.rank}"
+
+    def refusal(self, target: str = "head", products: str = "auto") -> str | None:
+        """Why these directions cannot run with the rest of the config (one line), or None."""
+        if self.kind == "gaussian":
+            return None
+        if target != "head":
+            return (f"compo.directions.kind low_rank moves the output layer only, not "
+                    f"compo.perturb.target {target}; set target: head or kind: gaussian")
+        if products == "fused":
+            return ("compo.products: fused makes dense Gaussian directions in registers; "
+                    "low_rank runs its own eager products: set products: auto or eager")
+        return None

@@ -1,7 +1,8 @@
 """Does ComPO reproduce a model exactly? Base log-probs against the model's own forward, and
 perturbed log-prob changes against a float64 full forward with W + r z — with the output
 layer alone, and with each target of compo/model/targets/ that moves weights of the last
-MOVED_LAYERS layers too (compo.perturb.target: mlp, ...).
+MOVED_LAYERS layers too (compo.perturb.target: mlp, ...), and with rank-4 low-rank
+directions of the output layer (compo.directions, LOW_RANK).
 
 `compo conformance` prints (and with --out writes) the table over every causal-LM type the
 installed transformers ships (tiny random models with random multipliers, soft-caps and
@@ -21,11 +22,13 @@ from torch import nn
 
 from compo.config import ComPOConfig, PerturbConfig
 from compo.data.formats import TokenizedPair
+from compo.directions import DirectionsConfig
+from compo.directions.products import dense_direction
 from compo.errors import ModelError
 from compo.model.head import head_input, head_of, output_layer, probe_ids, verified_head
 from compo.model.targets import layer_targets
 from compo.oracle import LikelihoodOracle, combine, pair_improved
-from compo.perturbation import direction, direction_key
+from compo.perturbation import direction_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ PAIR_SHAPES = ((6, 7, 5), (3, 9, 8), (2, 4, 11))  # (prompt, chosen, rejected) p
 MOVED_LAYERS = 2  # the paper's Table 5: the output layer and the last 2 layers' MLPs
 BASE_TOLERANCE = 1e-4  # nats: a float32 model against its own float32 forward
 CHANGE_TOLERANCE = 1e-3  # relative error of the perturbed changes against float64
+LOW_RANK = DirectionsConfig(kind="low_rank", rank=4)  # the output layer, rank-4 directions
 
 
 class NoReference(Exception):
@@ -66,6 +70,7 @@ class Conformance:
     perturbations: int = 0
     refused: str | None = None
     moved: dict[str, Moved] = field(default_factory=dict)  # per layer target: the same
+    low_rank: Moved | None = None  # the same with LOW_RANK directions (compo.directions)
     not_buildable: str | None = None  # why no tiny model of this type could be built
     unverified: str | None = None  # why the float64 reference could not run
     failed: str | None = None  # a raw error after the load-time check: a bug to fix
@@ -78,7 +83,8 @@ class Conformance:
                                ("failed", self.failed), ("unverified", self.unverified)):
             if reason is not None:
                 return status
-        moved_ok = all(result.ok for result in self.moved.values())
+        checked = [*self.moved.values(), *[self.low_rank] * (self.low_rank is not None)]
+        moved_ok = all(result.ok for result in checked)
         exact = (self.base_error <= BASE_TOLERANCE and self.perturbed_error <= CHANGE_TOLERANCE
                  and self.vote_agreement == 1.0 and moved_ok)
         return "exact" if exact else "WRONG"
@@ -143,7 +149,8 @@ def float64_changes(model64: nn.Module, pairs, oracle: LikelihoodOracle, keys: l
         return own_logprobs(model64, pairs)
 
     base = logprobs(None)
-    return torch.stack([logprobs(direction(key, layout.shape).double()) - base
+    directions = oracle.config.directions
+    return torch.stack([logprobs(dense_direction(directions, key, layout.shape)) - base
                         for key in keys])
 
 
@@ -184,6 +191,9 @@ def check(model: nn.Module, name: str, perturbations: int,
         for target in layer_targets():
             row.moved[target.name] = moved_exactness(model, pairs, config, target.name,
                                                      perturbations)
+        _, error, agreement = exactness(model, pairs, config.model_copy(
+            update={"directions": LOW_RANK}), perturbations)
+        row.low_rank = Moved(error, agreement)
     except ModelError as error:
         row.refused = str(error)
     except NoReference as error:
@@ -264,21 +274,23 @@ def _moved_cells(result: Moved | None, perturbations: int) -> str:
 
 
 def markdown(rows: list[Conformance]) -> str:
-    """The counts and the table as markdown (two columns per layer target)."""
+    """The counts and the table as markdown (two columns per layer target, two for
+    low-rank directions)."""
     targets = layer_targets()
     header = "".join(f" with {t.summary} of the last {MOVED_LAYERS} layers: max relative "
                      "error | votes agree |" for t in targets)
+    header += f" {LOW_RANK.name} directions: max relative error | votes agree |"
     lines = [summary(rows), "",
              "| type | class | result | base log-prob error (nats) | perturbed change, max "
              "relative error | votes agree |" + header,
-             "|---|---|---|---|---|---|" + "---|---|" * len(targets)]
+             "|---|---|---|---|---|---|" + "---|---|" * (len(targets) + 1)]
     for row in rows:
         start = f"| {row.name} | {row.model_class} | {row.status}"
         if row.reason is not None:
-            lines.append(f"{start}: {_cell(row.reason)}" + " |" * (4 + 2 * len(targets)))
+            lines.append(f"{start}: {_cell(row.reason)}" + " |" * (6 + 2 * len(targets)))
             continue
-        moved = " | ".join(_moved_cells(row.moved.get(t.name), row.perturbations)
-                           for t in targets)
+        moved = " | ".join(_moved_cells(result, row.perturbations) for result in
+                           [*(row.moved.get(t.name) for t in targets), row.low_rank])
         lines.append(f"{start} | {row.base_error:.1e} | {row.perturbed_error:.1e} | "
                      f"{row.vote_agreement:.1%} of {row.perturbations} | {moved} |")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError
 
 from compo.config import StrictModel, TrainConfig
 from compo.errors import ConfigError
+from compo.oracles import oracle_kind
 from compo.plan import roles, speed
 from compo.plan.hardware import (
     GIB,
@@ -57,7 +58,8 @@ def run_of(config: TrainConfig, tokens: int | None) -> roles.Run:
     data, pairs = config.data, config.batch_size
     completions = tokens or pairs * 2 * data.max_completion_tokens
     return roles.Run(
-        kind=config.oracle.kind, dtype=config.model.dtype,
+        kind=config.oracle.kind, generative=oracle_kind(config.oracle.kind).generative,
+        dtype=config.model.dtype,
         perturbations=config.compo.num_perturbations, tokens=completions,
         body_tokens=pairs * 2 * data.max_prompt_tokens + completions, pairs=pairs,
         sequence=data.max_prompt_tokens + data.max_completion_tokens,
@@ -127,7 +129,7 @@ def make_plan(config: TrainConfig, options: PlanOptions) -> dict:
     limit = options.gpu_memory_gib or gpu.memory_gib
     found = {"coordinator": role(roles.coordinator(shapes), 0, 1,
                                  HOST_PROCESS_GIB + TOKENIZER_GIB, options.host_memory_gib)}
-    if run.kind == "likelihood":
+    if not run.generative:
         found |= likelihood_roles(shapes, run, config, options, limit)
         seconds, batch = speed.likelihood_seconds(shapes, run, gpu, options.workers), None
     else:

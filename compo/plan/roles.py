@@ -19,7 +19,8 @@ PRODUCT_COPIES = 4  # [P, N, rows] float32 per block: h z^T, its change, p * cha
 class Run:
     """The run as the plan sees it: sizes from the run config and the command's options."""
 
-    kind: str  # oracle.kind: likelihood | service
+    kind: str  # oracle.kind
+    generative: bool  # its workers generate (hold the model); else a body feeds head workers
     dtype: str  # model.dtype
     perturbations: int  # m
     tokens: int  # N: completion tokens of one iteration's pairs (both responses)

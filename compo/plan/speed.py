@@ -29,7 +29,7 @@ def bytes_per_iteration(shapes: ModelShapes, run: Run, workers: int, kept: float
     moved = shapes.moved_rows * shapes.hidden
     sent = {"votes": run.perturbations * VOTE_BYTES,
             "step_broadcast": math.ceil(kept * moved) * STEP_ENTRY_BYTES * workers}
-    if run.kind == "likelihood":
+    if not run.generative:
         per_worker = run.tokens * (shapes.hidden * run.width + INDEX_BYTES)
         sent["body_to_heads"] = per_worker * workers
     else:  # every response (base and perturbed) goes to the judge as text

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from compo.config import DEFAULT_TOKEN_ENV, TrainConfig
 from compo.errors import ConfigError
+from compo.oracles import report_url
 from compo.rundir import mean_change
 from oracle_service.client import OracleServiceError, SyncOracleClient
 from oracle_service.schemas import RUN_ID_PATTERN, IterationSummary, RunStatus
@@ -49,13 +50,6 @@ def checked_run_id(run_id: str) -> str:
         raise ConfigError(f"run_id {run_id!r} cannot be used with the oracle service: use "
                           "1-128 letters, digits, '.', '_' or '-'")
     return run_id
-
-
-def report_url(config: TrainConfig) -> str | None:
-    """Where summaries go: oracle_service_url, else the service oracle's own URL."""
-    if config.oracle_service_url is not None:
-        return config.oracle_service_url
-    return config.oracle.service_url if config.oracle.kind == "service" else None
 
 
 def nested_extras(row: dict) -> dict:

@@ -49,7 +49,6 @@ from compo.service_oracle.metrics import (
 )
 from compo.service_oracle.preflight import refusal
 from compo.service_oracle.reporting import checked_run_id, service_token
-from compo.votes import local_rebuild
 from oracle_service.client import OracleServiceError, SyncOracleClient
 from oracle_service.schemas import (
     ComparisonError,
@@ -108,14 +107,15 @@ def failed_results(items: Sequence[ComparisonItem], error: Exception) -> list[Co
 
 
 class ServiceVoteSource:
-    """VoteSource whose votes are the oracle service's verdicts on generated responses."""
+    """The service oracle (compo/oracles/service.py): the oracle service's verdicts on
+    generated responses."""
 
     def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str,
                  token: str | None = None, directions: DirectionsConfig | None = None):
         """`token`: the service's bearer token; default: from oracle.token_env.
-        `directions`: the family perturbations come from (default: dense Gaussian)."""
+        `directions`: the family perturbations come from (default: compo.directions)."""
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        self.directions = directions or DirectionsConfig()
+        self.directions = directions or config.compo.directions
         self.run_id = checked_run_id(run_id)
         self.url = service_url(config)
         self.token = service_token(config) if token is None else token
@@ -342,9 +342,6 @@ class ServiceVoteSource:
         """The counts since the last call (or prepare), then start counting afresh."""
         counts, self.counts = dict(self.counts), Counter()
         return counts
-
-    def rebuild(self, seed, iteration, indices, votes, weight):
-        return local_rebuild(seed, iteration, indices, votes, weight, self.config.compo)
 
     def metrics(self) -> dict:
         return oracle_metrics(self.counts)

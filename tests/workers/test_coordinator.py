@@ -16,7 +16,7 @@ from compo.model.loading import ModelConfig, load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.rundir import RunDirectory
 from compo.train import ComPOTrainer, start_run
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.coordinator import RayVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -53,6 +53,31 @@ def test_moved_mlps_on_two_workers_equal_the_local_run(make_config, train_ray):
     assert sum(row["accepted"] for row in trainer.run_dir.metrics()) >= 2
     moved_rows = weights[trainer.layout.head.rows :]  # the step reached the MLP blocks too
     assert not torch.equal(moved_rows, trainer.base_weight[trainer.layout.head.rows :])
+
+
+def test_low_rank_directions_one_process_two_workers_and_resume_agree(make_config, train_ray):
+    def low_rank(run_id, ray=None, **fields):
+        config = make_config(run_id, ray, **fields)
+        return TrainConfig.model_validate({**config.model_dump(), "compo": {
+            **config.compo.model_dump(), "directions": {"kind": "low_rank", "rank": 2}}})
+
+    local = low_rank("low-rank-local")
+    trainer = ComPOTrainer(local, start_run(local))
+    expected = trainer.run(progress=False)
+    assert sum(row["accepted"] for row in trainer.run_dir.metrics()) >= 2
+    assert not torch.equal(expected, trainer.base_weight)
+    weights, _ = train_ray(low_rank("low-rank-ray", {"num_workers": 2}))
+    assert torch.equal(weights, expected)
+
+    def interrupt(row):
+        if row["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    cut = low_rank("low-rank-cut", checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        ComPOTrainer(cut, start_run(cut), on_iteration=interrupt).run(progress=False)
+    run_dir = RunDirectory(Path(cut.output_dir) / cut.run_id)
+    assert ComPOTrainer(cut, run_dir).run(progress=False).equal(expected)
 
 
 def test_bytes_per_iteration_are_measured_and_small(make_config, train_ray, model_dir):
@@ -156,8 +181,9 @@ def test_stale_worker_is_refused_and_brought_back_exactly(make_config, model_dir
     model = load_model(ModelConfig(path=str(model_dir)))
     tokenizer = load_tokenizer(model_dir)
     pairs = load_tokenized(config.data, tokenizer)[0][:1]
-    local = LocalVoteSource(LikelihoodOracle(model, config.compo, tokenizer.pad_token_id))
-    weight = local.oracle.master_weight()
+    oracle = LikelihoodOracle(model, config.compo, tokenizer.pad_token_id)
+    local = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
+    weight = local.oracle.scorer.master_weight()
     source = RayVoteSource(config, progress=False).start(weight.clone())
     try:
         source.prepare(pairs, weight)

@@ -10,7 +10,7 @@ from compo.data.encoding import load_tokenized
 from compo.errors import DistributedError
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.dispatch import ChunkQueue, chunk_length, make_chunks
 
 
@@ -75,9 +75,9 @@ def test_votes_do_not_depend_on_the_chunking(make_config, model_dir):
     config = make_config("chunking")
     tokenizer = load_tokenizer(model_dir)
     pairs = load_tokenized(config.data, tokenizer)[0][:2]
-    source = LocalVoteSource(LikelihoodOracle(load_model(config.model), config.compo,
-                                              tokenizer.pad_token_id))
-    source.prepare(pairs, source.oracle.master_weight())
+    oracle = LikelihoodOracle(load_model(config.model), config.compo, tokenizer.pad_token_id)
+    source = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
+    source.prepare(pairs, source.oracle.scorer.master_weight())
     indices = list(range(64))
     whole = source.votes(3, 1, indices)
     for workers in (1, 2, 3, 7, 300):

@@ -24,6 +24,7 @@ def test_worker_count_follows_the_cluster_or_the_config():
     assert plan_workers(gpus, gpus, RayConfig(num_workers=30)) == (30, True)
     assert plan_workers(gpus, gpus, RayConfig(use_gpu=False)) == (128, False)
     assert plan_workers({"GPU": 1.0}, {"GPU": 1.0}, RayConfig(gpus_per_worker=0.5)) == (2, True)
+    assert plan_workers(gpus, gpus, RayConfig(gpus_per_worker=2)) == (16, True)  # spread models
 
 
 def test_impossible_requests_say_what_to_change():

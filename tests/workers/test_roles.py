@@ -6,10 +6,11 @@ import ray
 import torch
 
 from compo.data.encoding import load_tokenized
+from compo.model.export import fingerprint
 from compo.model.loading import ModelConfig, load_tokenizer
 from compo.oracle import LikelihoodOracle
 from compo.perturbation import block_budget
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.coordinator import RayVoteSource
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -77,9 +78,9 @@ def test_a_killed_body_is_restarted_and_the_votes_do_not_change(model_dir, make_
     pairs = load_tokenized(config.data, tokenizer)[0][:2]
     from compo.model.loading import load_model
 
-    local = LocalVoteSource(LikelihoodOracle(load_model(config.model), config.compo,
-                                             tokenizer.pad_token_id))
-    weight = local.oracle.master_weight()
+    oracle = LikelihoodOracle(load_model(config.model), config.compo, tokenizer.pad_token_id)
+    local = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
+    weight = local.oracle.scorer.master_weight()
     source = RayVoteSource(config, progress=False).start(weight.clone())
     try:
         source.prepare(pairs, weight)
@@ -92,3 +93,33 @@ def test_a_killed_body_is_restarted_and_the_votes_do_not_change(model_dir, make_
     local.prepare(pairs, weight)
     assert torch.equal(first, local.votes(3, 0, list(range(M))))
     assert torch.equal(again, local.votes(3, 1, list(range(M))))
+
+
+@ray.remote(max_restarts=0)
+class Dying:
+    """Dies while making a head part: its answer can never be had."""
+
+    def part(self):
+        import os
+
+        os._exit(1)
+
+
+def test_a_head_worker_whose_head_part_cannot_be_had_asks_the_body_again(make_config):
+    from workers.actor import HeadRef, WorkerActor
+
+    config = make_config("head-lost", {"num_workers": 1})
+    source = RayVoteSource(config, progress=False)
+    try:
+        lost = [Dying.remote().part.remote()]
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(lost[0])
+        worker = WorkerActor.options(num_cpus=0).remote(
+            config.model, config.compo, "restarted", None, HeadRef(lost, source.body.actor))
+        described = ray.get(worker.describe.remote())
+        master = ray.get(source.body.head_ref).master
+        assert described["holds_model"] is False
+        assert described["head_sha256"] == fingerprint(master)
+        ray.kill(worker)
+    finally:
+        source.close()

@@ -9,7 +9,7 @@ from compo.data.encoding import load_tokenized
 from compo.estimator import decide_from_shards
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
-from compo.votes import LocalVoteSource
+from compo.votes import LikelihoodVotes, LocalVoteSource
 from workers.body import Body
 from workers.body_handle import RemoteBody
 from workers.coordinator import RayVoteSource
@@ -24,8 +24,8 @@ def setup(make_config):
     config = make_config("in-process", {"num_workers": 3, "chunk_size": 8})
     tokenizer = load_tokenizer(config.model.path)
     pairs = load_tokenized(config.data, tokenizer)[0][:2]
-    local = LocalVoteSource(LikelihoodOracle(load_model(config.model), config.compo,
-                                             tokenizer.pad_token_id))
+    oracle = LikelihoodOracle(load_model(config.model), config.compo, tokenizer.pad_token_id)
+    local = LocalVoteSource(LikelihoodVotes(oracle), config.compo)
     return config, pairs, local
 
 
@@ -40,7 +40,7 @@ def in_process(config, workers: int) -> tuple[RayVoteSource, InProcess]:
 
 def test_in_process_votes_and_steps_equal_the_local_oracles(setup):
     config, pairs, local = setup
-    weight = local.oracle.master_weight()
+    weight = local.oracle.scorer.master_weight()
     source, transport = in_process(config, 3)
     source.start(weight.clone())
     accepted = []

@@ -11,8 +11,8 @@ from compo.data.encoding import load_tokenized
 from compo.errors import ConfigError
 from compo.model.loading import load_model, load_tokenizer
 from compo.oracle import LikelihoodOracle
+from compo.oracles import oracle_kind
 from workers.protocol import (
-    ServiceSetup,
     StaleVersionError,
     VoteBatch,
     WeightChain,
@@ -132,24 +132,60 @@ def test_describe_names_the_worker_and_node(worker):
 
 def test_likelihood_worker_has_no_base_responses(worker, pairs):
     worker.prepare(1, 0, pair_ids(pairs))
-    with pytest.raises(TypeError, match="likelihood oracle has no base responses"):
+    with pytest.raises(TypeError, match="only a generative oracle has base responses"):
         worker.base_responses(1, 0, SEED, ITERATION)
     with pytest.raises(StaleVersionError, match="prepared"):
         worker.base_responses(2, 0, SEED, ITERATION)
 
 
-def test_service_setup_keeps_the_token_out_of_reprs_and_pickles(model_dir, pairs_path,
+def test_the_service_oracles_setup_keeps_the_token_out_of_reprs_and_pickles(model_dir, pairs_path,
                                                                monkeypatch):
     config = TrainConfig(model=ModelConfig(path=str(model_dir)),
                          data=DataConfig(path=str(pairs_path)),
                          oracle=OracleConfig(kind="service", service_url="http://oracle:8000",
                                              token_env="COMPO_TEST_WORKER_TOKEN"))
     monkeypatch.setenv("COMPO_TEST_WORKER_TOKEN", "secret-token-93ab61")
-    setup = ServiceSetup.for_run(config, "run-1")
+    setup = oracle_kind("service").setup(config, "run-1")
     assert setup.token.get_secret_value() == "secret-token-93ab61"
     assert "secret-token-93ab61" not in repr(setup) + str(setup)
     assert pickle.loads(pickle.dumps(setup)).token.get_secret_value() == "secret-token-93ab61"
     monkeypatch.delenv("COMPO_TEST_WORKER_TOKEN")
-    assert ServiceSetup.for_run(config, "run-1").token is None
+    assert oracle_kind("service").setup(config, "run-1").token is None
     with pytest.raises(ConfigError, match="run_id"):
-        ServiceSetup.for_run(config, "no spaces allowed")
+        oracle_kind("service").setup(config, "no spaces allowed")
+
+
+def test_a_generation_worker_spread_by_device_map_generates_the_same_responses(
+        model_dir, pairs_path, pairs):
+    """ray.gpus_per_worker > 1 loads a generation worker's model with device_map
+    (workers/placement.py worker_device); here, without GPUs, every layer is on the CPU."""
+    config = TrainConfig(model=ModelConfig(path=str(model_dir)),
+                         data=DataConfig(path=str(pairs_path)),
+                         oracle=OracleConfig(kind="service", service_url="http://127.0.0.1:9",
+                                             max_new_tokens=6, temperature=1.0))
+    setup = oracle_kind("service").setup(config, "spread")
+    texts = []
+    for device in ("cpu", "auto"):
+        worker = Worker(ModelConfig(path=str(model_dir), device=device), config.compo,
+                        f"gen-{device}", setup=setup)
+        worker.prepare(1, 0, pair_ids(pairs))
+        base = worker.base_responses(1, 0, SEED, ITERATION)
+        texts.append((base, worker.oracle.responses(SEED, ITERATION, range(4))))
+    assert texts[0] == texts[1]
+    assert any(row[0] != texts[0][0][0] for row in texts[0][1])  # the directions matter
+
+
+def test_several_gpus_per_worker_are_whole_and_only_for_generation_workers(model_dir,
+                                                                          pairs_path):
+    from workers.placement import worker_device
+
+    base = {"model": ModelConfig(path=str(model_dir)), "data": DataConfig(path=str(pairs_path))}
+    service = OracleConfig(kind="service", service_url="http://127.0.0.1:9")
+    two = TrainConfig(**base, oracle=service, ray={"gpus_per_worker": 2})
+    assert worker_device(two.ray, use_gpu=True) == "auto"
+    assert worker_device(two.ray, use_gpu=False) == "cpu"
+    assert worker_device(TrainConfig(**base, ray={}).ray, use_gpu=True) == "cuda"
+    with pytest.raises(ValueError, match="head workers .* hold only the moved parameters"):
+        TrainConfig(**base, ray={"gpus_per_worker": 2})
+    with pytest.raises(ValueError, match="whole number of GPUs"):
+        TrainConfig(**base, oracle=service, ray={"gpus_per_worker": 1.5})

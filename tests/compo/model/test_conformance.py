@@ -1,5 +1,6 @@
 """Every decoder family: base log-probs equal the model's own forward; perturbed changes
-equal a float64 full forward with W + r z (also with the last 2 layers' MLPs moving);
+equal a float64 full forward with W + r z (also with the last 2 layers' MLPs moving, and
+with low-rank directions);
 votes agree on every perturbation. The sweep over every causal-LM type transformers ships:
 exact or refused with the reason, never silently wrong (CI runs a representative subset;
 `compo conformance` all of them)."""
@@ -32,6 +33,7 @@ def test_family_is_reproduced_exactly(family):
     else:
         assert attention.refused is None, attention.refused
         assert attention.error < 1e-3 and attention.agreement == 1.0
+    assert row.low_rank.error < 1e-3 and row.low_rank.agreement == 1.0  # rank-4 directions
 
 
 SWEEP_PERTURBATIONS = 8

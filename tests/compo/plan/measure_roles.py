@@ -3,6 +3,7 @@ allocations for a saved model. Run with MALLOC_MMAP_THRESHOLD_ set, so freed buf
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import json
@@ -55,9 +56,27 @@ def main(path: str, count: int, length: int, dtype: str) -> None:
     prepared = rss()
     eager = LikelihoodOracle(model, ComPOConfig(block_elements=BLOCK, products="eager"), 0)
     _, votes = peak_bytes(lambda: eager.votes(state, 0, 0, list(range(4))), master.device)
+    tokens = state.probs.shape[0]
     print(json.dumps({"first_load_fixed": start - imported, "load_model": loaded - start,
                       "master": with_master - loaded, "state": prepared - with_master,
-                      "tokens": state.probs.shape[0], "votes_peak": votes, "block": BLOCK}))
+                      "tokens": tokens, "votes_peak": votes, "block": BLOCK,
+                      "head_worker": head_worker_growth(config, count, length)}))
+
+
+def head_worker_growth(config: ModelConfig, count: int, length: int) -> int:
+    """What a real head worker (workers/worker.py, fed by a body) adds: its own master and
+    the feed it receives (a copy, as after Ray's transfer), prepared into its state."""
+    from workers.body import Body
+    from workers.protocol import pair_ids
+    from workers.worker import Worker
+
+    body = Body(config, ComPOConfig())
+    part = body.head_part()
+    feed = body.feed(pair_ids(pairs(count, length, part.master.shape[0])))
+    before = rss()
+    worker = Worker(config, ComPOConfig(), "head", head=part)
+    worker.prepare(0, 0, copy.deepcopy(feed))
+    return rss() - before
 
 
 if __name__ == "__main__":

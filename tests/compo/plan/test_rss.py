@@ -65,13 +65,21 @@ def test_coordinator_master_is_what_master_weight_allocates(measured):
 
 @pytest.mark.slow
 def test_head_worker_state_is_what_prepare_allocates(measured):
-    """Master + OracleState (hidden, probs) of LikelihoodOracle.prepare; the head worker
-    role itself is measured when it lands (issue 21, roles)."""
+    """Master + OracleState (hidden, probs) of LikelihoodOracle.prepare."""
     path, grown = measured
     head = planned(path, grown["tokens"])[2]
     assert grown["tokens"] == PAIRS * 2 * LENGTH
     assert close(head["hidden"] + head["probs"], grown["state"]), (head, grown)
     assert close(head["master"], grown["master"])
+
+
+@pytest.mark.slow
+def test_head_worker_is_what_the_real_role_allocates(measured):
+    """The role itself: a Worker fed by a Body holds its master, the feed and its state."""
+    path, grown = measured
+    head = planned(path, grown["tokens"])[2]
+    assert close(head["master"] + head["hidden"] + head["probs"], grown["head_worker"]), \
+        (head, grown)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ low-rank term does not depend on the batch it is generated in."""
 
 import torch
 
-from compo.config import OracleConfig
+from compo.config import ComPOConfig, OracleConfig
 from compo.directions import DirectionsConfig, low_rank_direction, low_rank_factors
 from compo.model.head import PLAIN, head_of, output_layer
 from compo.perturbation import direction_key
@@ -16,6 +16,7 @@ from compo.service_oracle.generation import (
     perturbation_head,
 )
 from compo.service_oracle.memory import peak_bytes
+from compo.service_oracle.source import ServiceVoteSource
 from tests.compo.service_oracle.test_generation import SKY, greedy_with_weight
 from tests.compo.service_oracle.test_source import prepared, prompt_ids, service_source
 
@@ -101,12 +102,15 @@ def test_a_low_rank_row_costs_its_factors_never_v_times_d(loaded):
 
 
 def test_the_service_source_generates_with_its_directions(loaded, tmp_path, pairs_file):
-    """ServiceVoteSource's perturbed responses come from low-rank rows when its directions
-    are low rank: the same texts as generating with the low-rank head directly."""
+    """ServiceVoteSource reads compo.directions: with low rank its perturbed responses are
+    the texts of the low-rank head generating directly, not the dense ones."""
     model, tokenizer = loaded
     greedy = {"temperature": 0, "radius": {"mode": "raw", "value": RADIUS}}
-    source = service_source(loaded, tmp_path, pairs_file, **greedy)
-    source.directions = LOW_RANK  # what ServiceVoteSource(..., directions=) sets
+    dense_source = service_source(loaded, tmp_path, pairs_file, **greedy)
+    config = dense_source.config.model_copy(
+        update={"compo": ComPOConfig(num_perturbations=4, directions=LOW_RANK)})
+    source = ServiceVoteSource(model, tokenizer, config, "gen-test")
+    assert source.directions.name == "rank4"  # read from compo.directions
     source = prepared(source, tokenizer, pairs_file)
     texts = [row[0] for row in source.responses(5, 0, range(3))]
     keys = [direction_key(5, 0, index) for index in range(3)]
@@ -114,6 +118,5 @@ def test_the_service_source_generates_with_its_directions(loaded, tmp_path, pair
     out = generate(model, source.prefixes[0], head, source.config.oracle,
                    [torch.Generator()] * 3, tokenizer.eos_token_id)
     assert texts == [tokenizer.decode(row, skip_special_tokens=True) for row in out.tokens]
-    dense = prepared(service_source(loaded, tmp_path, pairs_file, **greedy), tokenizer,
-                     pairs_file)
+    dense = prepared(dense_source, tokenizer, pairs_file)
     assert texts != [row[0] for row in dense.responses(5, 0, range(3))]

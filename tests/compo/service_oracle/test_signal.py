@@ -49,7 +49,7 @@ def test_ties_inconsistent_verdicts_and_the_antithetic_check_are_counted(
         config = train_config(model_dir, pairs_file, tmp_path, "signal", str(http.base_url))
         config.oracle = config.oracle.model_copy(update={"signal_checks": CHECKS})
         trainer = ComPOTrainer(config, start_run(config))
-        source = trainer.source
+        source = trainer.source.oracle  # the service oracle itself
         source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
         votes = source.votes(config.seed, 0, list(range(PERTURBATIONS)))
         oracle = source.metrics()["oracle"]

@@ -156,7 +156,7 @@ def test_oracle_config_is_strict_and_selects_the_source(loaded, model_dir, pairs
     with pytest.raises(ConfigError, match="needs oracle.service_url"):
         default_source(service, model, tokenizer, "r")
     service.oracle_service_url = "http://127.0.0.1:9"
-    assert isinstance(default_source(service, model, tokenizer, "r"), ServiceVoteSource)
+    assert isinstance(default_source(service, model, tokenizer, "r").oracle, ServiceVoteSource)
     with pytest.raises(ConfigError, match="cannot be used with the oracle service"):
         default_source(service, model, tokenizer, "my run")
 

@@ -1,0 +1,67 @@
+"""Low-rank directions without a dense [V, d] block: the oracle's products and the update's sum.
+
+Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d.
+Update: sum_i y_i z_i = A_Y^T diag(y) B_Y / sqrt(r), A_Y [P r, V] and B_Y [P r, d] the
+stacked factors of the voted directions, as GEMMs over fixed blocks of rows and of
+directions, so each row's bits are the same however the rows are split between processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from compo.directions.config import DirectionsConfig
+from compo.directions.low_rank import low_rank_direction, low_rank_factors
+from compo.perturbation import direction
+
+UPDATE_GROUP = 16  # directions per GEMM of the update: fixed, so never a device's choice
+
+
+def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, int],
+                   rank: int, budget: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(output rows, h z^T [P, N, rows] float32) covering the V rows, about `budget`
+    products a block; hidden [N, d]."""
+    rows_total = shape[0]
+    a, b = low_rank_factors(keys, shape, rank, hidden.device)  # [P, r, V], [P, r, d]
+    projected = hidden.float() @ b.transpose(1, 2) / math.sqrt(rank)  # h B^T / sqrt(r): [P, N, r]
+    per_block = max(1, budget // max(1, len(keys) * hidden.shape[0]))
+    for start in range(0, rows_total, per_block):
+        rows = slice(start, min(rows_total, start + per_block))
+        yield rows, torch.bmm(projected, a[:, :, rows])  # [P, N, r] x [P, r, rows]
+
+
+def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
+                rank: int, block_rows: int, device="cpu") -> torch.Tensor:
+    """Rows `rows` of sum_i y_i z_i [len(rows), d] float32 for low-rank directions.
+
+    One GEMM per block of block_rows rows counted from row 0 (never from the shard's
+    start) and per UPDATE_GROUP directions, the groups added in index order: every row's
+    value is the same sum of the same GEMM's output for any split of the rows.
+    """
+    width = shape[1]
+    total = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
+    first_block = rows.start - rows.start % block_rows
+    for start in range(0, len(keys), UPDATE_GROUP):
+        a, b = low_rank_factors(keys[start : start + UPDATE_GROUP], shape, rank, device)
+        y = torch.as_tensor(votes[start : start + UPDATE_GROUP], dtype=torch.float32,
+                            device=device)  # [P], +-1
+        weighted = (b * y[:, None, None]).reshape(-1, width)  # diag(y) B_Y: [P r, d], exact
+        stacked = a.reshape(-1, shape[0])  # A_Y: [P r, V]
+        for block in range(first_block, rows.stop, block_rows):
+            end = min(shape[0], block + block_rows)
+            part = stacked[:, block:end].T @ weighted  # [block rows, d]
+            lo, hi = max(block, rows.start), min(end, rows.stop)
+            total[lo - rows.start : hi - rows.start] += part[lo - block : hi - block]
+    return total / math.sqrt(rank)
+
+
+def dense_direction(directions: DirectionsConfig, key: int, shape: tuple[int, int]
+                    ) -> torch.Tensor:
+    """The whole [V, d] direction of `key` in float64, of either family (references)."""
+    if directions.kind == "low_rank":
+        return low_rank_direction(key, shape, directions.rank)
+    return direction(key, shape).double()

@@ -1,0 +1,122 @@
+"""Low-rank directions in the likelihood oracle and the update: products against the dense
+direction, changes and votes against a float64 forward with W + r z, the update's bits for
+any split of its rows, the config's refusals and the checkpoint's record of the kind."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
+from compo.demo.families import build_family
+from compo.directions import DirectionsConfig, low_rank_direction
+from compo.directions.products import product_blocks
+from compo.errors import RunError
+from compo.estimator import RowShards, decide_from_shards, plan_shards, vote_weighted_rows
+from compo.model.conformance import exactness, probe_pairs
+from compo.model.head import output_layer
+from compo.perturb_config import PerturbConfig
+from compo.perturbation import direction_key
+from compo.rundir import Checkpoint, RunDirectory
+
+SEED, ITERATION = 5, 2
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_products_equal_the_materialised_direction(rank):
+    g = torch.Generator().manual_seed(0)
+    hidden, shape = torch.randn(7, 24, generator=g), (300, 24)
+    keys = [direction_key(SEED, ITERATION, i) for i in range(4)]
+    blocks = list(product_blocks(hidden, keys, shape, rank, budget=7 * 4 * 50))
+    assert len(blocks) == 6  # 50 rows a block: never the whole [P, N, V] at once
+    ours = torch.cat([products for _, products in blocks], dim=2)  # [P, N, V]
+    dense = torch.stack([hidden.double() @ low_rank_direction(key, shape, rank).T
+                         for key in keys])
+    assert (ours.double() - dense).abs().max() < 1e-5 * dense.abs().max()
+
+
+@pytest.mark.parametrize("family", ["Llama", "Gemma2", "Phi"])  # plain, soft-cap, bias
+@pytest.mark.parametrize("rank", [1, 4])
+def test_changes_match_a_float64_forward_and_votes_agree(family, rank):
+    model = build_family(family)
+    pairs = probe_pairs(output_layer(model).weight.shape[0])
+    config = ComPOConfig(radius=5e-4, block_elements=1 << 12,
+                         directions=DirectionsConfig(kind="low_rank", rank=rank))
+    base_error, relative, agreement = exactness(model, pairs, config, 24)
+    assert base_error < 1e-4 and relative < 1e-3 and agreement == 1.0
+
+
+def kept_votes_of(count: int) -> np.ndarray:
+    """(index, vote) pairs in index order, abstentions already dropped."""
+    votes = np.where(np.random.default_rng(1).random(count) < 0.4, -1, 1)
+    return np.stack([np.arange(0, 2 * count, 2), votes], axis=1)
+
+
+SPLITS = [[(0, 300)], [(0, 64), (64, 300)], [(0, 128), (128, 192), (192, 300)],
+          [(0, 100), (100, 101), (101, 300)]]  # the last one not on block boundaries
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_update_rows_are_bit_identical_for_any_split(rank):
+    shape, kept = (300, 24), kept_votes_of(40)
+    directions = DirectionsConfig(kind="low_rank", rank=rank)
+
+    def rows(a, b):
+        return vote_weighted_rows(SEED, ITERATION, kept, shape, range(a, b), None,
+                                  directions=directions)
+
+    whole = rows(0, 300)
+    for split in SPLITS:
+        assert torch.equal(torch.cat([rows(a, b) for a, b in split]), whole), split
+    threads = torch.get_num_threads()
+    try:  # a Ray worker runs one thread; this process may run more
+        torch.set_num_threads(1)
+        assert torch.equal(rows(0, 300), whole)
+    finally:
+        torch.set_num_threads(threads)
+    dense = sum(vote * low_rank_direction(direction_key(SEED, ITERATION, int(index)), shape,
+                                          rank) for index, vote in kept)
+    assert (whole.double() - dense).abs().max() < 1e-5 * dense.abs().max()
+    gaussian = vote_weighted_rows(SEED, ITERATION, kept, shape, range(300), None)
+    assert not torch.allclose(gaussian, whole)  # the family is the config's, not the default
+
+
+def test_the_step_is_the_same_from_any_number_of_shards():
+    shape, kept = (300, 24), kept_votes_of(40)
+    directions = DirectionsConfig(kind="low_rank", rank=2)
+    shard = RowShards(lambda rows: vote_weighted_rows(SEED, ITERATION, kept, shape, rows, None,
+                                                      directions=directions))
+    votes = torch.tensor(kept[:, 1], dtype=torch.int8)
+    config = ComPOConfig(num_perturbations=40, accept_ratio=0.1)
+    steps = [decide_from_shards(votes, config, shape, plan_shards(300, workers), shard.run)
+             for workers in (1, 2, 3)]
+    assert steps[0].accepted and steps[0].update.indices.numel() > 0
+    for step in steps[1:]:
+        assert torch.equal(step.update.indices, steps[0].update.indices)
+        assert torch.equal(step.update.values, steps[0].update.values)
+
+
+LOW_RANK = {"kind": "low_rank", "rank": 4}
+
+
+def test_what_low_rank_does_not_support_is_refused_with_the_fix():
+    with pytest.raises(ValidationError, match="output layer only.*set target: head"):
+        ComPOConfig(directions=LOW_RANK, perturb=PerturbConfig(target="mlp", last_layers=2))
+    with pytest.raises(ValidationError, match="products: fused.*set products: auto or eager"):
+        ComPOConfig(directions=LOW_RANK, products="fused")
+    service = TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"),
+                          compo=ComPOConfig(directions=LOW_RANK),
+                          oracle=OracleConfig(kind="service", service_url="http://judge"))
+    assert service.compo.directions.name == "rank4"  # generation has low-rank rows too
+    assert ComPOConfig(directions=LOW_RANK).directions.name == "rank4"
+    assert ComPOConfig().directions.kind == "gaussian"  # the paper's, by default
+
+
+def test_resume_refuses_another_direction_family(tmp_path):
+    run_dir = RunDirectory(tmp_path / "run").create(ComPOConfig(directions=LOW_RANK))
+    run_dir.save_checkpoint(Checkpoint(2, torch.ones(4, 2)), family="rank4")
+    assert RunDirectory(run_dir.path).load_checkpoint("rank4").iterations_done == 2
+    for other in ("gaussian", "rank2"):
+        with pytest.raises(RunError, match=f"started with rank4 directions, the config asks "
+                                           f"for {other}.*start a new run"):
+            RunDirectory(run_dir.path).load_checkpoint(other)
