@@ -108,12 +108,13 @@ def low_rank_changes(state, keys, radius: float, rank: int):
     return sequence_totals(state, at_target, spread)
 
 
-def low_rank_update(keys, votes: torch.Tensor, shape: tuple[int, int], rank: int):
-    """sum_i y_i z_i [V, d] of low-rank directions: A_Y^T diag(y) B_Y / sqrt(r) as GEMMs
-    (the estimator's own when it has them)."""
+def low_rank_update(seed: int, votes: torch.Tensor, shape: tuple[int, int], rank: int):
+    """sum_i y_i z_i [V, d] of the low-rank directions (seed, 0, i < len(votes)):
+    A_Y^T diag(y) B_Y / sqrt(r) as GEMMs (the estimator's own when it has them)."""
     if "directions" in inspect.signature(vote_weighted_sum).parameters:
-        return vote_weighted_sum(0, 0, torch.arange(len(keys)), votes, shape, None,
+        return vote_weighted_sum(seed, 0, torch.arange(len(votes)), votes, shape, None,
                                  directions=_low_rank(rank))
+    keys = [direction_key(seed, 0, index) for index in range(len(votes))]
     total = torch.zeros(shape)
     for start in range(0, len(keys), 16):
         a, b = low_rank_factors(keys[start : start + 16], shape, rank)
@@ -169,8 +170,7 @@ def low_rank_seconds(state, size: dict, rank: int) -> dict:
     votes = timed(lambda: [low_rank_changes(state, keys[s : s + 16], RADIUS, rank)
                            for s in range(0, len(keys), 16)]) / len(keys)
     signs = torch.where(torch.arange(size["update"]) % 3 == 0, -1, 1).to(torch.int8)
-    update = timed(lambda: low_rank_update(keys[: size["update"]], signs, state.shape,
-                                           rank)) / size["update"]
+    update = timed(lambda: low_rank_update(0, signs, state.shape, rank)) / size["update"]
     return {"votes": votes, "update": update}
 
 
@@ -253,7 +253,7 @@ def sparse_cosines(rank: int | None, ms: tuple[int, ...], seed: int) -> dict:
             total = vote_weighted_sum(seed, 0, torch.arange(m), votes[:m], SPARSE_SHAPE,
                                       1 << 22)
         else:
-            total = low_rank_update(keys[:m], votes[:m], SPARSE_SHAPE, rank)
+            total = low_rank_update(seed, votes[:m], SPARSE_SHAPE, rank)
         unit = normalise(total)
         clipped = clip_small(unit, clip_threshold(unit, CLIP))
         out[m] = (cosine(unit, gradient), cosine(clipped, gradient))
