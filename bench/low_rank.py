@@ -9,10 +9,11 @@
     (d = 100,000 laid out as [100, 1000], s = 20, f = g.x + |x_S|^2 / 2, radius 1e-3):
     cosine of sum_i y_i z_i (and of its clipped unit, sigma 4.5) to the true gradient vs m.
 (c) the demo's noisy pairs (y+ up and y- down; accepted iterations) at equal m and equal CPU
-    time, and (d) the learning bench's length contrast with the service oracle: both need a
-    full run with compo.directions on ComPOConfig; printed "not measured" until it is there.
+    time (m scaled by the ComPO stage's seconds), and (d) the learning bench's length
+    contrast with the service oracle, Gaussian vs rank 4 (bench/low_rank_runs.py; printed
+    "not measured" where the config refuses low-rank runs, and with --quick).
 
-  python bench/low_rank.py [--json] [--quick]
+  python bench/low_rank.py [--json] [--quick] [--workdir runs/low_rank_bench]
 The last line is one JSON object: iteration_seconds, cosine (m = 2,000), both_share, keyed
 gaussian, rank1, rank4, rank16.
 """
