@@ -237,6 +237,16 @@ def contrasts(results: list[dict]) -> list[str]:
     return lines
 
 
+def prepare_reward_models(data, reward_dir: Path) -> None:
+    """Fit the reward model and its negation once (scores every kind's held-out responses)."""
+    if not (reward_dir / "config.json").is_file():
+        fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir)
+    if not (negated_dir(reward_dir) / "config.json").is_file():
+        negate_reward_model(reward_dir)
+    accuracy = pair_accuracy(reward_dir, learning.heldout_rows(data))
+    print(f"reward model: held-out pair accuracy {accuracy:.1%}")
+
+
 def default_run(workdir: Path, data, temperature: float, iterations: int) -> dict:
     """A run config with nothing but `oracle.kind: service` (and where the service is), at
     `temperature`, against the shorter-taste judge: what a new user's first run gets."""
@@ -276,6 +286,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float,
                         default=learning.LearningSettings.temperature)
     parser.add_argument("--samples", type=int, default=learning.LearningSettings.samples)
+    parser.add_argument("--directions", default="gaussian", help="compo.directions of the "
+                        "runs: gaussian or rank<r> (low rank, e.g. rank4)")
     parser.add_argument("--defaults", type=int, metavar="ITERATIONS",
                         help="instead: runs with the default config (oracle.kind: service), "
                         "at the default temperature and greedy, for this many iterations")
@@ -283,7 +295,8 @@ def main() -> None:
     settings = replace(learning.LearningSettings(), iterations=args.iterations,
                        perturbations=args.perturbations, radius=args.radius,
                        step_scale=args.step_scale, keep=args.keep, batch_size=args.batch_size,
-                       temperature=args.temperature, samples=args.samples)
+                       temperature=args.temperature, samples=args.samples,
+                       directions=args.directions)
     workdir = Path(args.workdir)
     os.environ[TOKEN_ENV] = TOKEN
     data = prepare_embedded(workdir / "embedded")
@@ -292,12 +305,7 @@ def main() -> None:
             print(json.dumps(default_run(workdir, data, temperature, args.defaults)), flush=True)
         return
     reward_dir = workdir / "reward-model"
-    if not (reward_dir / "config.json").is_file():
-        fit_reward_model(data.model_dir, fileio.read_jsonl(data.train), reward_dir)
-    if not (negated_dir(reward_dir) / "config.json").is_file():
-        negate_reward_model(reward_dir)
-    accuracy = pair_accuracy(reward_dir, learning.heldout_rows(data))
-    print(f"reward model: held-out pair accuracy {accuracy:.1%}")
+    prepare_reward_models(data, reward_dir)
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         results += run_seed(args.oracle.split(","), seed, workdir, reward_dir, data, settings)

@@ -323,12 +323,6 @@ class TrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _directions_fit_the_oracle(self) -> TrainConfig:
-        if reason := self.compo.directions.refusal(oracle=self.oracle.kind):
-            raise ValueError(reason)
-        return self
-
-    @model_validator(mode="after")
     def _oracle_fits_the_run(self) -> TrainConfig:
         oracle_kind(self.oracle.kind).check(self)  # its own rules, e.g. targets it refuses
         return self

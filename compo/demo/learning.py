@@ -51,6 +51,16 @@ class LearningSettings:
     temperature: float = 1.0  # oracle.temperature of the run (shared noise: CRN)
     samples: int = 16  # sampled responses per held-out prompt for the expected metrics
     sample_temperature: float = 1.0
+    directions: str = "gaussian"  # compo.directions: gaussian, or low rank r as "rank<r>"
+
+
+def directions_field(name: str) -> dict:
+    """compo.directions of a family name (gaussian: the default, left out)."""
+    if name == "gaussian":
+        return {}
+    if not name.startswith("rank") or not name[4:].isdigit():
+        raise ValueError(f"directions {name!r}: use gaussian or rank<r>, e.g. rank4")
+    return {"directions": {"kind": "low_rank", "rank": int(name[4:])}}
 
 
 def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, seed: int,
@@ -61,7 +71,7 @@ def compo_config(data: EmbeddedData, url: str, token_env: str, run_dir: Path, se
         compo=ComPOConfig(num_perturbations=settings.perturbations,
                           step_scale=settings.step_scale, accept_ratio=settings.accept_ratio,
                           clip=ClipConfig(mode="fraction", value=settings.keep),
-                          vote_rule="majority"),
+                          vote_rule="majority", **directions_field(settings.directions)),
         seed=seed, batch_size=settings.batch_size, max_iterations=settings.iterations,
         output_dir=str(run_dir),
         run_id=f"learn-{seed}", checkpoint_every=settings.iterations,

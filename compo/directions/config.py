@@ -30,8 +30,7 @@ class DirectionsConfig(BaseModel):
         """How checkpoints and benchmarks name the family: gaussian, rank4, ..."""
         return "gaussian" if self.kind == "gaussian" else f"rank{self.rank}"
 
-    def refusal(self, target: str = "head", products: str = "auto",
-                oracle: str = "likelihood") -> str | None:
+    def refusal(self, target: str = "head", products: str = "auto") -> str | None:
         """Why these directions cannot run with the rest of the config (one line), or None."""
         if self.kind == "gaussian":
             return None
@@ -41,8 +40,4 @@ class DirectionsConfig(BaseModel):
         if products == "fused":
             return ("compo.products: fused makes dense Gaussian directions in registers; "
                     "low_rank runs its own eager products: set products: auto or eager")
-        if oracle != "likelihood":
-            return ("compo.directions.kind low_rank works with the likelihood oracle; the "
-                    "service oracle generates with Gaussian directions: set oracle.kind: "
-                    "likelihood or kind: gaussian")
         return None

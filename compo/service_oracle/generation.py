@@ -2,17 +2,19 @@
 tokens, the head is logits = h W^T + r h z^T (the small term accumulated in float32).
 
 Per prompt the body encodes the prompt once per iteration (KV cache, copied to every row
-of a batch, never recomputed). Directions are never stored: for each generated token, the
-products h_p z_p^T come from the fused row kernel on CUDA (tiles made in registers) and
-from blocks of at most V / 2 values per row elsewhere, so a row costs its logits, hidden
-state and KV cache, never V x d. Sampling streams are functions of (run seed, iteration,
-perturbation, prompt) only.
+of a batch, never recomputed). Dense Gaussian directions are never stored: for each
+generated token, the products h_p z_p^T come from the fused row kernel on CUDA (tiles made
+in registers) and from blocks of at most V / 2 values per row elsewhere, so a row costs its
+logits, hidden state and KV cache, never V x d. Low-rank directions (compo.directions) keep
+each row's factors A [r, V], B [r, d] and add ((h B^T) A) / sqrt(r): r (V + d) per token.
+Sampling streams are functions of (run seed, iteration, perturbation, prompt) only.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from compo.config import GenerationRadius, OracleConfig
+from compo.directions import DirectionsConfig, low_rank_factors
 from compo.kernels.fused import fused_reason, fused_row_products
 from compo.model.head import PLAIN, Head, head_input, softcap
 from compo.model.loading import model_device
@@ -88,6 +91,18 @@ def add_products_(logits: torch.Tensor, keys: Sequence[int], hidden: torch.Tenso
     return logits
 
 
+def add_low_rank_products_(logits: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor],
+                           hidden: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """logits [P, V] += factor * h_p z_p^T for z_p = A_p^T B_p / sqrt(r), factors A [P, r, V]
+    and B [P, r, d] float32: c = h B^T / sqrt(r), then the r rows of A one at a time,
+    r (V + d) multiply-adds per row, bits independent of the batch."""
+    a, b = factors
+    coefficients = perturbation_products(b, hidden) * (factor / math.sqrt(a.shape[1]))
+    for k in range(a.shape[1]):
+        logits.addcmul_(a[:, k], coefficients[:, k : k + 1])
+    return logits
+
+
 @dataclass
 class PerturbedHead:
     """Output layer W (float32 master) plus sign_p * r * z(key_p) per row, with the family's
@@ -100,6 +115,8 @@ class PerturbedHead:
     head: Head = PLAIN
     signs: torch.Tensor | None = None  # [P] of +1 / -1 (antithetic rows); None: all +1
     copies: int = 1  # rows of an unperturbed head (keys None)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # low rank: made on first use
 
     @property
     def rows(self) -> int:
@@ -112,8 +129,18 @@ class PerturbedHead:
             factor = self.radius * self.head.scale
             if self.signs is not None:
                 factor = factor * self.signs[:, None]
-            add_products_(logits, self.keys, hidden, factor)
+            if self.directions.kind == "low_rank":
+                add_low_rank_products_(logits, self.low_rank(), hidden, factor)
+            else:
+                add_products_(logits, self.keys, hidden, factor)
         return softcap(logits, self.head.cap)
+
+    def low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' factors A [P, r, V], B [P, r, d] float32, made once per head."""
+        if self.factors is None:
+            self.factors = low_rank_factors(self.keys, tuple(self.weight.shape),
+                                            self.directions.rank, self.weight.device)
+        return self.factors
 
 
 @dataclass
@@ -201,11 +228,14 @@ def until_eos(tokens: list[int], eos_id: int | None) -> list[int]:
 
 
 def perturbation_head(weight: torch.Tensor, keys: Sequence[int], radius: float, head: Head,
-                      signs: Sequence[int] | None = None) -> PerturbedHead:
-    """The head of several perturbations (one row per key; signs -1: antithetic rows)."""
+                      signs: Sequence[int] | None = None,
+                      directions: DirectionsConfig | None = None) -> PerturbedHead:
+    """The head of several perturbations (one row per key; signs -1: antithetic rows),
+    directions of the given family (default: dense Gaussian)."""
     sign = None if signs is None else torch.tensor(signs, dtype=torch.float32,
                                                    device=weight.device)
-    return PerturbedHead(weight, list(keys), radius, head, sign)
+    return PerturbedHead(weight, list(keys), radius, head, sign,
+                         directions=directions or DirectionsConfig())
 
 
 def significant(value: float, digits: int = RADIUS_DIGITS) -> float:

@@ -28,10 +28,13 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize
 
 
-def row_bytes(shape: tuple[int, int], config, model_dtype: torch.dtype, tokens: int) -> int:
-    """Memory of one row: its cache of `tokens` and its logits (no V x d term)."""
-    vocab, _ = shape
-    return tokens * kv_bytes_per_token(config, model_dtype) + LOGIT_COPIES * 4 * vocab
+def row_bytes(shape: tuple[int, int], config, model_dtype: torch.dtype, tokens: int,
+              rank: int = 0) -> int:
+    """Memory of one row: its cache of `tokens`, its logits and, for low-rank directions of
+    rank r, its float32 factors r (V + d) (no V x d term)."""
+    vocab, width = shape
+    factors = 4 * rank * (vocab + width)
+    return tokens * kv_bytes_per_token(config, model_dtype) + LOGIT_COPIES * 4 * vocab + factors
 
 
 def free_bytes(device: torch.device) -> int:

@@ -24,6 +24,7 @@ from torch import nn
 
 from compo.config import TrainConfig
 from compo.data.formats import TokenizedPair
+from compo.directions import DirectionsConfig
 from compo.errors import ConfigError, JudgeError
 from compo.model.head import head_of
 from compo.oracle import LikelihoodOracle, combine
@@ -110,9 +111,11 @@ class ServiceVoteSource:
     generated responses."""
 
     def __init__(self, model: nn.Module, tokenizer, config: TrainConfig, run_id: str,
-                 token: str | None = None):
-        """`token`: the service's bearer token; default: from oracle.token_env."""
+                 token: str | None = None, directions: DirectionsConfig | None = None):
+        """`token`: the service's bearer token; default: from oracle.token_env.
+        `directions`: the family perturbations come from (default: compo.directions)."""
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.directions = directions or config.compo.directions
         self.run_id = checked_run_id(run_id)
         self.url = service_url(config)
         self.token = service_token(config) if token is None else token
@@ -172,7 +175,8 @@ class ServiceVoteSource:
             weight, compo = self.weight, self.config.compo
             tokens = self.prompt_tokens + self.config.oracle.max_new_tokens
             per_row = row_bytes(tuple(weight.shape), self.model.config,
-                                next(self.model.parameters()).dtype, tokens)
+                                next(self.model.parameters()).dtype, tokens,
+                                self.directions.rank or 0)
             self.batch_size = fitting_batch(free_bytes(weight.device), per_row,
                                             compo.num_perturbations)
             log.info("generation batches of %d perturbations (%.0f MiB each), from free "
@@ -188,7 +192,7 @@ class ServiceVoteSource:
             group = list(indices[start : start + size])
             keys = [direction_key(seed, iteration, index) for index in group]
             head = perturbation_head(self.weight, keys, self.radius, self.head,
-                                     [sign] * len(group))
+                                     [sign] * len(group), self.directions)
             streams = [BASE_INDEX] * len(group) if oracle.noise == "shared" else group
             per_prompt = [self._texts(prefix, head, seed, iteration, streams, prompt)
                           for prompt, prefix in enumerate(self.prefixes)]

@@ -104,10 +104,10 @@ def test_what_low_rank_does_not_support_is_refused_with_the_fix():
         ComPOConfig(directions=LOW_RANK, perturb=PerturbConfig(target="mlp", last_layers=2))
     with pytest.raises(ValidationError, match="products: fused.*set products: auto or eager"):
         ComPOConfig(directions=LOW_RANK, products="fused")
-    with pytest.raises(ValidationError, match="likelihood oracle.*oracle.kind: likelihood"):
-        TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"),
-                    compo=ComPOConfig(directions=LOW_RANK),
-                    oracle=OracleConfig(kind="service", service_url="http://judge"))
+    service = TrainConfig(model=ModelConfig(path="m"), data=DataConfig(path="d"),
+                          compo=ComPOConfig(directions=LOW_RANK),
+                          oracle=OracleConfig(kind="service", service_url="http://judge"))
+    assert service.compo.directions.name == "rank4"  # generation has low-rank rows too
     assert ComPOConfig(directions=LOW_RANK).directions.name == "rank4"
     assert ComPOConfig().directions.kind == "gaussian"  # the paper's, by default
 
