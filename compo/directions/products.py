@@ -1,6 +1,7 @@
 """Low-rank directions without a dense [V, d] block: the oracle's products and the update's sum.
 
-Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d.
+Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d; on the CPU
+without a soft-cap, the exact change's sums come from one compiled pass (fused_sums).
 Update: sum_i y_i z_i = A_Y^T diag(y) B_Y / sqrt(r), A_Y [P r, V] and B_Y [P r, d] the
 stacked factors of the voted directions, as GEMMs over fixed blocks of rows and of
 directions, so each row's bits are the same however the rows are split between processes.
@@ -16,6 +17,7 @@ import torch
 
 from compo.directions.config import DirectionsConfig
 from compo.directions.low_rank import low_rank_direction, low_rank_factors
+from compo.kernels import cpu
 from compo.perturbation import direction
 
 UPDATE_GROUP = 16  # directions per GEMM of the update: fixed, so never a device's choice
@@ -32,6 +34,21 @@ def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, 
     for start in range(0, rows_total, per_block):
         rows = slice(start, min(rows_total, start + per_block))
         yield rows, torch.bmm(projected, a[:, :, rows])  # [P, N, r] x [P, r, rows]
+
+
+def fused_applies(probs: torch.Tensor, base_logits: torch.Tensor | None) -> bool:
+    """Whether fused_sums serves these votes: CPU, no soft-cap, the kernel built here."""
+    return probs.device.type == "cpu" and base_logits is None and cpu.available()
+
+
+def fused_sums(hidden: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+               keys: Sequence[int], rank: int, step: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per direction and token [P, N]: the target's logit change step * h z^T (float32)
+    and sum_v p_v expm1(change_v) (float64), in one pass over probs [N, V], never [P, N, V]."""
+    a, b = low_rank_factors(keys, (probs.shape[1], hidden.shape[1]), rank)
+    u = hidden.float() @ b.transpose(1, 2) * (step / math.sqrt(rank))  # [P, N, r]
+    return cpu.low_rank_sums(u, a, probs, targets)
 
 
 def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
