@@ -1,11 +1,14 @@
-"""The compiled CPU direction kernel: directions.c, built with the system C compiler on
-first use, cached per user, called through ctypes. ~1 ns per value a thread: a tenth of the
-oracle's product h z^T at N = 512 tokens, but most of generation's (one token per
-direction), so large fills are split over torch's intra-op threads (ctypes releases the
-GIL; every value depends only on its key and position, so the bits never change).
+"""The compiled CPU kernels, built with the system C compiler on first use, cached per user
+and machine, called through ctypes (which releases the GIL).
+
+directions.c, the direction fill: ~1 ns per value a thread: a tenth of the oracle's product
+h z^T at N = 512 tokens, but most of generation's (one token per direction), so large fills
+are split over torch's intra-op threads (every value depends only on its key and position,
+so the bits never change). low_rank.c: the exact change's sums for low-rank directions
+(low_rank_sums), split by tokens, never by the sum over output rows.
 
 Without a C compiler (or if the build fails) `available()` is False and the callers use
-the torch path, which gives the same bits more slowly.
+the torch path: the same direction bits, and low-rank votes to float32 rounding.
 """
 
 from __future__ import annotations

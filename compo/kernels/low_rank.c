@@ -1,10 +1,11 @@
 /* The exact change's per-token sums for low-rank directions, fused (compo/kernels/cpu.py
-   builds it with directions.c; compo/directions/kernel.py calls it). For directions p and
-   tokens n in [n0, n1), with e[p, n, v] = sum_k u[p, n, k] * a[p, k, v] (never stored):
+   builds it with directions.c; compo/directions/products.py fused_sums calls it). For
+   directions p and tokens n in [n0, n1), with e[p, n, v] = sum_k u[p, n, k] * a[p, k, v] (never stored):
      spread[p, n]    = sum_v probs[n, v] * expm1(e[p, n, v])   (float64)
      at_target[p, n] = e[p, n, targets[n]]                       (float32)
-   Blocks of BLOCK output rows outermost (the group's factors for a block stay in cache),
-   then tokens, then directions: probs is read once per call. Every sum runs in a fixed
+   Blocks of BLOCK output rows outermost, then directions (one direction's factors for the
+   block stay in L1), then tokens (the block's probs stay in L2): probs is read from memory
+   once per call, e is never stored, so the pass is compute-bound. Every sum runs in a fixed
    order (WIDTH interleaved float64 partial sums per block, blocks in order), so the bits
    do not depend on how the tokens are split between threads. */
 #include <math.h>
@@ -116,8 +117,8 @@ void compo_low_rank_changes(const float *u, const float *a, const float *probs,
         }
     for (int64_t start = 0; start < vocab; start += BLOCK) {
         int64_t length = vocab - start < BLOCK ? vocab - start : BLOCK;
-        for (int64_t n = n0; n < n1; n++)
-            for (int64_t p = 0; p < count; p++)
+        for (int64_t p = 0; p < count; p++)
+            for (int64_t n = n0; n < n1; n++)
                 spread[p * tokens + n] += block_spread(
                     u + (p * tokens + n) * rank, a + p * rank * vocab + start, rank, vocab,
                     probs + n * vocab + start, length);
