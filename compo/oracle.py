@@ -30,7 +30,7 @@ import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
-from compo.directions.products import fused_applies, fused_sums, product_blocks
+from compo.directions.products import fused_applies, fused_sums, low_rank_group, product_blocks
 from compo.errors import ConfigError
 from compo.model.head import Head, head_of
 from compo.model.layout import Layout, layout_of, model_tensors
@@ -360,6 +360,8 @@ class LikelihoodOracle:
         """Directions per call: as many as a block of directions holds (eager), or as
         many as one launch's partial sums hold (fused: no directions are stored)."""
         budget = block_budget(self.config.block_elements, state.probs.device)
+        if self.config.directions.kind == "low_rank":  # factors only, never a dense block
+            return low_rank_group(count, self.config.directions.rank, state.shape, budget)
         if state.tail_batches is None and self.fused(state):
             from compo.kernels.fused import fused_group, tile_for
 

@@ -36,6 +36,13 @@ def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, 
         yield rows, torch.bmm(projected, a[:, :, rows])  # [P, N, r] x [P, r, rows]
 
 
+def low_rank_group(count: int, rank: int, shape: tuple[int, int], budget: int) -> int:
+    """Directions per oracle call: as many as `budget` factor values hold, at least
+    UPDATE_GROUP (the compiled pass reads probs once per call: one direction a call would
+    make it memory-bound), at most `count`."""
+    return max(1, min(count, max(UPDATE_GROUP, budget // (rank * sum(shape)))))
+
+
 def fused_applies(probs: torch.Tensor, base_logits: torch.Tensor | None) -> bool:
     """Whether fused_sums serves these votes: CPU, no soft-cap, the kernel built here."""
     return probs.device.type == "cpu" and base_logits is None and cpu.available()

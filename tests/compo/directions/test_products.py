@@ -11,7 +11,7 @@ from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, Tra
 from compo.demo.families import build_family
 from compo.directions import DirectionsConfig, low_rank_direction
 from compo.directions.low_rank import low_rank_factors
-from compo.directions.products import fused_sums, product_blocks
+from compo.directions.products import fused_sums, low_rank_group, product_blocks
 from compo.errors import RunError
 from compo.estimator import RowShards, decide_from_shards, plan_shards, vote_weighted_rows
 from compo.kernels import cpu
@@ -78,6 +78,12 @@ def test_the_fused_kernel_matches_float64_and_the_torch_path(rank, step, widest)
             assert torch.equal(again[0], kernel[0]) and torch.equal(again[1], kernel[1])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_oracle_calls_take_at_least_sixteen_low_rank_directions():
+    assert low_rank_group(1800, 4, (32000, 4096), 1 << 20) == 16  # not one, as dense blocks
+    assert low_rank_group(1800, 4, (384, 64), 1 << 20) == (1 << 20) // (4 * 448)
+    assert low_rank_group(5, 4, (384, 64), 1 << 20) == 5
 
 
 @pytest.mark.parametrize("kernel", [True, False])  # the compiled pass, the torch fallback
