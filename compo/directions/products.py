@@ -21,6 +21,7 @@ from compo.kernels import cpu
 from compo.perturbation import direction
 
 UPDATE_GROUP = 16  # directions per GEMM of the update: fixed, so never a device's choice
+FACTOR_VALUES = 1 << 25  # factor values the update holds at once (any: not in the bits)
 
 
 def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, int],
@@ -63,24 +64,33 @@ def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], 
     """Rows `rows` of sum_i y_i z_i [len(rows), d] float32 for low-rank directions.
 
     One GEMM per block of block_rows rows counted from row 0 (never from the shard's
-    start) and per UPDATE_GROUP directions, the groups added in index order: every row's
-    value is the same sum of the same GEMM's output for any split of the rows.
+    start) and per UPDATE_GROUP directions, added into the block in index order: every
+    row's value is the same sum of the same GEMMs' outputs for any split of the rows.
+    Blocks run inside passes over as many groups as FACTOR_VALUES hold, so a block's sum
+    stays in cache across groups (the pass size does not change the bits).
     """
-    width = shape[1]
-    total = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
-    first_block = rows.start - rows.start % block_rows
-    for start in range(0, len(keys), UPDATE_GROUP):
-        a, b = low_rank_factors(keys[start : start + UPDATE_GROUP], shape, rank, device)
-        y = torch.as_tensor(votes[start : start + UPDATE_GROUP], dtype=torch.float32,
-                            device=device)  # [P], +-1
-        weighted = (b * y[:, None, None]).reshape(-1, width)  # diag(y) B_Y: [P r, d], exact
-        stacked = a.reshape(-1, shape[0])  # A_Y: [P r, V]
-        for block in range(first_block, rows.stop, block_rows):
+    first = rows.start - rows.start % block_rows
+    last = min(shape[0], -(-rows.stop // block_rows) * block_rows)  # whole blocks
+    total = torch.zeros(last - first, shape[1], dtype=torch.float32, device=device)
+    per_pass = UPDATE_GROUP * max(1, FACTOR_VALUES // (UPDATE_GROUP * rank * sum(shape)))
+    for start in range(0, len(keys), per_pass):
+        groups = [weighted_factors(keys[s : s + UPDATE_GROUP], votes[s : s + UPDATE_GROUP],
+                                   shape, rank, device)
+                  for s in range(start, min(len(keys), start + per_pass), UPDATE_GROUP)]
+        for block in range(first, last, block_rows):
             end = min(shape[0], block + block_rows)
-            part = stacked[:, block:end].T @ weighted  # [block rows, d]
-            lo, hi = max(block, rows.start), min(end, rows.stop)
-            total[lo - rows.start : hi - rows.start] += part[lo - block : hi - block]
-    return total / math.sqrt(rank)
+            out = total[block - first : end - first]
+            for stacked, weighted in groups:
+                out.addmm_(stacked[:, block:end].T, weighted)  # [block rows, d]
+    return total[rows.start - first : rows.stop - first] / math.sqrt(rank)
+
+
+def weighted_factors(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int],
+                     rank: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_Y [P r, V] and diag(y) B_Y [P r, d] (exact: y is +-1) of one group."""
+    a, b = low_rank_factors(keys, shape, rank, device)
+    y = torch.as_tensor(votes, dtype=torch.float32, device=device)  # [P], +-1
+    return a.reshape(-1, shape[0]), (b * y[:, None, None]).reshape(-1, shape[1])
 
 
 def dense_direction(directions: DirectionsConfig, key: int, shape: tuple[int, int]
