@@ -136,7 +136,11 @@ def implementation() -> str:
         from compo.oracle import low_rank_changes  # noqa: F401
     except ImportError:
         return "bench (compo.directions factors; compo.oracle has no low-rank products yet)"
-    return "compo.oracle.low_rank_changes"
+    from compo.kernels import cpu
+
+    if cpu.available():
+        return "compo.oracle.low_rank_changes, compiled CPU kernel (compo/kernels/low_rank.c)"
+    return "compo.oracle.low_rank_changes, torch path (no C compiler)"
 
 
 def timed(function) -> float:
@@ -323,7 +327,7 @@ def table(result: dict) -> str:
     dense = result["timing"]["gaussian"]
     lines.append(f"\nbase logits (prepare, in every row): {dense['prepare_s']:.1f} s; "
                  f"Gaussian votes at the GEMM bound: {dense['gemm_bound_votes_s']:.1f} s; the "
-                 f"exact change's softmax-weighted sum alone (every family): "
+                 f"exact change's softmax-weighted sum alone (torch path: Gaussian): "
                  f"{dense['exact_sum_floor_votes_s']:.1f} s; low-rank products: "
                  f"{result['low_rank_products']}")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ import torch
 
 from compo.config import ComPOConfig
 from compo.data.formats import TokenizedPair
-from compo.directions.products import product_blocks
+from compo.directions.products import fused_applies, fused_sums, low_rank_group, product_blocks
 from compo.errors import ConfigError
 from compo.model.head import Head, head_of
 from compo.model.layout import Layout, layout_of, model_tensors
@@ -192,6 +192,9 @@ def low_rank_changes(state: OracleState, keys: Sequence[int], radius: float, ran
                      budget: int) -> torch.Tensor:
     """logprob_changes for low-rank directions: h z^T = ((h B^T) A) / sqrt(r) per block of
     rows (compo/directions/products.py), then the same cancellation-free change."""
+    if fused_applies(state.probs, state.base_logits):  # CPU, no soft-cap: one compiled pass
+        return sequence_totals(state, *fused_sums(state.inputs.hidden, state.probs,
+                                                  state.inputs.targets, keys, rank, radius))
     spread = torch.zeros(len(keys), state.inputs.targets.numel(), device=state.probs.device)
     at_target = torch.zeros_like(spread)  # [P, N]
     for rows, products in product_blocks(state.inputs.hidden, keys, state.shape, rank, budget):
@@ -357,6 +360,8 @@ class LikelihoodOracle:
         """Directions per call: as many as a block of directions holds (eager), or as
         many as one launch's partial sums hold (fused: no directions are stored)."""
         budget = block_budget(self.config.block_elements, state.probs.device)
+        if self.config.directions.kind == "low_rank":  # factors only, never a dense block
+            return low_rank_group(count, self.config.directions.rank, state.shape, budget)
         if state.tail_batches is None and self.fused(state):
             from compo.kernels.fused import fused_group, tile_for
 

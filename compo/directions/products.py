@@ -1,6 +1,7 @@
 """Low-rank directions without a dense [V, d] block: the oracle's products and the update's sum.
 
-Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d.
+Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d; on the CPU
+without a soft-cap, the exact change's sums come from one compiled pass (fused_sums).
 Update: sum_i y_i z_i = A_Y^T diag(y) B_Y / sqrt(r), A_Y [P r, V] and B_Y [P r, d] the
 stacked factors of the voted directions, as GEMMs over fixed blocks of rows and of
 directions, so each row's bits are the same however the rows are split between processes.
@@ -16,9 +17,11 @@ import torch
 
 from compo.directions.config import DirectionsConfig
 from compo.directions.low_rank import low_rank_direction, low_rank_factors
+from compo.kernels import cpu
 from compo.perturbation import direction
 
 UPDATE_GROUP = 16  # directions per GEMM of the update: fixed, so never a device's choice
+FACTOR_VALUES = 1 << 25  # factor values the update holds at once (any: not in the bits)
 
 
 def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, int],
@@ -34,29 +37,60 @@ def product_blocks(hidden: torch.Tensor, keys: Sequence[int], shape: tuple[int, 
         yield rows, torch.bmm(projected, a[:, :, rows])  # [P, N, r] x [P, r, rows]
 
 
+def low_rank_group(count: int, rank: int, shape: tuple[int, int], budget: int) -> int:
+    """Directions per oracle call: as many as `budget` factor values hold, at least
+    UPDATE_GROUP (the compiled pass reads probs once per call: one direction a call would
+    make it memory-bound), at most `count`."""
+    return max(1, min(count, max(UPDATE_GROUP, budget // (rank * sum(shape)))))
+
+
+def fused_applies(probs: torch.Tensor, base_logits: torch.Tensor | None) -> bool:
+    """Whether fused_sums serves these votes: CPU, no soft-cap, the kernel built here."""
+    return probs.device.type == "cpu" and base_logits is None and cpu.available()
+
+
+def fused_sums(hidden: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+               keys: Sequence[int], rank: int, step: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per direction and token [P, N]: the target's logit change step * h z^T (float32)
+    and sum_v p_v expm1(change_v) (float64), in one pass over probs [N, V], never [P, N, V]."""
+    a, b = low_rank_factors(keys, (probs.shape[1], hidden.shape[1]), rank)
+    u = hidden.float() @ b.transpose(1, 2) * (step / math.sqrt(rank))  # [P, N, r]
+    return cpu.low_rank_sums(u, a, probs, targets)
+
+
 def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
                 rank: int, block_rows: int, device="cpu") -> torch.Tensor:
     """Rows `rows` of sum_i y_i z_i [len(rows), d] float32 for low-rank directions.
 
     One GEMM per block of block_rows rows counted from row 0 (never from the shard's
-    start) and per UPDATE_GROUP directions, the groups added in index order: every row's
-    value is the same sum of the same GEMM's output for any split of the rows.
+    start) and per UPDATE_GROUP directions, added into the block in index order: every
+    row's value is the same sum of the same GEMMs' outputs for any split of the rows.
+    Blocks run inside passes over as many groups as FACTOR_VALUES hold, so a block's sum
+    stays in cache across groups (the pass size does not change the bits).
     """
-    width = shape[1]
-    total = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
-    first_block = rows.start - rows.start % block_rows
-    for start in range(0, len(keys), UPDATE_GROUP):
-        a, b = low_rank_factors(keys[start : start + UPDATE_GROUP], shape, rank, device)
-        y = torch.as_tensor(votes[start : start + UPDATE_GROUP], dtype=torch.float32,
-                            device=device)  # [P], +-1
-        weighted = (b * y[:, None, None]).reshape(-1, width)  # diag(y) B_Y: [P r, d], exact
-        stacked = a.reshape(-1, shape[0])  # A_Y: [P r, V]
-        for block in range(first_block, rows.stop, block_rows):
+    first = rows.start - rows.start % block_rows
+    last = min(shape[0], -(-rows.stop // block_rows) * block_rows)  # whole blocks
+    total = torch.zeros(last - first, shape[1], dtype=torch.float32, device=device)
+    per_pass = UPDATE_GROUP * max(1, FACTOR_VALUES // (UPDATE_GROUP * rank * sum(shape)))
+    for start in range(0, len(keys), per_pass):
+        groups = [weighted_factors(keys[s : s + UPDATE_GROUP], votes[s : s + UPDATE_GROUP],
+                                   shape, rank, device)
+                  for s in range(start, min(len(keys), start + per_pass), UPDATE_GROUP)]
+        for block in range(first, last, block_rows):
             end = min(shape[0], block + block_rows)
-            part = stacked[:, block:end].T @ weighted  # [block rows, d]
-            lo, hi = max(block, rows.start), min(end, rows.stop)
-            total[lo - rows.start : hi - rows.start] += part[lo - block : hi - block]
-    return total / math.sqrt(rank)
+            out = total[block - first : end - first]
+            for stacked, weighted in groups:
+                out.addmm_(stacked[:, block:end].T, weighted)  # [block rows, d]
+    return total[rows.start - first : rows.stop - first] / math.sqrt(rank)
+
+
+def weighted_factors(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int],
+                     rank: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_Y [P r, V] and diag(y) B_Y [P r, d] (exact: y is +-1) of one group."""
+    a, b = low_rank_factors(keys, shape, rank, device)
+    y = torch.as_tensor(votes, dtype=torch.float32, device=device)  # [P], +-1
+    return a.reshape(-1, shape[0]), (b * y[:, None, None]).reshape(-1, shape[1])
 
 
 def dense_direction(directions: DirectionsConfig, key: int, shape: tuple[int, int]

@@ -1,11 +1,14 @@
-"""The compiled CPU direction kernel: directions.c, built with the system C compiler on
-first use, cached per user, called through ctypes. ~1 ns per value a thread: a tenth of the
-oracle's product h z^T at N = 512 tokens, but most of generation's (one token per
-direction), so large fills are split over torch's intra-op threads (ctypes releases the
-GIL; every value depends only on its key and position, so the bits never change).
+"""The compiled CPU kernels, built with the system C compiler on first use, cached per user
+and machine, called through ctypes (which releases the GIL).
+
+directions.c, the direction fill: ~1 ns per value a thread: a tenth of the oracle's product
+h z^T at N = 512 tokens, but most of generation's (one token per direction), so large fills
+are split over torch's intra-op threads (every value depends only on its key and position,
+so the bits never change). low_rank.c: the exact change's sums for low-rank directions
+(low_rank_sums), split by tokens, never by the sum over output rows.
 
 Without a C compiler (or if the build fails) `available()` is False and the callers use
-the torch path, which gives the same bits more slowly.
+the torch path: the same direction bits, and low-rank votes to float32 rounding.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -25,8 +29,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("directions.c")
-FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("directions.c", "low_rank.c"))
+# no FMA contraction: every float operation is the source's, on any instruction set, so
+# NATIVE (tried first; the library is cached per machine) changes the speed, not the bits
+FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off")
+NATIVE = "-march=native"
 CACHE_ENV = "COMPO_CACHE_DIR"  # where the built library is kept (default ~/.cache/compo)
 BUILD_TIMEOUT_S = 120
 SPLIT_VALUES = 1 << 16  # fills smaller than this run on the calling thread
@@ -47,13 +54,29 @@ def cache_dir() -> Path:
         return path
 
 
+def machine() -> str:
+    """What -march=native compiles for: the architecture and, on Linux, the CPU's flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        info = []
+    flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
 def build(compiler: str, target: Path) -> None:
-    """Compile SOURCE into `target` (written under a temporary name, then renamed)."""
+    """Compile SOURCES into `target` (written under a temporary name, then renamed), for
+    this machine's instruction set where the compiler knows -march=native."""
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.part")
     os.close(handle)
+    command = [compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"]
     try:
-        subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], check=True,
-                       capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        try:
+            subprocess.run([*command, NATIVE], check=True, capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT_S)
+        except subprocess.CalledProcessError:
+            subprocess.run(command, check=True, capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT_S)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -68,7 +91,8 @@ def library() -> ctypes.CDLL | None:
         log.warning("no C compiler found: directions are generated with torch ops (same "
                     "values, slower); install gcc or set CC for the compiled kernel")
         return None
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode())
+    tag = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES)
+                         + " ".join([compiler, *FLAGS, NATIVE, machine()]).encode())
     try:
         target = cache_dir() / f"directions-{tag.hexdigest()[:16]}.so"
         if not target.exists():
@@ -83,6 +107,9 @@ def library() -> ctypes.CDLL | None:
     lib.compo_fill_directions.argtypes = [
         ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_int64, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_void_p]
+    lib.compo_low_rank_changes.restype = None
+    lib.compo_low_rank_changes.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6 + [
+        ctypes.c_void_p] * 2
     return lib
 
 
@@ -124,3 +151,22 @@ def fill(out: torch.Tensor, keys, start: int, table: torch.Tensor) -> torch.Tens
             list(pool(threads).map(lambda a, b, row=row, key=key: fill_part(
                 row[a:b][None], [key], start + a, table), bounds[:-1], bounds[1:]))
     return out
+
+
+def low_rank_sums(u: torch.Tensor, a: torch.Tensor, probs: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per direction and token [P, N]: sum_v probs[n, v] expm1(e) (float64) and e at the
+    target (float32), e = u[p, n] . a[p, :, v] never stored (low_rank.c); u [P, N, r],
+    a [P, r, V], probs [N, V] float32 CPU. Tokens are split over torch's threads."""
+    u, a, probs = (t.float().contiguous() for t in (u, a, probs))
+    targets = targets.to(torch.int64).contiguous()
+    count, tokens, rank = u.shape
+    spread = torch.empty(count, tokens, dtype=torch.float64)
+    at_target = torch.empty(count, tokens, dtype=torch.float32)
+    args = [t.data_ptr() for t in (u, a, probs, targets)] + [count, tokens, rank, a.shape[2]]
+    outs = [spread.data_ptr(), at_target.data_ptr()]
+    threads = max(1, min(torch.get_num_threads(), tokens))
+    bounds = [tokens * i // threads for i in range(threads + 1)]
+    list(pool(threads).map(lambda lo, hi: library().compo_low_rank_changes(*args, lo, hi, *outs),
+                           bounds[:-1], bounds[1:]))
+    return at_target, spread

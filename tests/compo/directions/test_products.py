@@ -10,11 +10,16 @@ from pydantic import ValidationError
 from compo.config import ComPOConfig, DataConfig, ModelConfig, OracleConfig, TrainConfig
 from compo.demo.families import build_family
 from compo.directions import DirectionsConfig, low_rank_direction
-from compo.directions.products import product_blocks
+from compo.directions import products as update_module
+from compo.directions.low_rank import low_rank_factors
+from compo.directions.products import fused_sums, low_rank_group, product_blocks
 from compo.errors import RunError
 from compo.estimator import RowShards, decide_from_shards, plan_shards, vote_weighted_rows
+from compo.kernels import cpu
 from compo.model.conformance import exactness, probe_pairs
-from compo.model.head import output_layer
+from compo.model.head import PLAIN, output_layer
+from compo.model.scoring import HeadInputs
+from compo.oracle import accumulate, build_state, logit_change
 from compo.perturb_config import PerturbConfig
 from compo.perturbation import direction_key
 from compo.rundir import Checkpoint, RunDirectory
@@ -35,15 +40,70 @@ def test_products_equal_the_materialised_direction(rank):
     assert (ours.double() - dense).abs().max() < 1e-5 * dense.abs().max()
 
 
+def fused_and_torch_sums(rank: int, step: float, tokens: int = 9):
+    """(kernel's (at_target, spread), torch path's, float64 reference's, spread's scale
+    sum |p expm1(e)|) for a random plain head with V = 3,001 (a partial last block)."""
+    g = torch.Generator().manual_seed(rank)
+    hidden, weight = torch.randn(tokens, 32, generator=g), torch.randn(3001, 32, generator=g)
+    targets = torch.randint(3001, (tokens,), generator=g)
+    state = build_state(HeadInputs(hidden, targets, torch.zeros(tokens, dtype=torch.int64), 1),
+                        weight / 6, PLAIN, torch.float32)
+    keys = [direction_key(SEED, ITERATION, i) for i in range(5)]
+    spread, at_target = torch.zeros(5, tokens), torch.zeros(5, tokens)
+    for rows, products in product_blocks(hidden, keys, state.shape, rank, 1 << 14):
+        accumulate(state, rows, logit_change(products, step, None, None), at_target, spread)
+    a, b = low_rank_factors(keys, state.shape, rank)
+    u = (hidden @ b.transpose(1, 2) * (step / rank**0.5)).double()  # what the kernel gets
+    e = torch.einsum("pnk,pkv->pnv", u, a.double())
+    terms = state.probs.double() * torch.expm1(e)
+    reference = (e.gather(2, targets.expand(5, -1)[..., None]).squeeze(2), terms.sum(-1))
+    kernel = fused_sums(hidden, state.probs, targets, keys, rank, step)
+    return kernel, (at_target, spread), reference, terms.abs().sum(-1), e.abs().max()
+
+
+@pytest.mark.skipif(not cpu.available(), reason="no C compiler: the torch path serves")
+@pytest.mark.parametrize(("rank", "step", "widest"), [(1, 2e-3, 0.25), (4, 2e-3, 0.25),
+                                                      (16, 0.03, 1.0)])
+def test_the_fused_kernel_matches_float64_and_the_torch_path(rank, step, widest):
+    kernel, torch_path, reference, scale, largest = fused_and_torch_sums(rank, step)
+    assert (largest > 0.25) == (widest > 0.25)  # rank 16: libm's expm1 beyond the polynomial
+    assert kernel[1].dtype == torch.float64
+    assert ((kernel[1] - reference[1]).abs() / scale).max() < 1e-7  # float32 rounding
+    assert ((kernel[1] - torch_path[1].double()).abs() / scale).max() < 1e-6
+    assert (kernel[0].double() - reference[0]).abs().max() < 1e-6 * reference[0].abs().max()
+    threads = torch.get_num_threads()
+    try:  # tokens are split between threads, never the sum over v: the same bits
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            again = fused_and_torch_sums(rank, step)[0]
+            assert torch.equal(again[0], kernel[0]) and torch.equal(again[1], kernel[1])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_oracle_calls_take_at_least_sixteen_low_rank_directions():
+    assert low_rank_group(1800, 4, (32000, 4096), 1 << 20) == 16  # not one, as dense blocks
+    assert low_rank_group(1800, 4, (384, 64), 1 << 20) == (1 << 20) // (4 * 448)
+    assert low_rank_group(5, 4, (384, 64), 1 << 20) == 5
+
+
+@pytest.mark.parametrize("kernel", [True, False])  # the compiled pass, the torch fallback
 @pytest.mark.parametrize("family", ["Llama", "Gemma2", "Phi"])  # plain, soft-cap, bias
 @pytest.mark.parametrize("rank", [1, 4])
-def test_changes_match_a_float64_forward_and_votes_agree(family, rank):
+def test_changes_match_a_float64_forward_and_votes_agree(family, rank, kernel, monkeypatch):
+    if kernel and not cpu.available():
+        pytest.skip("no C compiler: the torch path serves")
+    calls, sums = [], cpu.low_rank_sums
+    monkeypatch.setattr(cpu, "low_rank_sums", lambda *args: calls.append(1) or sums(*args))
+    if not kernel:
+        monkeypatch.setattr(cpu, "available", lambda: False)
     model = build_family(family)
     pairs = probe_pairs(output_layer(model).weight.shape[0])
     config = ComPOConfig(radius=5e-4, block_elements=1 << 12,
                          directions=DirectionsConfig(kind="low_rank", rank=rank))
     base_error, relative, agreement = exactness(model, pairs, config, 24)
     assert base_error < 1e-4 and relative < 1e-3 and agreement == 1.0
+    assert bool(calls) == (kernel and family != "Gemma2")  # soft-capped: the torch path
 
 
 def kept_votes_of(count: int) -> np.ndarray:
@@ -57,7 +117,7 @@ SPLITS = [[(0, 300)], [(0, 64), (64, 300)], [(0, 128), (128, 192), (192, 300)],
 
 
 @pytest.mark.parametrize("rank", [1, 4])
-def test_update_rows_are_bit_identical_for_any_split(rank):
+def test_update_rows_are_bit_identical_for_any_split(rank, monkeypatch):
     shape, kept = (300, 24), kept_votes_of(40)
     directions = DirectionsConfig(kind="low_rank", rank=rank)
 
@@ -74,6 +134,8 @@ def test_update_rows_are_bit_identical_for_any_split(rank):
         assert torch.equal(rows(0, 300), whole)
     finally:
         torch.set_num_threads(threads)
+    monkeypatch.setattr(update_module, "FACTOR_VALUES", 1)  # one group of 16 a pass, not all 40
+    assert torch.equal(rows(0, 300), whole)
     dense = sum(vote * low_rank_direction(direction_key(SEED, ITERATION, int(index)), shape,
                                           rank) for index, vote in kept)
     assert (whole.double() - dense).abs().max() < 1e-5 * dense.abs().max()
