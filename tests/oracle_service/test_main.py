@@ -43,7 +43,7 @@ def test_judge_run_votes_follow_verdicts_and_abstentions_are_excluded(
         weight = trainer.run(progress=False)
         rows = trainer.run_dir.metrics()
         stats = check_against_service(http, "judge-run", rows)
-        source = trainer.source  # one pair's votes, checked against the scripted judge
+        source = trainer.source.oracle  # the service oracle: one pair's votes, against the judge
         source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
         base = source.base_responses(config.seed, 0)[0]
         texts = [row[0] for row in source.responses(config.seed, 0, range(PERTURBATIONS))]
@@ -164,7 +164,7 @@ def test_requests_overlap_generation_up_to_requests_in_flight(
                                                          "requests_in_flight": in_flight,
                                                          "signal_checks": 0})
         trainer = ComPOTrainer(config, start_run(config))
-        source = trainer.source
+        source = trainer.source.oracle  # the service oracle itself
         source.prepare(trainer.pairs[:1], trainer.base_weight.clone())
         votes = source.votes(config.seed, 0, list(range(PERTURBATIONS)))
         again = source.votes(config.seed, 0, list(range(PERTURBATIONS)))  # cached verdicts
