@@ -48,14 +48,15 @@ class Worker:
         """`setup`: the run's oracle (None: the likelihood oracle of `compo`)."""
         started = time.perf_counter()
         self.name, self.node = name, node
-        self.generative = kind_of(setup).generative
+        kind = kind_of(setup)
+        self.generative = kind.generative
         self.head = None if head is None else head.to(model.device)  # its own master
         if self.head is not None:
-            self.oracle = kind_of(setup).fed(self.head.oracle)
+            self.oracle = kind.fed(self.head.oracle)
         else:
             network = load_model(model)  # first: its errors say what is wrong with the path
             tokenizer = load_tokenizer(model.path)
-            self.oracle = kind_of(setup).build(network, tokenizer, model, compo, setup)
+            self.oracle = kind.build(network, tokenizer, model, compo, setup)
         self.source: VoteSource = LocalVoteSource(self.oracle, compo)
         # the master as loaded (version 0); a head worker's is the body's copy, moved here
         self.weight = (self.head.master if self.head is not None

@@ -60,28 +60,37 @@ def test_perturbed_rows_generate_like_the_moved_weight(loaded):
     assert out.tokens[0] != out.tokens[1] or out.tokens[1] != out.tokens[2]
 
 
-def test_a_perturbed_row_costs_memory_independent_of_v_times_d(loaded):
-    """Peak CPU memory of generating P perturbed rows minus that of P unperturbed rows
-    (torch's profiler sees every tensor allocation), per row, against one row's logits
-    and hidden state: a materialised direction would be V x d floats a row."""
+def generation_peaks(loaded, directions=None) -> tuple:
+    """(base, base peak, perturbed, perturbed peak, V, d, P): P rows generated unperturbed
+    and perturbed (`directions`: the family, default dense), each peak from torch's
+    profiler, which sees every tensor allocation."""
     model, tokenizer = loaded
     weight = output_layer(model).weight.detach().float().clone()
-    vocab, width = weight.shape
     prefix = encode_prefix(model, prompt_ids(tokenizer, SKY))
     keys = [direction_key(5, 0, index) for index in range(8)]
     config = OracleConfig(max_new_tokens=4, temperature=0)
+    family = {} if directions is None else {"directions": directions}
 
     def run(perturbed: bool):
-        head = (perturbation_head(weight, keys, RADIUS, head_of(model)) if perturbed else
+        head = (perturbation_head(weight, keys, RADIUS, head_of(model), **family)
+                if perturbed else
                 PerturbedHead(weight, None, RADIUS, head_of(model), copies=len(keys)))
         return generate(model, prefix, head, config, [torch.Generator()] * len(keys), None)
 
     run(True)  # once before measuring: the direction table is made on first use
     base, base_peak = peak_bytes(lambda: run(False), torch.device("cpu"))
     moved, moved_peak = peak_bytes(lambda: run(True), torch.device("cpu"))
+    return base, base_peak, moved, moved_peak, *weight.shape, len(keys)
+
+
+def test_a_perturbed_row_costs_memory_independent_of_v_times_d(loaded):
+    """Peak CPU memory of generating P perturbed rows minus that of P unperturbed rows,
+    per row, against one row's logits and hidden state: a materialised direction would be
+    V x d floats a row."""
+    base, base_peak, moved, moved_peak, vocab, width, rows = generation_peaks(loaded)
     one_row = 4 * (vocab + width)  # float32 logits and hidden state of one row
-    assert base_peak > len(keys) * 4 * vocab  # the measurement sees the rows' logits
-    assert (moved_peak - base_peak) / len(keys) < 2 * one_row
+    assert base_peak > rows * 4 * vocab  # the measurement sees the rows' logits
+    assert (moved_peak - base_peak) / rows < 2 * one_row
     assert 4 * vocab * width > 20 * one_row  # a stored direction would break the bound
     assert moved.tokens != base.tokens  # the rows were perturbed
 

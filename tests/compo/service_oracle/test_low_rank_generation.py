@@ -15,9 +15,8 @@ from compo.service_oracle.generation import (
     generate,
     perturbation_head,
 )
-from compo.service_oracle.memory import peak_bytes
 from compo.service_oracle.source import ServiceVoteSource
-from tests.compo.service_oracle.test_generation import SKY, greedy_with_weight
+from tests.compo.service_oracle.test_generation import SKY, generation_peaks, greedy_with_weight
 from tests.compo.service_oracle.test_source import prepared, prompt_ids, service_source
 
 RADIUS = 0.05
@@ -79,24 +78,9 @@ def test_a_row_products_do_not_depend_on_its_batch():
 def test_a_low_rank_row_costs_its_factors_never_v_times_d(loaded):
     """Peak CPU memory of P low-rank rows minus that of P unperturbed rows, per row: at most
     the row's factors r (V + d) and two rows of logits, far below one V x d direction."""
-    model, tokenizer = loaded
-    weight = output_layer(model).weight.detach().float().clone()
-    vocab, width = weight.shape
-    prefix = encode_prefix(model, prompt_ids(tokenizer, SKY))
-    keys = [direction_key(5, 0, index) for index in range(8)]
-    config = OracleConfig(max_new_tokens=4, temperature=0)
-
-    def run(perturbed: bool):
-        head = (perturbation_head(weight, keys, RADIUS, head_of(model), directions=LOW_RANK)
-                if perturbed else
-                PerturbedHead(weight, None, RADIUS, head_of(model), copies=len(keys)))
-        return generate(model, prefix, head, config, [torch.Generator()] * len(keys), None)
-
-    run(True)  # once before measuring: the direction table is made on first use
-    base, base_peak = peak_bytes(lambda: run(False), torch.device("cpu"))
-    low, low_peak = peak_bytes(lambda: run(True), torch.device("cpu"))
+    base, base_peak, low, low_peak, vocab, width, rows = generation_peaks(loaded, LOW_RANK)
     factors = 4 * RANK * (vocab + width)
-    assert (low_peak - base_peak) / len(keys) < factors + 2 * 4 * (vocab + width)
+    assert (low_peak - base_peak) / rows < factors + 2 * 4 * (vocab + width)
     assert 4 * vocab * width > 4 * (factors + 2 * 4 * (vocab + width))  # V x d would break it
     assert low.tokens != base.tokens
 
