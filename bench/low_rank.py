@@ -4,7 +4,8 @@
     completion tokens (two sequences of 500), m = 1,800: the votes (exact log-prob change
     per perturbation) plus the update sum_i y_i z_i. Gaussian: a few perturbations measured
     and extrapolated to m, and the bare GEMM h z^T (its bound); rank 1, 4, 16: a measured
-    share of m, extrapolated linearly (the work is linear in m; the share is printed).
+    share of m, extrapolated linearly (the work is linear in m; the share is printed; the
+    update's once-per-iteration part is measured apart, from two sizes).
 (b) statistical efficiency: the sparse-recovery setting of tests/compo/test_estimator.py
     (d = 100,000 laid out as [100, 1000], s = 20, f = g.x + |x_S|^2 / 2, radius 1e-3):
     cosine of sum_i y_i z_i (and of its clipped unit, sigma 4.5) to the true gradient vs m.
@@ -29,11 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compo.cli.threads import apply_defaults  # noqa: E402
+
+apply_defaults()  # OpenMP's wait policy as `compo train` sets it, before torch loads
+import torch  # noqa: E402
 from low_rank_runs import (  # noqa: E402
     KINDS,
     LEARNING_NOTE,
@@ -138,9 +141,12 @@ def implementation() -> str:
         return "bench (compo.directions factors; compo.oracle has no low-rank products yet)"
     from compo.kernels import cpu
 
+    update = ("update on AMX tiles (compo/kernels/amx.c)" if cpu.amx_ready()
+              else "update as float32 GEMMs (no AMX here)")
     if cpu.available():
-        return "compo.oracle.low_rank_changes, compiled CPU kernel (compo/kernels/low_rank.c)"
-    return "compo.oracle.low_rank_changes, torch path (no C compiler)"
+        return ("compo.oracle.low_rank_changes, compiled CPU kernel (compo/kernels/low_rank.c); "
+                + update)
+    return "compo.oracle.low_rank_changes, torch path (no C compiler); " + update
 
 
 def timed(function) -> float:
@@ -168,15 +174,24 @@ def dense_seconds(state, size: dict) -> dict:
 
 
 def low_rank_seconds(state, size: dict, rank: int) -> dict:
-    """Rank r: seconds per perturbation of the votes (size['low'] measured in groups of 16)
-    and of the update (size['update'] directions measured)."""
+    """Rank r: seconds per perturbation of the votes (size['low'] measured in groups of 16);
+    the update's seconds per direction and once per iteration (the [V, d] sum's own
+    allocation and scaling), from updates of size['update'] and 3 x size['update'] directions."""
     keys = [direction_key(0, 0, index) for index in range(size["low"])]
     low_rank_changes(state, keys[:16], RADIUS, rank)  # warm-up
     votes = timed(lambda: [low_rank_changes(state, keys[s : s + 16], RADIUS, rank)
                            for s in range(0, len(keys), 16)]) / len(keys)
-    signs = torch.where(torch.arange(size["update"]) % 3 == 0, -1, 1).to(torch.int8)
-    update = timed(lambda: low_rank_update(0, signs, state.shape, rank)) / size["update"]
-    return {"votes": votes, "update": update}
+    counts = (size["update"], 3 * size["update"])
+    seconds = [timed(lambda n=n: low_rank_update(0, update_signs(n), state.shape, rank))
+               for n in counts]
+    per_direction = max(0.0, (seconds[1] - seconds[0]) / (counts[1] - counts[0]))
+    return {"votes": votes, "update": per_direction,
+            "update_fixed": max(0.0, seconds[0] - counts[0] * per_direction)}
+
+
+def update_signs(count: int) -> torch.Tensor:
+    """Votes for the timed updates: one in three -1."""
+    return torch.where(torch.arange(count) % 3 == 0, -1, 1).to(torch.int8)
 
 
 def exact_sum_seconds(state, group: int = 16) -> float:
@@ -211,9 +226,11 @@ def iteration_part(size: dict) -> dict:
     for name, rank in KINDS.items():
         if rank is not None:
             low = low_rank_seconds(state, size, rank)
-            out[name] = {"votes_s": m * low["votes"], "update_s": m * low["update"],
-                         "measured": f"votes of {size['low']} and update of "
-                                     f"{size['update']} directions, extrapolated to m = {m}"}
+            out[name] = {"votes_s": m * low["votes"],
+                         "update_s": low["update_fixed"] + m * low["update"],
+                         "measured": f"votes of {size['low']} directions and updates of "
+                                     f"{size['update']} and {3 * size['update']}, "
+                                     f"extrapolated to m = {m}"}
     for row in out.values():
         row["prepare_s"] = prepare
         row["iteration_s"] = prepare + row["votes_s"] + row["update_s"]
@@ -291,6 +308,7 @@ def run_parts(args) -> dict:
               for name in KINDS}
     return {
         "mode": mode, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__, "low_rank_products": implementation(),
         "head": [size["vocab"], size["width"]], "tokens": size["tokens"], "m": size["m"],
         "iteration_seconds": {name: round(row["iteration_s"], 2) for name, row in timing.items()},

@@ -3,8 +3,9 @@
 Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d; on the CPU
 without a soft-cap, the exact change's sums come from one compiled pass (fused_sums).
 Update: sum_i y_i z_i = A_Y^T diag(y) B_Y / sqrt(r), A_Y [P r, V] and B_Y [P r, d] the
-stacked factors of the voted directions, as GEMMs over fixed blocks of rows and of
-directions, so each row's bits are the same however the rows are split between processes.
+stacked factors of the voted directions: on AMX tiles where the CPU has them (bf16
+factors, float32 sums), else float32 GEMMs over fixed blocks of rows and of
+directions; either way each row's bits are the same however the rows are split between processes.
 """
 
 from __future__ import annotations
@@ -61,7 +62,41 @@ def fused_sums(hidden: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
 
 def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
                 rank: int, block_rows: int, device="cpu") -> torch.Tensor:
-    """Rows `rows` of sum_i y_i z_i [len(rows), d] float32 for low-rank directions.
+    """Rows `rows` of sum_i y_i z_i [len(rows), d] float32 for low-rank directions: on
+    AMX tiles where the CPU has them (amx_rows), else float32 GEMMs (gemm_rows)."""
+    if torch.device(device).type == "cpu" and cpu.amx_ready():
+        return amx_rows(keys, votes, shape, rows, rank)
+    return gemm_rows(keys, votes, shape, rows, rank, block_rows, device)
+
+
+def amx_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
+             rank: int) -> torch.Tensor:
+    """update_rows on AMX tiles: bf16 factors (exact), float32 sums in an order fixed by the
+    direction index alone (each group of UPDATE_GROUP padded to whole tile products), so a
+    row's bits depend neither on the split of the rows nor on the pass size."""
+    total = torch.zeros(len(rows), shape[1], dtype=torch.float32)
+    for start in range(0, len(keys), pass_size(rank, shape)):
+        a, b = [], []
+        for s in range(start, min(len(keys), start + pass_size(rank, shape)), UPDATE_GROUP):
+            stacked, weighted = weighted_factors(keys[s : s + UPDATE_GROUP],
+                                                 votes[s : s + UPDATE_GROUP], shape, rank,
+                                                 "cpu", torch.bfloat16)
+            pad = -stacked.shape[0] % cpu.AMX_KSTEP  # zero factors add nothing
+            a.append(torch.nn.functional.pad(stacked, (0, 0, 0, pad)))
+            b.append(torch.nn.functional.pad(weighted, (0, 0, 0, pad)))
+        cpu.amx_add_products(torch.cat(a), cpu.amx_strips(torch.cat(b)), rows.start, total)
+    return total / math.sqrt(rank)
+
+
+def pass_size(rank: int, shape: tuple[int, int]) -> int:
+    """Directions whose factors the update holds at once: whole groups, about
+    FACTOR_VALUES values."""
+    return UPDATE_GROUP * max(1, FACTOR_VALUES // (UPDATE_GROUP * rank * sum(shape)))
+
+
+def gemm_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], rows: range,
+              rank: int, block_rows: int, device="cpu") -> torch.Tensor:
+    """update_rows as float32 GEMMs (torch).
 
     One GEMM per block of block_rows rows counted from row 0 (never from the shard's
     start) and per UPDATE_GROUP directions, added into the block in index order: every
@@ -72,7 +107,7 @@ def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], 
     first = rows.start - rows.start % block_rows
     last = min(shape[0], -(-rows.stop // block_rows) * block_rows)  # whole blocks
     total = torch.zeros(last - first, shape[1], dtype=torch.float32, device=device)
-    per_pass = UPDATE_GROUP * max(1, FACTOR_VALUES // (UPDATE_GROUP * rank * sum(shape)))
+    per_pass = pass_size(rank, shape)
     for start in range(0, len(keys), per_pass):
         groups = [weighted_factors(keys[s : s + UPDATE_GROUP], votes[s : s + UPDATE_GROUP],
                                    shape, rank, device)
@@ -86,10 +121,11 @@ def update_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], 
 
 
 def weighted_factors(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int],
-                     rank: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_Y [P r, V] and diag(y) B_Y [P r, d] (exact: y is +-1) of one group."""
-    a, b = low_rank_factors(keys, shape, rank, device)
-    y = torch.as_tensor(votes, dtype=torch.float32, device=device)  # [P], +-1
+                     rank: int, device, dtype: torch.dtype = torch.float32
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_Y [P r, V] and diag(y) B_Y [P r, d] of one group (exact in bf16 too: y is +-1)."""
+    a, b = low_rank_factors(keys, shape, rank, device, dtype)
+    y = torch.as_tensor(votes, dtype=dtype, device=device)  # [P], +-1
     return a.reshape(-1, shape[0]), (b * y[:, None, None]).reshape(-1, shape[1])
 
 

@@ -5,7 +5,8 @@ directions.c, the direction fill: ~1 ns per value a thread: a tenth of the oracl
 h z^T at N = 512 tokens, but most of generation's (one token per direction), so large fills
 are split over torch's intra-op threads (every value depends only on its key and position,
 so the bits never change). low_rank.c: the exact change's sums for low-rank directions
-(low_rank_sums), split by tokens, never by the sum over output rows.
+(low_rank_sums), split by tokens, never by the sum over output rows. amx.c: the low-rank
+update's GEMM on AMX tiles where the CPU has them (amx_add_products), split by rows.
 
 Without a C compiler (or if the build fails) `available()` is False and the callers use
 the torch path: the same direction bits, and low-rank votes to float32 rounding.
@@ -29,7 +30,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("directions.c", "low_rank.c"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("directions.c", "low_rank.c", "amx.c"))
 # no FMA contraction: every float operation is the source's, on any instruction set, so
 # NATIVE (tried first; the library is cached per machine) changes the speed, not the bits
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off")
@@ -37,6 +39,8 @@ NATIVE = "-march=native"
 CACHE_ENV = "COMPO_CACHE_DIR"  # where the built library is kept (default ~/.cache/compo)
 BUILD_TIMEOUT_S = 120
 SPLIT_VALUES = 1 << 16  # fills smaller than this run on the calling thread
+AMX_REGION = 32  # amx.c's outputs a side of a region (its column strips are this wide)
+AMX_KSTEP = 32  # amx.c's k per tile product: K must be a multiple of it
 
 
 def cache_dir() -> Path:
@@ -107,9 +111,14 @@ def library() -> ctypes.CDLL | None:
     lib.compo_fill_directions.argtypes = [
         ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_int64, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_void_p]
-    lib.compo_low_rank_changes.restype = None
+    lib.compo_low_rank_changes.restype = ctypes.c_int
     lib.compo_low_rank_changes.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6 + [
         ctypes.c_void_p] * 2
+    lib.compo_amx_ready.restype = ctypes.c_int
+    lib.compo_amx_add_products.restype = ctypes.c_int
+    lib.compo_amx_add_products.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                           ctypes.c_void_p] + [ctypes.c_int64] * 4 + [
+        ctypes.c_void_p]
     return lib
 
 
@@ -167,6 +176,45 @@ def low_rank_sums(u: torch.Tensor, a: torch.Tensor, probs: torch.Tensor,
     outs = [spread.data_ptr(), at_target.data_ptr()]
     threads = max(1, min(torch.get_num_threads(), tokens))
     bounds = [tokens * i // threads for i in range(threads + 1)]
-    list(pool(threads).map(lambda lo, hi: library().compo_low_rank_changes(*args, lo, hi, *outs),
-                           bounds[:-1], bounds[1:]))
+    codes = pool(threads).map(lambda lo, hi: library().compo_low_rank_changes(*args, lo, hi, *outs),
+                              bounds[:-1], bounds[1:])
+    if any(code != 0 for code in codes):
+        raise MemoryError(f"low_rank.c could not allocate its {rank} x 256 block buffer")
     return at_target, spread
+
+
+@cache
+def amx_ready() -> bool:
+    """Whether the update's GEMM runs on AMX tiles here (amx.c built for this CPU and the
+    kernel granted the tile state)."""
+    return available() and library().compo_amx_ready() == 1
+
+
+def amx_strips(b: torch.Tensor) -> torch.Tensor:
+    """b [K, n] bf16 (K even) in amx.c's layout: strips of 32 columns, each [K / 2, 32, 2]
+    (pairs of k side by side), columns padded with zeros to a multiple of 32."""
+    k, n = b.shape
+    padded = torch.nn.functional.pad(b, (0, -n % AMX_REGION))
+    return padded.view(k // 2, 2, -1, AMX_REGION).permute(2, 0, 3, 1).contiguous()
+
+
+def amx_add_products(a: torch.Tensor, strips: torch.Tensor, row0: int, out: torch.Tensor
+                     ) -> None:
+    """out [R, n] float32 += a[:, row0 : row0 + R]^T b on AMX tiles, a [K, V] bf16
+    (K a multiple of 32), strips = amx_strips(b); rows split over torch's threads (every
+    row's bits are the same for any split)."""
+    rows, n = out.shape
+    threads = max(1, min(torch.get_num_threads(), rows // AMX_REGION))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+
+    def part(lo: int, hi: int) -> int:
+        return library().compo_amx_add_products(
+            a.data_ptr(), a.stride(0), a.shape[0], strips.data_ptr(),
+            strips.shape[0] * AMX_REGION, row0 + lo, hi - lo, n, out[lo:hi].data_ptr())
+
+    codes = set(pool(threads).map(part, bounds[:-1], bounds[1:]))
+    if -1 in codes:
+        raise MemoryError("amx.c could not allocate its buffer of packed rows")
+    if codes != {0}:
+        raise ValueError(f"amx.c refused K = {a.shape[0]} (a multiple of {AMX_KSTEP}) or "
+                         f"strips {tuple(strips.shape)} for n = {n}")

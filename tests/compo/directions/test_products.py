@@ -116,8 +116,15 @@ SPLITS = [[(0, 300)], [(0, 64), (64, 300)], [(0, 128), (128, 192), (192, 300)],
           [(0, 100), (100, 101), (101, 300)]]  # the last one not on block boundaries
 
 
+@pytest.mark.parametrize("amx", [True, False])  # AMX tiles where the CPU has them, float32
 @pytest.mark.parametrize("rank", [1, 4])
-def test_update_rows_are_bit_identical_for_any_split(rank, monkeypatch):
+def test_update_rows_are_bit_identical_for_any_split(rank, amx, monkeypatch):
+    if amx and not cpu.amx_ready():
+        pytest.skip("needs a CPU with AMX tiles: the float32 GEMMs serve")
+    calls, amx_rows = [], update_module.amx_rows
+    monkeypatch.setattr(update_module, "amx_rows", lambda *a: calls.append(1) or amx_rows(*a))
+    if not amx:
+        monkeypatch.setattr(cpu, "amx_ready", lambda: False)
     shape, kept = (300, 24), kept_votes_of(40)
     directions = DirectionsConfig(kind="low_rank", rank=rank)
 
@@ -141,6 +148,7 @@ def test_update_rows_are_bit_identical_for_any_split(rank, monkeypatch):
     assert (whole.double() - dense).abs().max() < 1e-5 * dense.abs().max()
     gaussian = vote_weighted_rows(SEED, ITERATION, kept, shape, range(300), None)
     assert not torch.allclose(gaussian, whole)  # the family is the config's, not the default
+    assert bool(calls) == amx
 
 
 def test_the_step_is_the_same_from_any_number_of_shards():

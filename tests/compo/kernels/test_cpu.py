@@ -66,3 +66,40 @@ def test_fills_split_over_threads_give_the_same_bits(count_keys):
         torch.set_num_threads(threads)
     assert torch.equal(split, alone)
     assert split[-1, -5:].tolist() == reference_values(keys[-1], start + count - 5, 5)
+
+
+needs_amx = pytest.mark.skipif(not cpu.amx_ready(), reason="needs a CPU with AMX tiles (and "
+                               "a compiler that targets them): the float32 GEMMs serve")
+
+
+@needs_amx
+def test_amx_products_match_float64_for_any_split_of_the_rows():
+    g = torch.Generator().manual_seed(0)
+    k, vocab, n, row0 = 64, 301, 45, 7  # edges: rows and columns not multiples of 32
+    a = torch.randn(k, vocab, generator=g).bfloat16()
+    b = torch.randn(k, n, generator=g).bfloat16()
+    start = torch.randn(vocab - row0, n, generator=g)
+    reference = start.double() + a[:, row0:].double().T @ b.double()
+    whole = start.clone()
+    cpu.amx_add_products(a, cpu.amx_strips(b), row0, whole)
+    assert ((whole.double() - reference).abs() / reference.abs().max()).max() < 2e-7
+    bounds = ((0, 5), (5, 70), (70, vocab - row0))
+    parts = [start[lo:hi].clone() for lo, hi in bounds]
+    for (lo, _), part in zip(bounds, parts, strict=True):
+        cpu.amx_add_products(a, cpu.amx_strips(b), row0 + lo, part)
+    assert torch.equal(torch.cat(parts), whole)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = start.clone()
+        cpu.amx_add_products(a, cpu.amx_strips(b), row0, one)
+        assert torch.equal(one, whole)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_amx
+def test_amx_products_refuse_a_depth_that_is_not_whole_tile_products():
+    a, b = torch.ones(48, 64, dtype=torch.bfloat16), torch.ones(48, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="K = 48 \\(a multiple of 32\\)"):
+        cpu.amx_add_products(a, cpu.amx_strips(b), 0, torch.zeros(64, 32))
