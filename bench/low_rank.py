@@ -15,6 +15,8 @@
     "not measured" where the config refuses low-rank runs, and with --quick).
 
   python bench/low_rank.py [--json] [--quick] [--workdir runs/low_rank_bench]
+As an AVX2 laptop without AMX would run it, on a machine that has more:
+  COMPO_CPU_MARCH=haswell MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 python ...
 The last line is one JSON object: iteration_seconds, cosine (m = 2,000), both_share, keyed
 gaussian, rank1, rank4, rank16.
 """
@@ -51,6 +53,7 @@ from low_rank_runs import (  # noqa: E402
 from compo.config import ClipConfig, ComPOConfig  # noqa: E402
 from compo.directions import low_rank_factors  # noqa: E402
 from compo.estimator import clip_small, clip_threshold, normalise, vote_weighted_sum  # noqa: E402
+from compo.kernels.cpu import MARCH_ENV, target_flag  # noqa: E402
 from compo.model.head import PLAIN  # noqa: E402
 from compo.model.scoring import HeadInputs  # noqa: E402
 from compo.oracle import (  # noqa: E402
@@ -70,6 +73,8 @@ from compo.perturbation import (  # noqa: E402
 )
 
 RADIUS = 5e-4
+# what a run may restrict to emulate a smaller CPU (an AVX2 laptop: haswell / AVX2 / avx2)
+ISA_ENV = (MARCH_ENV, "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 SIZES = {  # (a): the head, tokens, m; measured perturbations and update directions
     "full": dict(vocab=32000, width=4096, tokens=1000, m=1800, dense=2, low=96, update=64),
     "quick": dict(vocab=2000, width=256, tokens=100, m=1800, dense=4, low=64, update=32),
@@ -308,7 +313,8 @@ def run_parts(args) -> dict:
               for name in KINDS}
     return {
         "mode": mode, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "kernel_target": target_flag(),
+        "instruction_env": {name: os.environ.get(name) for name in ISA_ENV},
         "torch": torch.__version__, "low_rank_products": implementation(),
         "head": [size["vocab"], size["width"]], "tokens": size["tokens"], "m": size["m"],
         "iteration_seconds": {name: round(row["iteration_s"], 2) for name, row in timing.items()},

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("directions.c", "low_rank.c", "amx.c"))
-# no FMA contraction: every float operation is the source's, on any instruction set, so
-# NATIVE (tried first; the library is cached per machine) changes the speed, not the bits
+# no FMA contraction: every float operation is the source's (fused ones are explicit), on
+# any instruction set, so the target (-march, tried first; the library is cached per machine
+# and target) changes the speed, not the bits
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off")
-NATIVE = "-march=native"
+MARCH_ENV = "COMPO_CPU_MARCH"  # the target the library is built for (default: native)
 CACHE_ENV = "COMPO_CACHE_DIR"  # where the built library is kept (default ~/.cache/compo)
 BUILD_TIMEOUT_S = 120
 SPLIT_VALUES = 1 << 16  # fills smaller than this run on the calling thread
@@ -58,6 +59,12 @@ def cache_dir() -> Path:
         return path
 
 
+def target_flag() -> str:
+    """-march=native, or the target COMPO_CPU_MARCH names (e.g. haswell: what an AVX2 laptop
+    runs, on a machine that has more)."""
+    return f"-march={os.environ.get(MARCH_ENV) or 'native'}"
+
+
 def machine() -> str:
     """What -march=native compiles for: the architecture and, on Linux, the CPU's flags."""
     try:
@@ -70,14 +77,14 @@ def machine() -> str:
 
 def build(compiler: str, target: Path) -> None:
     """Compile SOURCES into `target` (written under a temporary name, then renamed), for
-    this machine's instruction set where the compiler knows -march=native."""
+    target_flag()'s instruction set where the compiler knows it (else its default)."""
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.part")
     os.close(handle)
     command = [compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"]
     try:
         try:
-            subprocess.run([*command, NATIVE], check=True, capture_output=True, text=True,
-                           timeout=BUILD_TIMEOUT_S)
+            subprocess.run([*command, target_flag()], check=True, capture_output=True,
+                           text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.CalledProcessError:
             subprocess.run(command, check=True, capture_output=True, text=True,
                            timeout=BUILD_TIMEOUT_S)
@@ -96,7 +103,7 @@ def library() -> ctypes.CDLL | None:
                     "values, slower); install gcc or set CC for the compiled kernel")
         return None
     tag = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES)
-                         + " ".join([compiler, *FLAGS, NATIVE, machine()]).encode())
+                         + " ".join([compiler, *FLAGS, target_flag(), machine()]).encode())
     try:
         target = cache_dir() / f"directions-{tag.hexdigest()[:16]}.so"
         if not target.exists():

@@ -11,18 +11,18 @@
    are chains of fused multiply-adds (fmaf's bits on any instruction set), a block's sum is
    WIDTH float32 lanes of fused p * expm1(e) sums, added in lane order into float64, blocks
    in order. So the bits do not depend on how the tokens are split between threads, and the
-   vector path and the scalar path (any length, libm beyond BOUND) agree bit for bit. */
+   vector path and the scalar path (libm beyond BOUND) agree bit for bit; a partial last
+   block runs the vector path over rows padded with p = 0, a = 0, whose terms add +0. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
 #define BLOCK 256 /* output rows per block (fixed: it sets the summation order) */
-#define WIDTH 16  /* rows computed together; also the float32 lanes of a block's sum */
-#define TOKENS 8  /* tokens computed together (speed only, not in the bits) */
+#define WIDTH 16  /* float32 lanes of a block's sum: row v goes to lane v % WIDTH */
 /* expm1(x) = x + x^2 q(x), q the Taylor series to x^5 (degree 7 in all): for |x| <= BOUND
    the truncation is below |x|^7 / 8! relative to |x|, < 2e-9 relative to expm1(x) (0.02
    float32 ulp), so the float32 result is within float32 rounding of the exact value;
@@ -35,29 +35,41 @@
 #define Q1 (1.0f / 6.0f)
 #define Q0 0.5f
 
-/* GCC / Clang vector extensions: element-wise IEEE operations, no FMA contraction
-   (-ffp-contract=off): every fused multiply-add is an explicit fma16 / fmaf. */
-typedef float floats __attribute__((vector_size(WIDTH * sizeof(float))));
-typedef int32_t ints __attribute__((vector_size(WIDTH * sizeof(int32_t))));
-
-/* x * y + z rounded once per lane: fmaf's bits, one instruction where the CPU has it. */
-static inline floats fma16(floats x, floats y, floats z) {
+/* The machine's vector (GCC / Clang vector extensions: element-wise IEEE operations, no FMA
+   contraction under -ffp-contract=off), its explicit fused multiply-add (fmaf's bits) and
+   broadcast. TOKENS, the tokens computed together, fits the register file (speed only). */
 #if defined(__AVX512F__)
-    return (floats)_mm512_fmadd_ps((__m512)x, (__m512)y, (__m512)z);
+#define LANES 16
+#define TOKENS 8
+typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+static inline vec fused(vec x, vec y, vec z) {
+    return (vec)_mm512_fmadd_ps((__m512)x, (__m512)y, (__m512)z);
+}
+static inline vec splat(float x) { return (vec)_mm512_set1_ps(x); }
+#elif defined(__FMA__) && defined(__AVX__)
+#define LANES 8
+#define TOKENS 4
+typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+static inline vec fused(vec x, vec y, vec z) {
+    return (vec)_mm256_fmadd_ps((__m256)x, (__m256)y, (__m256)z);
+}
+static inline vec splat(float x) { return (vec)_mm256_set1_ps(x); }
 #else
-    floats out;
-    for (int j = 0; j < WIDTH; j++)
-        out[j] = fmaf(x[j], y[j], z[j]);
-    return out;
+#define LANES 4
+#define TOKENS 4
+typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+static inline vec fused(vec x, vec y, vec z) {
+    for (int j = 0; j < LANES; j++)
+        z[j] = fmaf(x[j], y[j], z[j]);
+    return z;
+}
+static inline vec splat(float x) { return (vec){x, x, x, x}; }
 #endif
-}
+#define PARTS (WIDTH / LANES) /* vectors per WIDTH rows */
+typedef int32_t ints __attribute__((vector_size(LANES * sizeof(int32_t))));
 
-static inline floats splat(float x) {
-    return (floats){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-}
-
-static inline floats load(const float *from) {
-    floats out;
+static inline vec load(const float *from) {
+    vec out;
     memcpy(&out, from, sizeof out);
     return out;
 }
@@ -67,10 +79,10 @@ static inline float expm1_small(float x) {
     return fmaf(x * x, q, x);
 }
 
-static inline floats expm1_small16(floats x) {
-    floats q = fma16(fma16(fma16(fma16(fma16(splat(Q5), x, splat(Q4)), x, splat(Q3)), x,
-                                       splat(Q2)), x, splat(Q1)), x, splat(Q0));
-    return fma16(x * x, q, x);
+static inline vec expm1_small_vec(vec x) {
+    vec q = fused(fused(fused(fused(fused(splat(Q5), x, splat(Q4)), x, splat(Q3)), x,
+                              splat(Q2)), x, splat(Q1)), x, splat(Q0));
+    return fused(x * x, q, x);
 }
 
 /* e for one token and output row: u[0] a[0], then fused u[k] a[k * stride] in k order. */
@@ -83,33 +95,35 @@ static inline float change(const float *u, const float *a, int64_t rank, int64_t
 
 /* The lanes of `count` <= TOKENS tokens over one whole block (rows of a packed
    [rank, BLOCK]; a short group repeats its last token); 0 when some |e| > BOUND (then the
-   caller takes the scalar path for the group). */
+   caller takes the scalar path for the group). lanes[t][h] holds lanes h * LANES onward. */
 static int group_lanes(const float *u, const float *packed, int64_t rank, const float *probs,
-                       int64_t vocab, int count, floats lanes[TOKENS]) {
+                       int64_t vocab, int count, vec lanes[TOKENS][PARTS]) {
     const float *us[TOKENS], *ps[TOKENS];
     for (int t = 0; t < TOKENS; t++) {
         int token = t < count ? t : count - 1;
         us[t] = u + token * rank;
         ps[t] = probs + token * vocab;
-        lanes[t] = splat(0.0f);
+        for (int h = 0; h < PARTS; h++)
+            lanes[t][h] = splat(0.0f);
     }
     ints wide = {0};
-    for (int64_t v = 0; v < BLOCK; v += WIDTH) {
-        floats e[TOKENS];
-        floats first = load(packed + v);
+    for (int64_t v = 0; v < BLOCK; v += LANES) {
+        int h = (int)(v % WIDTH) / LANES;
+        vec e[TOKENS];
+        vec first = load(packed + v);
         for (int t = 0; t < TOKENS; t++)
             e[t] = splat(us[t][0]) * first;
         for (int64_t k = 1; k < rank; k++) {
-            floats a = load(packed + k * BLOCK + v);
+            vec a = load(packed + k * BLOCK + v);
             for (int t = 0; t < TOKENS; t++)
-                e[t] = fma16(splat(us[t][k]), a, e[t]);
+                e[t] = fused(splat(us[t][k]), a, e[t]);
         }
         for (int t = 0; t < TOKENS; t++) {
             wide |= e[t] * e[t] > BOUND * BOUND;
-            lanes[t] = fma16(load(ps[t] + v), expm1_small16(e[t]), lanes[t]);
+            lanes[t][h] = fused(load(ps[t] + v), expm1_small_vec(e[t]), lanes[t][h]);
         }
     }
-    for (int j = 0; j < WIDTH; j++)
+    for (int j = 0; j < LANES; j++)
         if (wide[j])
             return 0;
     return 1;
@@ -130,15 +144,27 @@ static void scalar_lanes(const float *u, const float *packed, int64_t rank, cons
 /* Adds one block's sums of `group` tokens from n into spread (float64, lanes in order). */
 static void block_sums(const float *u, const float *packed, int64_t rank, const float *probs,
                        int64_t vocab, int64_t length, int group, double *spread) {
-    floats lanes[TOKENS];
-    int fast = length == BLOCK && group_lanes(u, packed, rank, probs, vocab, group, lanes);
+    vec lanes[TOKENS][PARTS];
+    float padded[length < BLOCK ? TOKENS * BLOCK : 1];
+    const float *rows = probs;
+    int64_t stride = vocab;
+    if (length < BLOCK) { /* a partial last block: its rows with p = 0 (and a = 0) beyond */
+        memset(padded, 0, sizeof padded);
+        for (int t = 0; t < group; t++)
+            memcpy(padded + t * BLOCK, probs + t * vocab, sizeof(float) * length);
+        rows = padded;
+        stride = BLOCK;
+    }
+    int fast = group_lanes(u, packed, rank, rows, stride, group, lanes);
     for (int t = 0; t < group; t++) {
-        float scalar[WIDTH];
-        if (!fast)
-            scalar_lanes(u + t * rank, packed, rank, probs + t * vocab, length, scalar);
+        float sums[WIDTH];
+        if (fast)
+            memcpy(sums, lanes[t], sizeof sums);
+        else
+            scalar_lanes(u + t * rank, packed, rank, probs + t * vocab, length, sums);
         double sum = 0.0;
         for (int j = 0; j < WIDTH; j++)
-            sum += fast ? lanes[t][j] : scalar[j];
+            sum += sums[j];
         spread[t] += sum;
     }
 }
@@ -160,9 +186,11 @@ int compo_low_rank_changes(const float *u, const float *a, const float *probs,
     for (int64_t start = 0; start < vocab; start += BLOCK) {
         int64_t length = vocab - start < BLOCK ? vocab - start : BLOCK;
         for (int64_t p = 0; p < count; p++) {
-            for (int64_t k = 0; k < rank; k++)
+            for (int64_t k = 0; k < rank; k++) { /* zeros beyond a partial block's rows */
                 memcpy(packed + k * BLOCK, a + (p * rank + k) * vocab + start,
                        sizeof(float) * length);
+                memset(packed + k * BLOCK + length, 0, sizeof(float) * (BLOCK - length));
+            }
             for (int64_t n = n0; n < n1; n += TOKENS) {
                 int group = n1 - n < TOKENS ? (int)(n1 - n) : TOKENS;
                 block_sums(u + (p * tokens + n) * rank, packed, rank, probs + n * vocab + start,

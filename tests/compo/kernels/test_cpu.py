@@ -1,4 +1,8 @@
+import ctypes
 import logging
+import math
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -103,3 +107,64 @@ def test_amx_products_refuse_a_depth_that_is_not_whole_tile_products():
     a, b = torch.ones(48, 64, dtype=torch.bfloat16), torch.ones(48, 32, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="K = 48 \\(a multiple of 32\\)"):
         cpu.amx_add_products(a, cpu.amx_strips(b), 0, torch.zeros(64, 32))
+
+
+def low_rank_build(tmp_path, march: str | None) -> ctypes.CDLL | None:
+    """low_rank.c alone, with the library's flags and -march=`march` (None: the compiler's
+    default target); None where the compiler or the CPU cannot build or run that target."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or (march == "native" and not cpu.available()):
+        return None
+    target = tmp_path / f"low_rank-{march}.so"
+    flags = [] if march is None else [f"-march={march}"]
+    built = subprocess.run([compiler, *cpu.FLAGS, *flags, "-o", str(target),
+                            str(cpu.SOURCES[1]), "-lm"], capture_output=True)
+    if built.returncode != 0:
+        return None
+    lib = ctypes.CDLL(str(target))
+    lib.compo_low_rank_changes.restype = ctypes.c_int
+    lib.compo_low_rank_changes.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6 + [
+        ctypes.c_void_p] * 2
+    return lib
+
+
+def test_low_rank_sums_have_the_same_bits_on_every_instruction_set(tmp_path):
+    """AVX-512, AVX2 + FMA and the compiler's baseline (fmaf in software where the target has
+    no FMA): one explicit rounding per operation, in one order, so one result."""
+    avx2 = {"avx2", "fma"} <= set(cpu.machine().split())
+    marches = ["native", None] + (["haswell"] if avx2 else [])
+    builds = {march: low_rank_build(tmp_path, march) for march in marches}
+    builds = {march: lib for march, lib in builds.items() if lib is not None}
+    if len(builds) < 2:
+        pytest.skip("needs a C compiler that builds low_rank.c for two targets")
+    g = torch.Generator().manual_seed(0)
+    count, tokens, rank, vocab = 3, 11, 16, 700  # a partial last block, a short token group
+    u = (torch.randn(count, tokens, rank, generator=g) * 0.06 / math.sqrt(rank)).contiguous()
+    a = torch.randn(count, rank, vocab, generator=g).bfloat16().float()
+    probs = (torch.randn(tokens, vocab, generator=g) * 3).softmax(-1).contiguous()
+    targets = torch.randint(vocab, (tokens,), generator=g)
+    assert torch.einsum("pnk,pkv->pnv", u, a).abs().max() > 0.25  # libm's expm1 too
+    results = []
+    for lib in builds.values():
+        spread = torch.empty(count, tokens, dtype=torch.float64)
+        at_target = torch.empty(count, tokens)
+        assert lib.compo_low_rank_changes(*(t.data_ptr() for t in (u, a, probs, targets)),
+                                          count, tokens, rank, vocab, 0, tokens,
+                                          spread.data_ptr(), at_target.data_ptr()) == 0
+        results.append((spread, at_target))
+    for spread, at_target in results[1:]:
+        assert torch.equal(spread, results[0][0]) and torch.equal(at_target, results[0][1])
+
+
+@pytest.mark.skipif(not cpu.available(), reason="no C compiler: the torch path serves")
+def test_a_partial_last_block_sums_as_a_whole_one_padded_with_zero_probabilities():
+    g = torch.Generator().manual_seed(1)
+    count, tokens, rank, vocab, padded = 2, 9, 4, 3001, 3072  # 3,001 = 11 blocks + 185 rows
+    u = torch.randn(count, tokens, rank, generator=g) * 0.02
+    a = torch.randn(count, rank, padded, generator=g).bfloat16().float()
+    probs = torch.zeros(tokens, padded)
+    probs[:, :vocab] = torch.randn(tokens, vocab, generator=g).softmax(-1)
+    targets = torch.randint(vocab, (tokens,), generator=g)
+    partial = cpu.low_rank_sums(u, a[:, :, :vocab], probs[:, :vocab], targets)
+    whole = cpu.low_rank_sums(u, a, probs, targets)  # the same rows, then terms p = 0
+    assert torch.equal(partial[0], whole[0]) and torch.equal(partial[1], whole[1])
