@@ -10,9 +10,9 @@
    compute-bound. Every operation has one rounding in a fixed order: e and the polynomial
    are chains of fused multiply-adds (fmaf's bits on any instruction set), a block's sum is
    WIDTH float32 lanes of fused p * expm1(e) sums, added in lane order into float64, blocks
-   in order. So the bits do not depend on how the tokens are split between threads, and the
-   vector path and the scalar path (libm beyond BOUND) agree bit for bit; a partial last
-   block runs the vector path over rows padded with p = 0, a = 0, whose terms add +0. */
+   in order. So the bits do not depend on how the tokens are split between threads or on
+   the vector width (AVX-512, AVX2 or none: tested); lanes with |e| > BOUND take libm's
+   expm1; a partial last block runs over rows padded with p = 0, a = 0, whose terms add +0. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,6 +46,7 @@ static inline vec fused(vec x, vec y, vec z) {
     return (vec)_mm512_fmadd_ps((__m512)x, (__m512)y, (__m512)z);
 }
 static inline vec splat(float x) { return (vec)_mm512_set1_ps(x); }
+static inline vec larger(vec x, vec y) { return (vec)_mm512_max_ps((__m512)x, (__m512)y); }
 #elif defined(__FMA__) && defined(__AVX__)
 #define LANES 8
 #define TOKENS 4
@@ -54,6 +55,7 @@ static inline vec fused(vec x, vec y, vec z) {
     return (vec)_mm256_fmadd_ps((__m256)x, (__m256)y, (__m256)z);
 }
 static inline vec splat(float x) { return (vec)_mm256_set1_ps(x); }
+static inline vec larger(vec x, vec y) { return (vec)_mm256_max_ps((__m256)x, (__m256)y); }
 #else
 #define LANES 4
 #define TOKENS 4
@@ -64,6 +66,11 @@ static inline vec fused(vec x, vec y, vec z) {
     return z;
 }
 static inline vec splat(float x) { return (vec){x, x, x, x}; }
+static inline vec larger(vec x, vec y) {
+    for (int j = 0; j < LANES; j++)
+        x[j] = x[j] > y[j] ? x[j] : y[j];
+    return x;
+}
 #endif
 #define PARTS (WIDTH / LANES) /* vectors per WIDTH rows */
 typedef int32_t ints __attribute__((vector_size(LANES * sizeof(int32_t))));
@@ -72,11 +79,6 @@ static inline vec load(const float *from) {
     vec out;
     memcpy(&out, from, sizeof out);
     return out;
-}
-
-static inline float expm1_small(float x) {
-    float q = fmaf(fmaf(fmaf(fmaf(fmaf(Q5, x, Q4), x, Q3), x, Q2), x, Q1), x, Q0);
-    return fmaf(x * x, q, x);
 }
 
 static inline vec expm1_small_vec(vec x) {
@@ -93,11 +95,28 @@ static inline float change(const float *u, const float *a, int64_t rank, int64_t
     return e;
 }
 
+/* expm1 of each lane: the polynomial, libm's (in double) for lanes with |x| > BOUND. */
+static inline vec expm1_vec(vec x) {
+    vec y = expm1_small_vec(x);
+    ints wide = x * x > BOUND * BOUND;
+    int any = 0;
+    for (int j = 0; j < LANES; j++)
+        any |= wide[j];
+    if (any) /* rare: logit changes are ~0.03 */
+        for (int j = 0; j < LANES; j++)
+            if (wide[j])
+                y[j] = (float)expm1((double)x[j]);
+    return y;
+}
+
 /* The lanes of `count` <= TOKENS tokens over one whole block (rows of a packed
-   [rank, BLOCK]; a short group repeats its last token); 0 when some |e| > BOUND (then the
-   caller takes the scalar path for the group). lanes[t][h] holds lanes h * LANES onward. */
-static int group_lanes(const float *u, const float *packed, int64_t rank, const float *probs,
-                       int64_t vocab, int count, vec lanes[TOKENS][PARTS]) {
+   [rank, BLOCK]; a short group repeats its last token); lanes[t][h] holds lanes h * LANES
+   onward. With `wide` 0 every lane takes the polynomial and the return value says whether
+   some |e| > BOUND (the caller then runs it again with `wide` 1, where those lanes take
+   libm's expm1: the same bits as if every lane had been checked the first time). */
+static inline int group_lanes(const float *u, const float *packed, int64_t rank,
+                              const float *probs, int64_t vocab, int count, int wide,
+                              vec lanes[TOKENS][PARTS]) {
     const float *us[TOKENS], *ps[TOKENS];
     for (int t = 0; t < TOKENS; t++) {
         int token = t < count ? t : count - 1;
@@ -106,7 +125,7 @@ static int group_lanes(const float *u, const float *packed, int64_t rank, const 
         for (int h = 0; h < PARTS; h++)
             lanes[t][h] = splat(0.0f);
     }
-    ints wide = {0};
+    vec peak = splat(0.0f);
     for (int64_t v = 0; v < BLOCK; v += LANES) {
         int h = (int)(v % WIDTH) / LANES;
         vec e[TOKENS];
@@ -119,26 +138,15 @@ static int group_lanes(const float *u, const float *packed, int64_t rank, const 
                 e[t] = fused(splat(us[t][k]), a, e[t]);
         }
         for (int t = 0; t < TOKENS; t++) {
-            wide |= e[t] * e[t] > BOUND * BOUND;
-            lanes[t][h] = fused(load(ps[t] + v), expm1_small_vec(e[t]), lanes[t][h]);
+            vec y = wide ? expm1_vec(e[t]) : expm1_small_vec(e[t]);
+            peak = larger(peak, e[t] * e[t]);
+            lanes[t][h] = fused(load(ps[t] + v), y, lanes[t][h]);
         }
     }
+    int beyond = 0;
     for (int j = 0; j < LANES; j++)
-        if (wide[j])
-            return 0;
-    return 1;
-}
-
-/* The same lanes one row at a time, for one token (any length; libm's expm1 beyond BOUND). */
-static void scalar_lanes(const float *u, const float *packed, int64_t rank, const float *probs,
-                         int64_t length, float *lanes) {
-    for (int j = 0; j < WIDTH; j++)
-        lanes[j] = 0.0f;
-    for (int64_t v = 0; v < length; v++) {
-        float e = change(u, packed + v, rank, BLOCK);
-        float t = e * e > BOUND * BOUND ? (float)expm1((double)e) : expm1_small(e);
-        lanes[v % WIDTH] = fmaf(probs[v], t, lanes[v % WIDTH]);
-    }
+        beyond |= peak[j] > BOUND * BOUND;
+    return beyond;
 }
 
 /* Adds one block's sums of `group` tokens from n into spread (float64, lanes in order). */
@@ -155,13 +163,11 @@ static void block_sums(const float *u, const float *packed, int64_t rank, const 
         rows = padded;
         stride = BLOCK;
     }
-    int fast = group_lanes(u, packed, rank, rows, stride, group, lanes);
+    if (group_lanes(u, packed, rank, rows, stride, group, 0, lanes))
+        group_lanes(u, packed, rank, rows, stride, group, 1, lanes);
     for (int t = 0; t < group; t++) {
         float sums[WIDTH];
-        if (fast)
-            memcpy(sums, lanes[t], sizeof sums);
-        else
-            scalar_lanes(u + t * rank, packed, rank, probs + t * vocab, length, sums);
+        memcpy(sums, lanes[t], sizeof sums);
         double sum = 0.0;
         for (int j = 0; j < WIDTH; j++)
             sum += sums[j];
