@@ -186,10 +186,10 @@ def dense_seconds(state, size: dict) -> dict:
 
 
 def low_rank_seconds(state, size: dict, rank: int) -> dict:
-    """Rank r (each timing the fastest of REPEATS): seconds per perturbation of the votes
-    (size['low'] measured in groups of 16);
-    the update's seconds per direction and once per iteration (the [V, d] sum's own
-    allocation and scaling), from updates of size['update'] and 3 x size['update'] directions."""
+    """Rank r, each timing the fastest of REPEATS: seconds per perturbation of the votes
+    (size['low'] measured in groups of 16), and the update's seconds per direction and once
+    per iteration (the [V, d] sum's allocation and scaling), from updates of size['update']
+    and 3 x size['update'] directions."""
     keys = [direction_key(0, 0, index) for index in range(size["low"])]
     low_rank_changes(state, keys[:16], RADIUS, rank)  # warm-up
     votes = fastest(lambda: [low_rank_changes(state, keys[s : s + 16], RADIUS, rank)

@@ -4,8 +4,8 @@ Oracle: per token, h z^T = ((h B^T) A) / sqrt(r), O(r (V + d)) instead of V d; o
 without a soft-cap, the exact change's sums come from one compiled pass (fused_sums).
 Update: sum_i y_i z_i = A_Y^T diag(y) B_Y / sqrt(r), A_Y [P r, V] and B_Y [P r, d] the
 stacked factors of the voted directions: on AMX tiles where the CPU has them (bf16
-factors, float32 sums), else float32 GEMMs over fixed blocks of rows and of
-directions; either way each row's bits are the same however the rows are split between processes.
+factors, float32 sums), else float32 GEMMs over fixed blocks of rows and of directions;
+either way each row's bits are the same however the rows are split between processes.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def amx_rows(keys: Sequence[int], votes: np.ndarray, shape: tuple[int, int], row
     direction index alone (each group of UPDATE_GROUP padded to whole tile products), so a
     row's bits depend neither on the split of the rows nor on the pass size."""
     total = torch.zeros(len(rows), shape[1], dtype=torch.float32)
-    for start in range(0, len(keys), pass_size(rank, shape)):
+    per_pass = pass_size(rank, shape)
+    for start in range(0, len(keys), per_pass):
         a, b = [], []
-        for s in range(start, min(len(keys), start + pass_size(rank, shape)), UPDATE_GROUP):
+        for s in range(start, min(len(keys), start + per_pass), UPDATE_GROUP):
             stacked, weighted = weighted_factors(keys[s : s + UPDATE_GROUP],
                                                  votes[s : s + UPDATE_GROUP], shape, rank,
                                                  "cpu", torch.bfloat16)

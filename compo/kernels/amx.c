@@ -1,14 +1,16 @@
-/* The low-rank update's GEMM on Intel AMX tiles (compo/kernels/gemm.py calls it):
+/* The low-rank update's GEMM on Intel AMX tiles (compo/kernels/cpu.py amx_add_products
+   calls it; compo/directions/products.py amx_rows builds its operands):
      out[i, j] += sum_k a[k, row0 + i] * b[k, j]     for i < rows, j < n
-   a: a group's stacked A factors, bf16 [K, V] (row stride lda); b: its diag(y) B factors in
-   the VNNI layout AMX reads (pairs of k interleaved, [Kpad / 2, npad, 2], zero padding);
-   out: float32 [rows, n]. The factors are bf16-exact, so every product is exact; AMX adds
-   them in float32 in an order fixed by k alone. A row's value does not depend on which other
-   rows share the call, so any split of the rows gives the same bits.
-   Work goes in regions of 32 x 32 outputs (four 16 x 16 accumulator tiles), each loaded from
-   out once, given the whole K, and stored back; K is a multiple of 32 (callers pad each
-   group of directions with zero factors, which add nothing). Built only where the compiler targets AMX
-   (-march=native on such a CPU); elsewhere compo_amx_ready returns 0. */
+   a: a pass's stacked A factors, bf16 [K, V] (row stride lda); b: its diag(y) B factors in
+   strips of 32 columns, each [K / 2, 32, 2] (pairs of k side by side, the layout AMX reads;
+   cpu.amx_strips, zero-padded to npad columns); out: float32 [rows, n]. The factors are
+   bf16-exact, so every product is exact; AMX adds them in float32 in an order fixed by k
+   alone. A row's value does not depend on which other rows share the call, so any split of
+   the rows gives the same bits. Work goes in regions of 32 x 32 outputs (four 16 x 16
+   accumulator tiles), each loaded from out once, given the whole K, and stored back; K is
+   a multiple of 32 (callers pad each group of directions with zero factors, which add
+   nothing). Built only where the compiler targets AMX (-march=native on such a CPU);
+   elsewhere compo_amx_ready returns 0. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdlib.h>
@@ -117,7 +119,6 @@ int compo_amx_add_products(const uint16_t *a, int64_t lda, int64_t k, const uint
                            int64_t npad, int64_t row0, int64_t rows, int64_t n, float *out) {
     if (k % KSTEP != 0 || npad % REGION != 0 || npad < n)
         return -2;
-    (void)npad;
     uint16_t *at = aligned_alloc(64, sizeof(uint16_t) * CHUNK * k);
     if (at == NULL)
         return -1;

@@ -87,14 +87,20 @@ def test_oracle_calls_take_at_least_sixteen_low_rank_directions():
     assert low_rank_group(5, 4, (384, 64), 1 << 20) == 5
 
 
+def spy(monkeypatch, module, name: str) -> list:
+    """Wraps module.name so each call appends to the returned list (and still runs it)."""
+    calls, function = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or function(*args))
+    return calls
+
+
 @pytest.mark.parametrize("kernel", [True, False])  # the compiled pass, the torch fallback
 @pytest.mark.parametrize("family", ["Llama", "Gemma2", "Phi"])  # plain, soft-cap, bias
 @pytest.mark.parametrize("rank", [1, 4])
 def test_changes_match_a_float64_forward_and_votes_agree(family, rank, kernel, monkeypatch):
     if kernel and not cpu.available():
         pytest.skip("no C compiler: the torch path serves")
-    calls, sums = [], cpu.low_rank_sums
-    monkeypatch.setattr(cpu, "low_rank_sums", lambda *args: calls.append(1) or sums(*args))
+    calls = spy(monkeypatch, cpu, "low_rank_sums")
     if not kernel:
         monkeypatch.setattr(cpu, "available", lambda: False)
     model = build_family(family)
@@ -121,8 +127,7 @@ SPLITS = [[(0, 300)], [(0, 64), (64, 300)], [(0, 128), (128, 192), (192, 300)],
 def test_update_rows_are_bit_identical_for_any_split(rank, amx, monkeypatch):
     if amx and not cpu.amx_ready():
         pytest.skip("needs a CPU with AMX tiles: the float32 GEMMs serve")
-    calls, amx_rows = [], update_module.amx_rows
-    monkeypatch.setattr(update_module, "amx_rows", lambda *a: calls.append(1) or amx_rows(*a))
+    calls = spy(monkeypatch, update_module, "amx_rows")
     if not amx:
         monkeypatch.setattr(cpu, "amx_ready", lambda: False)
     shape, kept = (300, 24), kept_votes_of(40)
